@@ -1,0 +1,24 @@
+from django.conf import settings
+from django.contrib import admin
+from django.http import HttpRequest, HttpResponse
+from django.urls import include, path, re_path
+from django.views.static import serve
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+urlpatterns = [
+    path("admin/", admin.site.urls),
+    path("v1/", include("models_app.api.urls")),
+    path("api/v1/", include("models_app.api.training_urls")),
+    path("api/schema/", SpectacularAPIView.as_view(), name="schema"),
+    path("api/docs/", SpectacularSwaggerView.as_view(url_name="schema"), name="swagger-ui"),
+]
+
+
+def serve_media(request: HttpRequest, path: str) -> HttpResponse:
+    """Serve a file of MEDIA_ROOT, read at request time so that a changed setting (tests) is honoured."""
+    return serve(request, path, document_root=str(settings.MEDIA_ROOT))
+
+
+if settings.SERVE_MEDIA:
+    # Development and tests only: in production the web server or the object store serves media.
+    urlpatterns += [re_path(rf"^{settings.MEDIA_URL.lstrip('/')}(?P<path>.*)$", serve_media)]

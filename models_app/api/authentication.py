@@ -1,0 +1,77 @@
+"""Team API keys: `Authorization: Basic base64(key:secret)` or `Authorization: Bearer key.secret`."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+from django.utils import timezone
+from drf_spectacular.extensions import OpenApiAuthenticationExtension
+from rest_framework import authentication, exceptions
+from rest_framework.request import Request
+
+from models_app.models import ApiKey, Team
+from models_app.services.accounts import secret_matches
+
+# last_used_at is for people, not for accounting: write it at most this often per key.
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+
+
+@dataclass
+class TeamPrincipal:
+    """The caller behind an API key: the key's team, with no user attached."""
+
+    team: Team
+    api_key: ApiKey
+    is_authenticated: bool = True
+    is_staff: bool = False
+    is_superuser: bool = False
+
+    def __str__(self) -> str:
+        return f"API key {self.api_key.key}"
+
+
+class ApiKeyAuthentication(authentication.BaseAuthentication):
+    keyword_hint = 'Basic realm="api"'
+
+    def authenticate(self, request: Request) -> tuple[TeamPrincipal, ApiKey] | None:
+        header = authentication.get_authorization_header(request).decode("latin-1")
+        scheme, _, credentials = header.partition(" ")
+        scheme = scheme.lower()
+        credentials = credentials.strip()
+        if scheme == "basic":
+            try:
+                decoded = base64.b64decode(credentials, validate=True).decode("utf-8")
+            except (binascii.Error, UnicodeDecodeError) as exc:
+                raise exceptions.AuthenticationFailed("malformed Basic credentials") from exc
+            key, _, secret = decoded.partition(":")
+        elif scheme == "bearer" and credentials.startswith("key_"):
+            key, _, secret = credentials.partition(".")
+        else:
+            return None  # not an API key: let the next authenticator look
+        api_key = ApiKey.objects.select_related("team").filter(key=key, revoked_at__isnull=True).first()
+        if api_key is None or not secret or not secret_matches(api_key, secret):
+            raise exceptions.AuthenticationFailed("invalid API key")
+        now = timezone.now()
+        if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
+            ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
+        return TeamPrincipal(team=api_key.team, api_key=api_key), api_key
+
+    def authenticate_header(self, request: Request) -> str:
+        return self.keyword_hint
+
+
+class ApiKeySchemes(OpenApiAuthenticationExtension):
+    """How the OpenAPI schema describes API keys: Basic `key:secret`, or Bearer `key.secret`."""
+
+    target_class = ApiKeyAuthentication
+    name = ["apiKeyBasic", "apiKeyBearer"]
+
+    def get_security_definition(self, auto_schema: Any) -> list[dict[str, str]]:
+        return [
+            {"type": "http", "scheme": "basic", "description": "The API key as user name, its secret as password"},
+            {"type": "http", "scheme": "bearer", "description": "`<key>.<secret>` of a team API key, or a user JWT"},
+        ]

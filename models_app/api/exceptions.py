@@ -1,0 +1,68 @@
+"""The one place where errors become HTTP responses.
+
+/v1 answers `{"detail": "...", "code": "...", "field": "..."}`. Seed 003's resource (views with
+`error_style = "fastapi"`) answers request validation errors as its `HTTPValidationError`
+(`{"detail": [{"loc", "msg", "type"}]}`, status 422) and other errors as `{"detail": "..."}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import exceptions, status
+from rest_framework.response import Response
+from rest_framework.views import exception_handler as drf_exception_handler
+
+from models_app.errors import ApplicationError
+
+
+def flatten(detail: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str, str]]:
+    """DRF's nested error details as (location, message, code) triples."""
+    if isinstance(detail, dict):
+        return [item for key, value in detail.items() for item in flatten(value, (*path, key))]
+    if isinstance(detail, list):
+        if all(isinstance(item, str) for item in detail):
+            return [(path, str(item), getattr(item, "code", "invalid")) for item in detail]
+        return [item for index, value in enumerate(detail) for item in flatten(value, (*path, index))]
+    return [(path, str(detail), getattr(detail, "code", "invalid"))]
+
+
+def _field_name(path: tuple[Any, ...]) -> str:
+    name = ""
+    for part in path:
+        if part == "non_field_errors":
+            continue
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name
+
+
+def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | None:
+    view = context.get("view")
+    fastapi_style = getattr(view, "error_style", "") == "fastapi"
+    if isinstance(exc, exceptions.ValidationError):
+        problems = flatten(exc.detail)
+        if fastapi_style:
+            body = {
+                "detail": [
+                    {"loc": ["body", *path], "msg": message, "type": f"value_error.{code}"}
+                    for path, message, code in problems
+                ]
+            }
+            return Response(body, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
+        path, message, code = problems[0]
+        field = _field_name(path)
+        return Response(
+            {
+                "detail": f"{field}: {message}" if field else message,
+                "code": code,
+                **({"field": field} if field else {}),
+            },
+            status=status.HTTP_400_BAD_REQUEST,
+        )
+    if isinstance(exc, ApplicationError):
+        body = {"detail": exc.message, "code": exc.code}
+        if exc.field:
+            body["field"] = exc.field
+        body.update(exc.extra)
+        return Response(body, status=exc.status_code)
+    return drf_exception_handler(exc, context)

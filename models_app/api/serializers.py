@@ -1,0 +1,250 @@
+"""Output serializers: the exact response shapes of the seed documents, and the schema's source of truth."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.utils import extend_schema_field
+from rest_framework import serializers
+
+from models_app.models import Asset, GenerationJob, Model, Pair, TrainingImage, TrainingTask
+from models_app.selectors import model_latest_task
+
+
+def absolute_url(context: dict[str, Any], url: str) -> str:
+    request = context.get("request")
+    return request.build_absolute_uri(url) if request is not None else url
+
+
+class TrainingImageSerializer(serializers.Serializer):
+    """Seed 004's `TrainingImage`."""
+
+    id = serializers.CharField(source="asset.public_id", help_text='The training image ID ("asset_…")')
+    automatic_captioning = serializers.CharField(help_text="Automatic captioning of the image")
+    created_at = serializers.DateTimeField(help_text="The upload date as an ISO string")
+    description = serializers.CharField(help_text="Description (caption) for the image")
+    download_url = serializers.SerializerMethodField(help_text="The URL of the image")
+    name = serializers.CharField(help_text="The original file name of the image")
+
+    def get_download_url(self, obj: TrainingImage) -> str:
+        return absolute_url(self.context, obj.asset.file.url)
+
+
+class TrainingImageEnvelopeSerializer(serializers.Serializer):
+    training_image = TrainingImageSerializer()
+
+
+class PairSerializer(serializers.Serializer):
+    """Seed 004's `Pair`."""
+
+    instruction = serializers.CharField(allow_null=True, help_text="The instruction for the pair, source to target")
+    source_id = serializers.CharField(source="source.asset.public_id", help_text="The source asset ID")
+    target_id = serializers.CharField(source="target.asset.public_id", help_text="The target asset ID")
+
+
+class PairsReplaceResponseSerializer(serializers.Serializer):
+    count = serializers.IntegerField(help_text="Number of training image pairs")
+    pairs = PairSerializer(many=True)
+
+
+class TrainingProgressSerializer(serializers.Serializer):
+    taskId = serializers.UUIDField(source="pk")  # noqa: N815 - the API's spelling
+    status = serializers.ChoiceField(choices=TrainingTask.Status.choices)
+    stage = serializers.SerializerMethodField()
+    progress = serializers.SerializerMethodField(help_text="0 to 1")
+    current_step = serializers.IntegerField()
+    total_steps = serializers.IntegerField()
+    eta_seconds = serializers.IntegerField(allow_null=True)
+    loss = serializers.FloatField(allow_null=True)
+    error_message = serializers.CharField(allow_null=True)
+
+    def get_stage(self, obj: TrainingTask) -> str:
+        if obj.status == TrainingTask.Status.PREPROCESSING and obj.preprocessing_stage:
+            return obj.preprocessing_stage
+        return obj.status.lower()
+
+    def get_progress(self, obj: TrainingTask) -> float:
+        return round(obj.progress / 100.0, 4)
+
+
+class ModelSerializer(serializers.Serializer):
+    """A model as `GET /v1/models/{id}` shows it (seed 002's fields)."""
+
+    id = serializers.CharField(source="public_id")
+    uuid = serializers.UUIDField()
+    name = serializers.CharField()
+    shortDescription = serializers.CharField(source="short_description")  # noqa: N815
+    type = serializers.ChoiceField(choices=Model.Type.choices)
+    status = serializers.ChoiceField(choices=Model.Status.choices)
+    trigger_word = serializers.CharField()
+    parameters = serializers.DictField()
+    trainingImagesNumber = serializers.SerializerMethodField()  # noqa: N815
+    trainingProgress = serializers.SerializerMethodField()  # noqa: N815
+    weightsUrl = serializers.SerializerMethodField()  # noqa: N815
+    teamId = serializers.CharField(source="team.public_id")  # noqa: N815
+    projectId = serializers.SerializerMethodField()  # noqa: N815
+    createdAt = serializers.DateTimeField(source="created_at")  # noqa: N815
+    updatedAt = serializers.DateTimeField(source="updated_at")  # noqa: N815
+
+    def get_trainingImagesNumber(self, obj: Model) -> int:  # noqa: N802
+        count = getattr(obj, "training_images_count", None)
+        return count if count is not None else obj.training_images.count()
+
+    @extend_schema_field(TrainingProgressSerializer(allow_null=True))
+    def get_trainingProgress(self, obj: Model) -> dict[str, Any] | None:  # noqa: N802
+        task = model_latest_task(obj)
+        return TrainingProgressSerializer(task).data if task is not None else None
+
+    @extend_schema_field(serializers.URLField(allow_null=True))
+    def get_weightsUrl(self, obj: Model) -> str | None:  # noqa: N802
+        task = obj.trained_task
+        return absolute_url(self.context, task.weights.url) if task is not None and task.weights else None
+
+    @extend_schema_field(serializers.CharField(allow_null=True))
+    def get_projectId(self, obj: Model) -> str | None:  # noqa: N802
+        return obj.project.public_id if obj.project else None
+
+
+class ModelEnvelopeSerializer(serializers.Serializer):
+    result = ModelSerializer()
+
+
+class AssetSerializer(serializers.Serializer):
+    id = serializers.CharField(source="public_id")
+    name = serializers.CharField(source="original_name")
+    kind = serializers.ChoiceField(choices=Asset.Kind.choices)
+    format = serializers.CharField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+    size_bytes = serializers.IntegerField()
+    sha256 = serializers.CharField()
+    download_url = serializers.SerializerMethodField()
+    created_at = serializers.DateTimeField()
+
+    def get_download_url(self, obj: Asset) -> str:
+        return absolute_url(self.context, obj.file.url)
+
+
+class JobImageSerializer(serializers.Serializer):
+    id = serializers.CharField(source="public_id")
+    url = serializers.SerializerMethodField()
+    width = serializers.IntegerField()
+    height = serializers.IntegerField()
+
+    def get_url(self, obj: Asset) -> str:
+        return absolute_url(self.context, obj.file.url)
+
+
+class JobSerializer(serializers.Serializer):
+    jobId = serializers.CharField(source="public_id")  # noqa: N815
+    modelID = serializers.CharField(source="model.public_id")  # noqa: N815
+    status = serializers.ChoiceField(choices=GenerationJob.Status.choices)
+    prompt = serializers.CharField()
+    width = serializers.IntegerField(allow_null=True)
+    height = serializers.IntegerField(allow_null=True)
+    numImages = serializers.IntegerField(source="num_images")  # noqa: N815
+    steps = serializers.IntegerField()
+    seed = serializers.IntegerField()
+    images = JobImageSerializer(many=True)
+    error = serializers.CharField(source="error_message")
+    createdAt = serializers.DateTimeField(source="created_at")  # noqa: N815
+    completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)  # noqa: N815
+
+
+class TrainingTaskSerializer(serializers.ModelSerializer):
+    """Seed 003's `TrainingTask`: every documented field, with its documented name."""
+
+    entity_id = serializers.UUIDField(source="model_id", allow_null=True)
+    sample_prompts = serializers.ListField(child=serializers.CharField())
+    source_images = serializers.ListField(
+        child=serializers.CharField(), help_text="Original image paths from source system"
+    )
+    preprocessing_transforms = serializers.ListField(
+        child=serializers.DictField(), allow_null=True, help_text="List of image transformations to apply"
+    )
+
+    class Meta:
+        model = TrainingTask
+        fields = [
+            "id",
+            "created_at",
+            "updated_at",
+            "origin_instance",
+            "origin_zone",
+            "origin_version",
+            "origin_tenant_id",
+            "training_type",
+            "entity_type",
+            "entity_id",
+            "status",
+            "progress",
+            "current_step",
+            "total_steps",
+            "eta_seconds",
+            "trigger_word",
+            "training_folder",
+            "rank",
+            "save_every",
+            "max_step_saves_to_keep",
+            "batch_size",
+            "steps",
+            "learning_rate",
+            "gradient_accumulation",
+            "optimizer",
+            "bypass_guidance_embedding",
+            "base_model_path",
+            "local_model_path",
+            "sample_every",
+            "sample_steps",
+            "sample_prompts",
+            "started_at",
+            "completed_at",
+            "logs",
+            "error_message",
+            "webhook_url",
+            "celery_training_task_id",
+            "celery_preprocessing_task_id",
+            "celery_chain_task_id",
+            "preprocessing_stage",
+            "processed_files_count",
+            "total_files_count",
+            "preprocessing_started_at",
+            "preprocessing_completed_at",
+            "source_images",
+            "processed_dataset_path",
+            "preprocessing_transforms",
+            "preprocessing_captioning_strategy",
+            "preprocessing_captioning_prompt",
+            "priority",
+            "priority_changed_at",
+        ]
+        read_only_fields = fields
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField(help_text="What was wrong, in words a user can act on")
+    code = serializers.CharField()
+    field = serializers.CharField(required=False, help_text="The request field at fault")
+
+
+class LimitErrorSerializer(ErrorSerializer):
+    actionName = serializers.CharField()  # noqa: N815
+    actionLimit = serializers.IntegerField()  # noqa: N815
+
+
+class ValidationErrorItemSerializer(serializers.Serializer):
+    loc = serializers.ListField(child=serializers.JSONField())
+    msg = serializers.CharField()
+    type = serializers.CharField()
+
+
+class HTTPValidationErrorSerializer(serializers.Serializer):
+    detail = ValidationErrorItemSerializer(many=True)
+
+
+class DetailSerializer(serializers.Serializer):
+    detail = serializers.CharField()
+
+
+def pairs_output(pairs: list[Pair]) -> dict[str, Any]:
+    return {"count": len(pairs), "pairs": PairSerializer(pairs, many=True).data}

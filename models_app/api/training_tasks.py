@@ -1,0 +1,123 @@
+"""/api/v1/training/: seed 003's training-task resource, with its field names, defaults and error shape."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import OpenApiParameter, extend_schema
+from rest_framework import serializers
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from models_app import selectors
+from models_app.api.serializers import DetailSerializer, HTTPValidationErrorSerializer, TrainingTaskSerializer
+from models_app.api.tenancy import TEAM_PARAMETER, request_team
+from models_app.models import TrainingTask
+from models_app.services.training import training_task_cancel
+from models_app.services.training_tasks import training_task_create
+
+ERRORS = {401: DetailSerializer, 404: DetailSerializer, 422: HTTPValidationErrorSerializer}
+
+
+class TrainingTaskCreateSerializer(serializers.Serializer):
+    """Seed 003's `TrainingTaskCreate`, with its defaults. Unknown fields are ignored, as the seed's server does."""
+
+    training_type = serializers.ChoiceField(choices=TrainingTask.TrainingType.choices, default="LORA")
+    entity_type = serializers.ChoiceField(choices=TrainingTask.EntityType.choices, default="PRODUCT")
+    entity_id = serializers.UUIDField(required=False, allow_null=True, default=None)
+    trigger_word = serializers.CharField(max_length=100)
+    rank = serializers.IntegerField(required=False, allow_null=True, default=16)
+    steps = serializers.IntegerField(required=False, allow_null=True, default=1000)
+    learning_rate = serializers.FloatField(required=False, allow_null=True, default=0.0001)
+    sample_prompts = serializers.ListField(child=serializers.CharField(), required=False, allow_null=True, default=list)
+    source_images = serializers.ListField(child=serializers.CharField(), required=False, allow_null=True, default=list)
+    base_model_path = serializers.CharField(required=False, allow_null=True, default=None)
+    bypass_guidance_embedding = serializers.BooleanField(required=False, allow_null=True, default=False)
+    webhook_url = serializers.CharField(required=False, allow_null=True, allow_blank=True, default=None)
+    origin_instance = serializers.CharField(required=False, allow_null=True, default="unknown")
+    origin_zone = serializers.CharField(required=False, allow_null=True, default=None)
+    origin_version = serializers.CharField(required=False, allow_null=True, default=None)
+    origin_tenant_id = serializers.CharField(required=False, allow_null=True, default=None)
+    preprocessing_transforms = serializers.ListField(
+        child=serializers.DictField(), required=False, allow_null=True, default=None
+    )
+    preprocessing_captioning_strategy = serializers.ChoiceField(
+        choices=TrainingTask.CaptioningStrategy.choices, required=False, allow_null=True, default="trigger_only"
+    )
+    preprocessing_captioning_prompt = serializers.CharField(required=False, allow_null=True, default=None)
+
+
+class SeedErrorsMixin:
+    # Request validation errors answer seed 003's HTTPValidationError (422), not /v1's shape.
+    error_style = "fastapi"
+
+
+class TrainingTaskListApi(SeedErrorsMixin, APIView):
+    class TrainingTaskPage(serializers.Serializer):
+        limit = serializers.IntegerField(min_value=1, max_value=1000, default=10)
+        skip = serializers.IntegerField(min_value=0, default=0)
+
+    @extend_schema(
+        operation_id="create_training_task",
+        parameters=[TEAM_PARAMETER],
+        request=TrainingTaskCreateSerializer,
+        responses={
+            200: TrainingTaskSerializer,
+            400: DetailSerializer,
+            402: DetailSerializer,
+            409: DetailSerializer,
+            429: DetailSerializer,
+            **ERRORS,
+        },
+        description="Create and start a new training task.",
+    )
+    def post(self, request: Request) -> Response:
+        data = TrainingTaskCreateSerializer(data=request.data)
+        data.is_valid(raise_exception=True)
+        task = training_task_create(team=request_team(request), data=dict(data.validated_data))
+        task = selectors.training_task_get(team=task.team, task_id=str(task.pk))
+        return Response(TrainingTaskSerializer(task).data)
+
+    @extend_schema(
+        operation_id="list_training_tasks",
+        parameters=[
+            TEAM_PARAMETER,
+            OpenApiParameter("limit", int, default=10),
+            OpenApiParameter("skip", int, default=0),
+        ],
+        responses={200: TrainingTaskSerializer(many=True), **ERRORS},
+        description="List all training tasks with pagination.",
+    )
+    def get(self, request: Request) -> Response:
+        page = self.TrainingTaskPage(data=request.query_params)
+        if not page.is_valid():
+            raise serializers.ValidationError(page.errors)
+        limit, skip = page.validated_data["limit"], page.validated_data["skip"]
+        tasks = selectors.training_task_list(team=request_team(request))[skip : skip + limit]
+        return Response(TrainingTaskSerializer(tasks, many=True).data)
+
+
+class TrainingTaskDetailApi(SeedErrorsMixin, APIView):
+    @extend_schema(
+        operation_id="get_training_status",
+        parameters=[TEAM_PARAMETER],
+        responses={200: TrainingTaskSerializer, **ERRORS},
+        description="Get status of a training task.",
+    )
+    def get(self, request: Request, task_id: str) -> Response:
+        return Response(
+            TrainingTaskSerializer(selectors.training_task_get(team=request_team(request), task_id=task_id)).data
+        )
+
+
+class TrainingTaskCancelApi(SeedErrorsMixin, APIView):
+    @extend_schema(
+        operation_id="cancel_training",
+        parameters=[TEAM_PARAMETER],
+        request=None,
+        responses={200: TrainingTaskSerializer, 409: DetailSerializer, **ERRORS},
+        description="Cancel a running training task (a queued one is cancelled at once).",
+    )
+    def post(self, request: Request, task_id: str) -> Response:
+        team = request_team(request)
+        training_task_cancel(task=selectors.training_task_get(team=team, task_id=task_id))
+        return Response(TrainingTaskSerializer(selectors.training_task_get(team=team, task_id=task_id)).data)

@@ -1,0 +1,133 @@
+"""/v1/assets: upload an image once and reuse it by id; /v1/images/generation and /v1/jobs/{id} (seed 002)."""
+
+from __future__ import annotations
+
+from drf_spectacular.utils import extend_schema, inline_serializer
+from rest_framework import serializers, status
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from models_app import selectors
+from models_app.api.inputs import StrictSerializer, require_one, snake_keys
+from models_app.api.serializers import AssetSerializer, DetailSerializer, ErrorSerializer, JobSerializer
+from models_app.api.tenancy import TEAM_PARAMETER, request_team
+from models_app.api.v1_training_images import upload_content
+from models_app.services.assets import asset_create
+from models_app.services.generation import generation_cancel, generation_create
+from models_app.services.image_sources import source_from_data_url, source_from_url
+
+ERRORS = {400: ErrorSerializer, 401: DetailSerializer, 404: ErrorSerializer}
+ASSET_ENVELOPE = inline_serializer("AssetEnvelope", {"asset": AssetSerializer()})
+
+
+class AssetListApi(APIView):
+    class AssetUploadInput(StrictSerializer):
+        file = serializers.FileField(required=False)
+        data = serializers.CharField(required=False, help_text="A base64 data URL")
+        url = serializers.CharField(required=False)
+        name = serializers.CharField(required=False, allow_blank=True, default="")
+        project_id = serializers.CharField(required=False, allow_null=True, default=None)
+
+    @extend_schema(
+        parameters=[TEAM_PARAMETER],
+        request={"multipart/form-data": AssetUploadInput, "application/json": AssetUploadInput},
+        responses={201: ASSET_ENVELOPE, **ERRORS},
+        description="Upload an image once (multipart `file`, a `data` URL, or a `url`) and reuse its id.",
+    )
+    def post(self, request: Request) -> Response:
+        team = request_team(request)
+        data = self.AssetUploadInput(data=snake_keys(request.data))
+        data.is_valid(raise_exception=True)
+        values = data.validated_data
+        way = require_one(values, ("file", "data", "url"))
+        if way == "file":
+            content, name = upload_content(values["file"]), values["name"] or values["file"].name
+        elif way == "data":
+            content, name = (
+                source_from_data_url(data=values["data"], name=values["name"], field="data").content,
+                (values["name"] or "image"),
+            )
+        else:
+            source = source_from_url(url=values["url"], field="url")
+            content, name = source.content, values["name"] or source.name
+        project = (
+            selectors.project_get(team=team, public_id=values["project_id"], field="projectId")
+            if values["project_id"]
+            else None
+        )
+        asset = asset_create(team=team, project=project, content=content or b"", name=name, field=way)
+        return Response(
+            {"asset": AssetSerializer(asset, context={"request": request}).data}, status=status.HTTP_201_CREATED
+        )
+
+
+class AssetDetailApi(APIView):
+    @extend_schema(parameters=[TEAM_PARAMETER], responses={200: ASSET_ENVELOPE, **ERRORS})
+    def get(self, request: Request, asset_id: str) -> Response:
+        asset = selectors.asset_get(team=request_team(request), public_id=asset_id)
+        return Response({"asset": AssetSerializer(asset, context={"request": request}).data})
+
+
+class GenerationApi(APIView):
+    class GenerationInput(StrictSerializer):
+        model_id = serializers.CharField(help_text="modelID: a ready model")
+        prompt = serializers.CharField()
+        negative_prompt = serializers.CharField(required=False, allow_blank=True, default="")
+        width = serializers.IntegerField(required=False, allow_null=True, default=None)
+        height = serializers.IntegerField(required=False, allow_null=True, default=None)
+        num_images = serializers.IntegerField(required=False, default=1)
+        steps = serializers.IntegerField(required=False, default=25)
+        seed = serializers.IntegerField(required=False, default=0)
+        guidance_scale = serializers.FloatField(required=False, default=7.5)
+        image = serializers.CharField(
+            required=False, allow_null=True, default=None, help_text="Edit models: input asset id"
+        )
+
+    @extend_schema(
+        parameters=[TEAM_PARAMETER],
+        request=GenerationInput,
+        responses={
+            200: inline_serializer(
+                "GenerationStarted",
+                {"result": inline_serializer("GenerationJobRef", {"jobId": serializers.CharField()})},
+            ),
+            **ERRORS,
+            409: ErrorSerializer,
+        },
+        description="Queue a generation with a ready model (`modelID`); poll `GET /v1/jobs/{jobId}` for the images.",
+    )
+    def post(self, request: Request) -> Response:
+        team = request_team(request)
+        data = self.GenerationInput(data=snake_keys(request.data))
+        data.is_valid(raise_exception=True)
+        values = dict(data.validated_data)
+        model = selectors.model_get(team=team, public_id=values.pop("model_id"))
+        image_id = values.pop("image")
+        source = selectors.asset_get(team=team, public_id=image_id) if image_id else None
+        job = generation_create(team=team, model=model, source_image=source, **values)
+        return Response({"result": {"jobId": job.public_id}})
+
+
+class JobCancelApi(APIView):
+    @extend_schema(
+        parameters=[TEAM_PARAMETER],
+        request=None,
+        responses={200: inline_serializer("JobCancelled", {"result": JobSerializer()}), **ERRORS, 409: ErrorSerializer},
+        description="Cancel a generation job: a queued one at once; a running one finishes without publishing images.",
+    )
+    def post(self, request: Request, job_id: str) -> Response:
+        team = request_team(request)
+        generation_cancel(job=selectors.generation_job_get(team=team, public_id=job_id))
+        job = selectors.generation_job_get(team=team, public_id=job_id)
+        return Response({"result": JobSerializer(job, context={"request": request}).data})
+
+
+class JobDetailApi(APIView):
+    @extend_schema(
+        parameters=[TEAM_PARAMETER],
+        responses={200: inline_serializer("JobEnvelope", {"result": JobSerializer()}), **ERRORS},
+    )
+    def get(self, request: Request, job_id: str) -> Response:
+        job = selectors.generation_job_get(team=request_team(request), public_id=job_id)
+        return Response({"result": JobSerializer(job, context={"request": request}).data})

@@ -1,0 +1,53 @@
+"""Import a kohya-style folder (images, each with an optional .txt caption beside it) into a model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from models_app.errors import ApplicationError
+from models_app.management.cli import model_by_id, progress
+from models_app.services.datasets import training_images_add
+from models_app.services.image_sources import ImageSource
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
+
+
+class Command(BaseCommand):
+    help = "Add the images of a folder (with .txt captions beside them) to a model; reports what was skipped."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("folder", type=Path)
+        parser.add_argument("--model-id", required=True)
+        parser.add_argument("--recursive", action="store_true")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        folder: Path = options["folder"]
+        if not folder.is_dir():
+            raise CommandError(f"{folder} is not a folder")
+        model = model_by_id(options["model_id"])
+        pattern = "**/*" if options["recursive"] else "*"
+        files = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() != ".txt")
+        added, skipped = 0, []
+        for path in progress(files, total=len(files), description="importing", stream=self.stderr._out):
+            if path.suffix.lower() not in IMAGE_SUFFIXES:
+                skipped.append((path, "not an image file (by its extension)"))
+                continue
+            caption_file = path.with_suffix(".txt")
+            caption = (
+                caption_file.read_text(encoding="utf-8", errors="replace").strip() if caption_file.is_file() else ""
+            )
+            source = ImageSource(name=path.name, content=path.read_bytes(), sidecar_caption=caption)
+            try:
+                training_images_add(model=model, sources=[source], descriptions=[caption], field="file")
+            except ApplicationError as exc:
+                skipped.append((path, exc.message))
+                continue
+            added += 1
+        self.stdout.write(f"added {added} image(s) to {model.public_id}; skipped {len(skipped)}")
+        for path, reason in skipped:
+            self.stdout.write(f"  skipped {path.relative_to(folder)}: {reason}")
+        if not added and files:
+            raise CommandError("no image was imported")

@@ -1,0 +1,27 @@
+"""Build a small random-weight base model of a family and save it as a diffusers folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+
+from training.engine.errors import EngineError
+from training.engine.tiny import FAMILIES, build_tiny_model
+
+
+class Command(BaseCommand):
+    help = "Build a tiny random-weight base model (for tests, demos and CPU runs); nothing is downloaded."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--family", choices=FAMILIES, default="sd15")
+        parser.add_argument("--out", required=True, type=Path, help="folder to create (must not exist)")
+        parser.add_argument("--seed", type=int, default=0)
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            path = build_tiny_model(options["family"], options["out"], seed=options["seed"])
+        except EngineError as exc:
+            raise CommandError(str(exc)) from exc
+        self.stdout.write(f"{options['family']} tiny model written to {path}")

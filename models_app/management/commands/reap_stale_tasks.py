@@ -1,0 +1,24 @@
+"""Re-queue (or fail) trainings whose worker is gone, and send webhook deliveries that are due."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.management.base import BaseCommand
+
+from training.tasks import reap_stale_tasks
+
+
+class Command(BaseCommand):
+    help = "Re-queue trainings whose worker stopped renewing its lease (fail them after max_attempts)."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        report = reap_stale_tasks()
+        self.stdout.write(
+            f"re-queued {len(report['requeued'])}, failed {len(report['failed'])}, "  # type: ignore[arg-type]
+            f"start messages added {report['enqueued']}, webhook deliveries attempted {report['webhooks']}"
+        )
+        for task_id in report["requeued"]:  # type: ignore[union-attr]
+            self.stdout.write(f"  re-queued {task_id}")
+        for task_id in report["failed"]:  # type: ignore[union-attr]
+            self.stdout.write(f"  failed {task_id}")

@@ -1,0 +1,140 @@
+"""Credits: what a training is estimated to cost, reserved when it starts, refunded for what it did not do.
+
+A team with no balance (`credit_balance` empty) is unlimited and gets no ledger entries. Every change
+of a balance is one conditional UPDATE plus one ledger row in the same transaction, so concurrent
+starts can never take a balance below zero.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from decimal import ROUND_UP, Decimal
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.db.models import F
+
+from models_app.errors import InsufficientCredits, InvalidInput
+from models_app.models import CreditEntry, Team, TrainingTask
+from training.engine.base_models import detect_family, guess_family_from_name
+from training.engine.errors import EngineError
+
+# Relative cost of one step at the family's native resolution, and its seconds per step on the
+# reference GPU (an H100; see bench/). SD 1.5 at 512 px is the unit.
+FAMILY_COST = {"sd15": Decimal("1"), "sdxl": Decimal("3"), "flux": Decimal("8"), "flux-kontext": Decimal("10")}
+NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux": 1024, "flux-kontext": 1024}
+SECONDS_PER_STEP = {"sd15": 0.07, "sdxl": 0.2, "flux": 0.5, "flux-kontext": 0.7}
+CENT = Decimal("0.01")
+
+
+@dataclass(frozen=True)
+class Estimate:
+    family: str
+    steps: int
+    batch_size: int
+    resolution: int
+    credits: Decimal
+    estimated_seconds: int
+
+    def as_dict(self) -> dict[str, Any]:
+        values = asdict(self)
+        values["credits"] = str(self.credits)
+        return values
+
+
+def family_of(base_model: str) -> str:
+    if Path(base_model).is_dir():
+        try:
+            return detect_family(base_model)
+        except EngineError as exc:
+            raise InvalidInput(str(exc), field="base_model_path") from exc
+    return guess_family_from_name(base_model)
+
+
+def training_estimate(
+    *, base_model: str, steps: int, batch_size: int, gradient_accumulation: int, resolution: int | None
+) -> Estimate:
+    """The one cost function: start, `dryRun` and the admin all quote this."""
+    family = family_of(base_model)
+    native = NATIVE_RESOLUTION[family]
+    size = resolution or native
+    samples = steps * batch_size * gradient_accumulation
+    pixel_factor = Decimal(size * size) / Decimal(native * native)
+    units = Decimal(samples) * pixel_factor * FAMILY_COST[family]
+    amount = (units / 1000 * Decimal(str(settings.CREDITS_PER_1000_STEPS))).quantize(CENT, rounding=ROUND_UP)
+    seconds = math.ceil(samples * float(pixel_factor) * SECONDS_PER_STEP[family])
+    return Estimate(
+        family=family,
+        steps=steps,
+        batch_size=batch_size,
+        resolution=size,
+        credits=max(amount, CENT),
+        estimated_seconds=seconds,
+    )
+
+
+def credits_reserve(*, team: Team, task: TrainingTask, estimate: Estimate) -> None:
+    """Take the estimate from the team's balance for this task, or raise 402 leaving everything as it was."""
+    if team.credit_balance is None:
+        return
+    with transaction.atomic():
+        taken = Team.objects.filter(pk=team.pk, credit_balance__gte=estimate.credits).update(
+            credit_balance=F("credit_balance") - estimate.credits
+        )
+        if not taken:
+            balance = Team.objects.values_list("credit_balance", flat=True).get(pk=team.pk)
+            raise InsufficientCredits(
+                f"this training is estimated at {estimate.credits} credits and the team has {balance}",
+                extra={"estimate": estimate.as_dict(), "balance": str(balance)},
+            )
+        balance = Team.objects.values_list("credit_balance", flat=True).get(pk=team.pk)
+        CreditEntry.objects.create(
+            team=team,
+            task=task,
+            kind=CreditEntry.Kind.RESERVE,
+            amount=-estimate.credits,
+            balance_after=balance,
+            note=f"{estimate.steps} steps, {estimate.family}, {estimate.resolution}px",
+        )
+
+
+def credits_settle(*, task_id: Any) -> Decimal:
+    """Give back the part of a finished task's reservation it did not use. Safe to call more than once."""
+    with transaction.atomic():
+        reserve = CreditEntry.objects.filter(task_id=task_id, kind=CreditEntry.Kind.RESERVE).first()
+        if reserve is None or CreditEntry.objects.filter(task_id=task_id, kind=CreditEntry.Kind.REFUND).exists():
+            return Decimal(0)
+        task = TrainingTask.objects.only("status", "current_step", "total_steps").get(pk=task_id)
+        done = task.total_steps if task.status == TrainingTask.Status.COMPLETED else task.current_step
+        unused = Decimal(max(0, task.total_steps - done)) / Decimal(max(1, task.total_steps))
+        refund = (-reserve.amount * unused).quantize(CENT)
+        if refund <= 0:
+            return Decimal(0)
+        Team.objects.filter(pk=reserve.team_id).update(credit_balance=F("credit_balance") + refund)
+        balance = Team.objects.values_list("credit_balance", flat=True).get(pk=reserve.team_id)
+        CreditEntry.objects.create(
+            team_id=reserve.team_id,
+            task_id=task_id,
+            kind=CreditEntry.Kind.REFUND,
+            amount=refund,
+            balance_after=balance,
+            note=f"{done} of {task.total_steps} steps done",
+        )
+        return refund
+
+
+@transaction.atomic
+def credits_grant(*, team: Team, amount: Decimal, note: str = "") -> Team:
+    """Add credits (a team with no balance starts counting from zero)."""
+    if amount <= 0:
+        raise InvalidInput("a grant must be a positive number of credits", field="amount")
+    team = Team.objects.select_for_update().get(pk=team.pk)
+    team.credit_balance = (team.credit_balance or Decimal(0)) + amount
+    team.save(update_fields=["credit_balance"])
+    CreditEntry.objects.create(
+        team=team, kind=CreditEntry.Kind.GRANT, amount=amount, balance_after=team.credit_balance, note=note
+    )
+    return team

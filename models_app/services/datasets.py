@@ -1,0 +1,259 @@
+"""Models and their datasets: create, configure, add and caption images, replace pairs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from typing import Any
+
+from django.conf import settings
+from django.db import transaction
+from django.utils import timezone
+
+from models_app.errors import Conflict, InvalidInput
+from models_app.models import Asset, Model, Pair, Project, Team, TrainingImage
+from models_app.services.assets import asset_create, image_verify
+from models_app.services.image_sources import ImageSource
+from models_app.training_parameters import validate_parameters
+
+# While a training reads the dataset, it must not change under it.
+LOCKED_STATUSES = (Model.Status.QUEUED, Model.Status.TRAINING)
+
+
+def _lock_editable(model_id: int) -> Model:
+    """The model row, locked for this transaction and read fresh, if its dataset may change now."""
+    model = Model.objects.select_for_update().get(pk=model_id)
+    _ensure_editable(model)
+    return model
+
+
+def _ensure_editable(model: Model) -> None:
+    if model.status == Model.Status.DELETED:
+        raise Conflict(f"model {model.public_id} is deleted")
+    if model.status in LOCKED_STATUSES:
+        raise Conflict(f"model {model.public_id} is {model.status}; its dataset cannot change until training ends")
+
+
+@transaction.atomic
+def model_create(
+    *,
+    team: Team,
+    name: str,
+    type: str = Model.Type.SUBJECT,  # noqa: A002 - the API's own field name
+    trigger_word: str = "",
+    short_description: str = "",
+    parameters: dict[str, Any] | None = None,
+    project: Project | None = None,
+) -> Model:
+    name = (name or "").strip()
+    if not name:
+        raise InvalidInput("name is required", field="name")
+    if len(name) > 200:
+        raise InvalidInput("name may be at most 200 characters", field="name")
+    if type not in Model.Type.values:
+        raise InvalidInput(f"type must be one of {', '.join(Model.Type.values)}; got {type!r}", field="type")
+    if project is not None and project.team_id != team.id:
+        raise InvalidInput("the project belongs to another team", field="projectId")
+    clean = validate_parameters(parameters or {})
+    return Model.objects.create(
+        team=team,
+        project=project,
+        name=name,
+        type=type,
+        trigger_word=trigger_word.strip(),
+        short_description=short_description,
+        parameters=clean,
+    )
+
+
+@transaction.atomic
+def model_configure(
+    *,
+    model: Model,
+    parameters: dict[str, Any] | None = None,
+    name: str | None = None,
+    short_description: str | None = None,
+    trigger_word: str | None = None,
+    replace: bool = False,
+) -> Model:
+    """Merge (or, with replace, swap in) parameter overrides and change the descriptive fields."""
+    model = Model.objects.select_for_update().get(pk=model.pk)
+    if model.status == Model.Status.DELETED:
+        raise Conflict(f"model {model.public_id} is deleted")
+    fields = ["updated_at"]
+    if parameters is not None:
+        clean = validate_parameters(parameters)
+        model.parameters = clean if replace else {**model.parameters, **clean}
+        fields.append("parameters")
+    if name is not None:
+        if not name.strip():
+            raise InvalidInput("name cannot be empty", field="name")
+        model.name = name.strip()
+        fields.append("name")
+    if short_description is not None:
+        model.short_description = short_description
+        fields.append("short_description")
+    if trigger_word is not None:
+        model.trigger_word = trigger_word.strip()
+        fields.append("trigger_word")
+    model.save(update_fields=fields)
+    return model
+
+
+def training_image_add(*, model: Model, content: bytes, name: str, description: str = "") -> TrainingImage:
+    """Store an uploaded image as an asset of the model's team and add it to the dataset."""
+    source = ImageSource(name=name, content=content)
+    [image] = training_images_add(model=model, sources=[source], descriptions=[description], field="file")
+    return image
+
+
+def training_images_add(
+    *, model: Model, sources: Sequence[ImageSource], descriptions: Sequence[str] | None = None, field: str = "images"
+) -> list[TrainingImage]:
+    """Add several images at once: all are verified first, and either all are added or none is."""
+    _ensure_editable(model)
+    descriptions = list(descriptions or [""] * len(sources))
+    item_fields = [field if len(sources) == 1 else f"{field}[{index}]" for index in range(len(sources))]
+    for source, item_field in zip(sources, item_fields, strict=True):
+        if source.content is not None:
+            image_verify(content=source.content, name=source.name, field=item_field)
+    created_assets: list[Asset] = []
+    try:
+        with transaction.atomic():
+            images = []
+            for index, source in enumerate(sources):
+                asset = source.asset
+                if asset is None:
+                    asset = asset_create(
+                        team=model.team,
+                        project=model.project,
+                        content=source.content or b"",
+                        name=source.name,
+                        field=item_fields[index],
+                    )
+                    created_assets.append(asset)
+                image = training_image_add_asset(model=model, asset=asset, description=descriptions[index])
+                if source.sidecar_caption:
+                    image.sidecar_caption = source.sidecar_caption
+                    image.save(update_fields=["sidecar_caption"])
+                images.append(image)
+            return images
+    except BaseException:
+        # The rows went with the rollback; the files the storage already holds must go too.
+        for asset in created_assets:
+            asset.file.delete(save=False)
+        raise
+
+
+def training_image_replace(
+    *, training_image: TrainingImage, content: bytes | None = None, name: str = "", description: str | None = None
+) -> TrainingImage:
+    """Swap the image file (it becomes a new asset, so the image's id changes) and/or its caption."""
+    model = training_image.model
+    _ensure_editable(model)
+    if content is None and description is None:
+        raise InvalidInput("send a new file, a new description, or both", field="file")
+    new_asset = None
+    if content is not None:
+        new_asset = asset_create(team=model.team, project=model.project, content=content, name=name or "image")
+    try:
+        with transaction.atomic():
+            _lock_editable(model.pk)
+            if new_asset is not None:
+                _check_training_size(new_asset)
+                training_image.asset = new_asset
+                training_image.name = new_asset.original_name
+            if description is not None:
+                training_image.description = description.strip()
+            training_image.save()
+            return training_image
+    except BaseException:
+        if new_asset is not None:
+            new_asset.file.delete(save=False)
+        raise
+
+
+def _check_training_size(asset: Asset) -> None:
+    if min(asset.width, asset.height) < settings.IMAGE_MIN_SIDE:
+        raise InvalidInput(
+            f"{asset.original_name!r} is {asset.width}x{asset.height} pixels; each side of a training image "
+            f"must be at least {settings.IMAGE_MIN_SIDE} pixels",
+            field="file",
+        )
+
+
+@transaction.atomic
+def training_image_add_asset(*, model: Model, asset: Asset, description: str = "") -> TrainingImage:
+    model = _lock_editable(model.pk)
+    if asset.team_id != model.team_id:
+        raise InvalidInput(f"asset {asset.public_id} not found", field="assetId")
+    _check_training_size(asset)
+    if TrainingImage.objects.filter(model=model, asset=asset).exists():
+        raise Conflict(f"asset {asset.public_id} is already a training image of this model")
+    return TrainingImage.objects.create(model=model, asset=asset, name=asset.original_name, description=description)
+
+
+@transaction.atomic
+def training_image_set_caption(*, training_image: TrainingImage, description: str) -> TrainingImage:
+    _lock_editable(training_image.model_id)
+    training_image.description = description.strip()
+    training_image.save(update_fields=["description"])
+    return training_image
+
+
+@transaction.atomic
+def training_image_delete(*, training_image: TrainingImage) -> None:
+    _lock_editable(training_image.model_id)
+    training_image.delete()
+
+
+@transaction.atomic
+def pairs_replace(*, model: Model, pairs: Sequence[dict[str, Any]]) -> list[Pair]:
+    """Swap the model's pairs for the given ones; every id must be a training image of this model."""
+    model = _lock_editable(model.pk)
+    by_public_id = {image.asset.public_id: image for image in model.training_images.select_related("asset")}
+    created: list[Pair] = []
+    for position, entry in enumerate(pairs):
+        field = f"pairs[{position}]"
+        if not isinstance(entry, dict):
+            raise InvalidInput(f"{field} must be an object with source_id, target_id and instruction", field=field)
+        source_id = entry.get("source_id", entry.get("sourceId"))
+        target_id = entry.get("target_id", entry.get("targetId"))
+        instruction = entry.get("instruction") or ""
+        for key, value in (("source_id", source_id), ("target_id", target_id)):
+            if not isinstance(value, str) or value not in by_public_id:
+                raise InvalidInput(
+                    f"{field}.{key} {value!r} is not a training image of model {model.public_id}",
+                    field=f"{field}.{key}",
+                )
+        if source_id == target_id:
+            raise InvalidInput(f"{field}: source and target must be different images", field=field)
+        if not isinstance(instruction, str):
+            raise InvalidInput(f"{field}.instruction must be a string", field=f"{field}.instruction")
+        created.append(
+            Pair(
+                model=model,
+                source=by_public_id[source_id],
+                target=by_public_id[target_id],
+                instruction=instruction,
+                position=position,
+            )
+        )
+    Pair.objects.filter(model=model).delete()
+    return Pair.objects.bulk_create(created)
+
+
+def model_delete(*, model: Model) -> Model:
+    """Soft delete: the model answers `deleted` and leaves every list; a live training is cancelled first."""
+    from models_app.services.training import training_cancel
+
+    if model.status in LOCKED_STATUSES:
+        with contextlib.suppress(Conflict):  # it may have finished meanwhile
+            training_cancel(model=model)
+    with transaction.atomic():
+        model = Model.objects.select_for_update().get(pk=model.pk)
+        if model.status != Model.Status.DELETED:
+            model.status = Model.Status.DELETED
+            model.deleted_at = timezone.now()
+            model.save(update_fields=["status", "deleted_at", "updated_at"])
+    return model

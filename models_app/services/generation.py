@@ -1,0 +1,135 @@
+"""Generation jobs: queued on the training workers, claimed once, images stored as assets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from models_app.errors import Conflict, InvalidInput
+from models_app.models import Asset, GenerationJob, Model, Team
+
+MAX_PROMPT_CHARS = 2000
+
+
+def _check_range(name: str, value: Any, low: int, high: int, *, multiple: int = 1, nullable: bool = False) -> None:
+    if value is None and nullable:
+        return
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise InvalidInput(f"{name} must be an integer", field=name)
+    if not low <= value <= high or value % multiple:
+        extra = f" and a multiple of {multiple}" if multiple > 1 else ""
+        raise InvalidInput(f"{name} must be between {low} and {high}{extra}; got {value}", field=name)
+
+
+@transaction.atomic
+def generation_create(
+    *,
+    team: Team,
+    model: Model,
+    prompt: str,
+    width: int | None = None,
+    height: int | None = None,
+    num_images: int = 1,
+    steps: int = 25,
+    seed: int = 0,
+    negative_prompt: str = "",
+    guidance_scale: float = 7.5,
+    source_image: Asset | None = None,
+) -> GenerationJob:
+    if model.team_id != team.id:
+        raise InvalidInput(f"model {model.public_id} not found", field="modelID")
+    if model.status != Model.Status.READY or model.trained_task_id is None:
+        raise Conflict(f"model {model.public_id} is {model.status}; it must be ready to generate")
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise InvalidInput("prompt is required", field="prompt")
+    if len(prompt) > MAX_PROMPT_CHARS:
+        raise InvalidInput(f"prompt may be at most {MAX_PROMPT_CHARS} characters", field="prompt")
+    _check_range("width", width, 64, 2048, multiple=8, nullable=True)
+    _check_range("height", height, 64, 2048, multiple=8, nullable=True)
+    _check_range("numImages", num_images, 1, 4)
+    _check_range("steps", steps, 1, 100)
+    _check_range("seed", seed, 0, 2**31 - 1)
+    if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, int | float) or not 0 <= guidance_scale <= 30:
+        raise InvalidInput("guidance_scale must be a number between 0 and 30", field="guidance_scale")
+    if model.type == Model.Type.EDIT and source_image is None:
+        raise InvalidInput("an edit model generates from an input image: send its asset id as `image`", field="image")
+    if source_image is not None and source_image.team_id != team.id:
+        raise InvalidInput(f"asset {source_image.public_id} not found", field="image")
+    job = GenerationJob.objects.create(
+        source_image=source_image,
+        team=team,
+        model=model,
+        prompt=prompt.strip(),
+        negative_prompt=negative_prompt or "",
+        width=width,
+        height=height,
+        num_images=num_images,
+        steps=steps,
+        seed=seed,
+        guidance_scale=float(guidance_scale),
+    )
+    transaction.on_commit(lambda: generation_job_enqueue(job_id=job.public_id))
+    return job
+
+
+def generation_job_enqueue(*, job_id: str) -> str:
+    from django_q.tasks import async_task
+
+    queue_id = async_task("training.tasks.run_generation", job_id, task_name=f"generation-{job_id}", group="generation")
+    GenerationJob.objects.filter(public_id=job_id).update(queue_task_id=queue_id)
+    return str(queue_id)
+
+
+def generation_job_claim(*, job_id: str, worker_id: str) -> GenerationJob | None:
+    from django.db.models import F
+
+    moved = GenerationJob.objects.filter(public_id=job_id, status=GenerationJob.Status.PENDING).update(
+        status=GenerationJob.Status.RUNNING,
+        worker_id=worker_id,
+        attempt_count=F("attempt_count") + 1,
+        started_at=timezone.now(),
+    )
+    if not moved:
+        return None
+    return GenerationJob.objects.select_related(
+        "model__trained_task", "model__team", "model__project", "source_image"
+    ).get(public_id=job_id)
+
+
+@transaction.atomic
+def generation_job_complete(*, job: GenerationJob, worker_id: str, assets: list[Asset]) -> bool:
+    """Publish the images, unless the job was cancelled meanwhile (then it ends cancelled, with none)."""
+    running = GenerationJob.objects.filter(pk=job.pk, status=GenerationJob.Status.RUNNING, worker_id=worker_id)
+    if running.filter(cancel_requested_at__isnull=False).update(
+        status=GenerationJob.Status.CANCELED, completed_at=timezone.now()
+    ):
+        return False
+    moved = running.update(status=GenerationJob.Status.COMPLETED, completed_at=timezone.now())
+    if moved:
+        job.images.set(assets)
+    return bool(moved)
+
+
+def generation_job_fail(*, job: GenerationJob, worker_id: str, message: str) -> bool:
+    return bool(
+        GenerationJob.objects.filter(pk=job.pk, status=GenerationJob.Status.RUNNING, worker_id=worker_id).update(
+            status=GenerationJob.Status.FAILED, completed_at=timezone.now(), error_message=message
+        )
+    )
+
+
+@transaction.atomic
+def generation_cancel(*, job: GenerationJob) -> GenerationJob:
+    """A pending job is cancelled at once; a running one is flagged, and its images are not published."""
+    job = GenerationJob.objects.select_for_update().get(pk=job.pk)
+    if job.status in GenerationJob.FINAL_STATUSES:
+        raise Conflict(f"job {job.public_id} is {job.status} and cannot be cancelled")
+    now = timezone.now()
+    if job.status == GenerationJob.Status.PENDING:
+        job.status = GenerationJob.Status.CANCELED
+        job.completed_at = now
+    job.cancel_requested_at = now
+    job.save(update_fields=["status", "completed_at", "cancel_requested_at"])
+    return job

@@ -1,0 +1,98 @@
+"""Webhook events of a training: recorded as deliveries, signed, and sent off the training's path."""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from datetime import timedelta
+from typing import Any
+
+from django.db import transaction
+from django.utils import timezone
+
+from models_app.models import TrainingTask, WebhookDelivery
+
+EVENTS = ("queued", "started", "progress", "checkpoint", "completed", "failed", "cancelled")
+SIGNATURE_HEADER = "X-Webhook-Signature"
+MAX_ATTEMPTS = 6
+BACKOFF_SECONDS = (5, 30, 120, 600, 1800)
+
+
+def sign(secret: str, body: bytes) -> str:
+    """`sha256=<hex HMAC-SHA256 of the body>`: what the receiver recomputes with the team's webhook secret."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+def payload_body(payload: dict[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), sort_keys=True).encode()
+
+
+def task_payload(task: TrainingTask, event: str, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {
+        "event": event,
+        "task_id": str(task.pk),
+        "model_id": task.model.public_id if task.model_id else None,
+        "status": task.status,
+        "progress": task.progress,
+        "current_step": task.current_step,
+        "total_steps": task.total_steps,
+        "eta_seconds": task.eta_seconds,
+        "error_message": task.error_message,
+        "sent_at": timezone.now().isoformat().replace("+00:00", "Z"),
+        **(data or {}),
+    }
+
+
+def webhook_emit(*, task_id: Any, event: str, data: dict[str, Any] | None = None) -> WebhookDelivery | None:
+    """Record the event for the task's webhook (if it has one) and hand it to the sender after commit."""
+    task = TrainingTask.objects.select_related("model", "team").filter(pk=task_id).first()
+    if task is None or not task.webhook_url:
+        return None
+    delivery = WebhookDelivery.objects.create(
+        team=task.team,
+        task=task,
+        event=event,
+        url=task.webhook_url,
+        payload=task_payload(task, event, data),
+        next_attempt_at=timezone.now(),
+    )
+
+    def send() -> None:
+        from training.webhooks import sender
+
+        sender().submit(delivery.pk)
+
+    transaction.on_commit(send)
+    return delivery
+
+
+def webhook_record_attempt(*, delivery_id: int, status_code: int | None, error: str) -> WebhookDelivery:
+    """Write one attempt's outcome; schedule the next with back-off, or give up after MAX_ATTEMPTS."""
+    with transaction.atomic():
+        delivery = WebhookDelivery.objects.select_for_update().get(pk=delivery_id)
+        delivery.attempts += 1
+        delivery.response_status = status_code
+        delivery.last_error = error[:2000]
+        now = timezone.now()
+        if status_code is not None and 200 <= status_code < 300:
+            delivery.status = WebhookDelivery.Status.DELIVERED
+            delivery.delivered_at = now
+            delivery.next_attempt_at = None
+        elif delivery.attempts >= MAX_ATTEMPTS:
+            delivery.status = WebhookDelivery.Status.FAILED
+            delivery.next_attempt_at = None
+        else:
+            wait = BACKOFF_SECONDS[min(delivery.attempts - 1, len(BACKOFF_SECONDS) - 1)]
+            delivery.next_attempt_at = now + timedelta(seconds=wait)
+        delivery.save()
+        return delivery
+
+
+def webhook_due_deliveries(*, limit: int = 100) -> list[int]:
+    """Deliveries whose next attempt is due (their sender died, or their back-off passed)."""
+    return list(
+        WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=timezone.now())
+        .order_by("next_attempt_at")
+        .values_list("pk", flat=True)[:limit]
+    )

@@ -1,0 +1,124 @@
+"""The training parameters a model may set, their types, bounds and defaults (seed 003's `TrainingTask`).
+
+`Model.parameters` holds overrides only; a task gets the defaults merged with them when it starts.
+One table, so the API, the admin and the commands validate alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from models_app.errors import InvalidInput
+
+
+@dataclass(frozen=True)
+class Parameter:
+    kind: type | tuple[type, ...]
+    default: Any
+    minimum: float | None = None
+    maximum: float | None = None
+    choices: tuple[Any, ...] | None = None
+    nullable: bool = False
+
+
+PARAMETERS: dict[str, Parameter] = {
+    "training_type": Parameter(str, "LORA", choices=("LORA", "FULL")),
+    "rank": Parameter(int, 16, 1, 256),
+    "lora_alpha": Parameter((int, float), None, 0.01, 1024, nullable=True),
+    "steps": Parameter(int, 1000, 1, 100_000),
+    "learning_rate": Parameter((int, float), 0.0001, 1e-7, 1.0),
+    "batch_size": Parameter(int, 1, 1, 64),
+    "gradient_accumulation": Parameter(int, 1, 1, 64),
+    "optimizer": Parameter(str, "adamw8bit", choices=("adamw8bit", "adamw", "prodigy")),
+    "lr_scheduler": Parameter(
+        str, "constant_with_warmup", choices=("constant", "constant_with_warmup", "linear", "cosine")
+    ),
+    "lr_warmup_steps": Parameter(int, 0, 0, 100_000),
+    "caption_dropout_rate": Parameter((int, float), 0.05, 0, 0.99),
+    "gradient_checkpointing": Parameter(bool, False),
+    "guidance_scale": Parameter((int, float), 1.0, 0, 30),
+    "resolution": Parameter(int, None, 32, 2048, nullable=True),
+    "seed": Parameter(int, 42, 0, 2**31 - 1),
+    "save_every": Parameter(int, 2000, 1, 100_000),
+    "max_step_saves_to_keep": Parameter(int, 4, 1, 100),
+    "sample_every": Parameter(int, 250, 1, 100_000),
+    "sample_steps": Parameter(int, 25, 1, 200),
+    "sample_prompts": Parameter(list, []),
+    "base_model_path": Parameter(str, None, nullable=True),
+    "bypass_guidance_embedding": Parameter(bool, False),
+    "preprocessing_transforms": Parameter(list, None, nullable=True),
+    "preprocessing_captioning_strategy": Parameter(
+        str, "trigger_only", choices=("trigger_only", "description", "filename", "automatic")
+    ),
+    "preprocessing_captioning_prompt": Parameter(str, None, nullable=True),
+    "priority": Parameter(int, 1, 0, 3),
+    "webhook_url": Parameter(str, "", nullable=True),
+}
+
+
+def validate_parameters(values: Any, *, field: str = "parameters") -> dict[str, Any]:
+    """The given overrides, checked; raises InvalidInput naming the first bad key."""
+    if not isinstance(values, dict):
+        raise InvalidInput(f"{field} must be an object of parameter names to values", field=field)
+    unknown = sorted(set(values) - set(PARAMETERS))
+    if unknown:
+        raise InvalidInput(
+            f"unknown parameter {unknown[0]!r}; known parameters: {', '.join(sorted(PARAMETERS))}",
+            field=f"{field}.{unknown[0]}",
+        )
+    clean: dict[str, Any] = {}
+    for name, value in values.items():
+        clean[name] = _check(name, PARAMETERS[name], value, field=f"{field}.{name}")
+    return clean
+
+
+def _check(name: str, spec: Parameter, value: Any, *, field: str) -> Any:
+    if value is None:
+        if spec.nullable:
+            return None
+        raise InvalidInput(f"{name} cannot be null", field=field)
+    kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+    # bool is an int in Python; a JSON true is never a valid number here.
+    if isinstance(value, bool) and bool not in kinds:
+        raise InvalidInput(f"{name} must be {_kind_name(kinds)}, not a boolean", field=field)
+    if not isinstance(value, kinds):
+        raise InvalidInput(f"{name} must be {_kind_name(kinds)}, got {type(value).__name__}", field=field)
+    if spec.choices is not None and value not in spec.choices:
+        raise InvalidInput(f"{name} must be one of {', '.join(map(str, spec.choices))}; got {value!r}", field=field)
+    if spec.minimum is not None and value < spec.minimum:
+        raise InvalidInput(f"{name} must be at least {spec.minimum}; got {value}", field=field)
+    if spec.maximum is not None and value > spec.maximum:
+        raise InvalidInput(f"{name} must be at most {spec.maximum}; got {value}", field=field)
+    if name == "webhook_url" and value and not value.startswith(("http://", "https://")):
+        raise InvalidInput("webhook_url must be an http or https URL", field=field)
+    if name == "sample_prompts" and not all(isinstance(p, str) for p in value):
+        raise InvalidInput("sample_prompts must be a list of strings", field=field)
+    if name == "preprocessing_transforms":
+        from training.engine.data import validate_transforms
+        from training.engine.errors import EngineError
+
+        try:
+            validate_transforms(value)
+        except EngineError as exc:
+            raise InvalidInput(str(exc), field=field) from exc
+    return value
+
+
+def _kind_name(kinds: tuple[type, ...]) -> str:
+    names = {int: "an integer", float: "a number", str: "a string", bool: "a boolean", list: "a list"}
+    if set(kinds) == {int, float}:
+        return "a number"
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+def effective_parameters(overrides: dict[str, Any], *, default_base_model: str) -> dict[str, Any]:
+    """Defaults merged with a model's overrides: what a task started now would use."""
+    merged = {name: spec.default for name, spec in PARAMETERS.items()}
+    merged["base_model_path"] = default_base_model
+    merged.update({k: v for k, v in overrides.items() if v is not None or PARAMETERS[k].nullable})
+    if merged["base_model_path"] is None:
+        merged["base_model_path"] = default_base_model
+    if merged["webhook_url"] is None:
+        merged["webhook_url"] = ""
+    return merged

@@ -1,0 +1,106 @@
+"""Shared fixtures: every file under a temporary folder, and a tiny SD 1.5 base model built once."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from training.engine.tiny import build_tiny_model
+
+
+@pytest.fixture(scope="session")
+def base_models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("base-models")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15(base_models_root: Path) -> Path:
+    """A real diffusers folder of a tiny random-weight SD 1.5 model (built in seconds, nothing downloaded)."""
+    return build_tiny_model("sd15", base_models_root / "tiny-sd15")
+
+
+@pytest.fixture(autouse=True)
+def isolated_files(settings, tmp_path: Path, base_models_root: Path) -> Iterator[None]:
+    settings.MEDIA_ROOT = tmp_path / "media"
+    settings.TRAINING_WORK_DIR = tmp_path / "work"
+    settings.VAR_DIR = tmp_path / "var"
+    settings.TRAINING_BASE_MODEL_ROOTS = [base_models_root]
+    settings.TRAINING_DEFAULT_BASE_MODEL = str(base_models_root / "tiny-sd15")
+    yield
+
+
+@pytest.fixture
+def fast_training() -> dict[str, object]:
+    """Parameters that train the tiny model in a few seconds on a CPU."""
+    return {
+        "steps": 20,
+        "rank": 4,
+        "learning_rate": 0.001,
+        "batch_size": 2,
+        "resolution": 64,
+        "optimizer": "adamw",
+        "preprocessing_captioning_strategy": "description",
+    }
+
+
+@dataclass
+class ImageServer:
+    url: str
+    folder: Path
+
+    def serve(self, name: str, content: bytes) -> str:
+        (self.folder / name).write_bytes(content)
+        return f"{self.url}/{name}"
+
+
+@pytest.fixture
+def image_server(tmp_path: Path, settings) -> Iterator[ImageServer]:
+    """A real HTTP server on loopback serving files from a folder (`serve` puts one there).
+
+    Loopback is a private address, so this fixture also allows private hosts for image URLs; the
+    tests of the refusal turn that back off.
+    """
+    import functools
+    import http.server
+    import threading
+
+    folder = tmp_path / "served"
+    folder.mkdir()
+
+    class Handler(http.server.SimpleHTTPRequestHandler):
+        def log_message(self, *args: object) -> None:
+            return None
+
+        def do_GET(self) -> None:
+            if self.path.startswith("/redirect-to-"):
+                self.send_response(302)
+                self.send_header("Location", "/" + self.path.removeprefix("/redirect-to-"))
+                self.end_headers()
+                return
+            super().do_GET()
+
+    class Server(http.server.ThreadingHTTPServer):
+        def handle_error(self, request: object, client_address: object) -> None:
+            return None  # a client that hangs up early (the size limit) is expected here
+
+    server = Server(("127.0.0.1", 0), functools.partial(Handler, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    settings.IMAGE_URL_ALLOW_PRIVATE_HOSTS = True
+    try:
+        yield ImageServer(url=f"http://127.0.0.1:{server.server_address[1]}", folder=folder)
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+@pytest.fixture(scope="session")
+def tiny_models(base_models_root: Path, tiny_sd15: Path) -> dict[str, Path]:
+    """A tiny model of every family, built once per test session."""
+    models = {"sd15": tiny_sd15}
+    for family in ("sdxl", "flux", "flux-kontext"):
+        models[family] = build_tiny_model(family, base_models_root / f"tiny-{family}")
+    return models

@@ -1,0 +1,113 @@
+"""Small helpers the tests share."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rest_framework.test import APIClient
+
+from models_app.models import Team
+from tests.factories import api_token
+
+
+def api_client_for(team: Team) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Bearer {api_token(team)}")
+    return client
+
+
+def media_files(root: Path) -> list[Path]:
+    return [p for p in Path(root).rglob("*") if p.is_file()] if Path(root).exists() else []
+
+
+def run_queued() -> list[object]:
+    """Run every message on django-q2's ORM queue, as a worker would, and remove it. Returns the results."""
+    from django.utils.module_loading import import_string
+    from django_q.models import OrmQ
+
+    results = []
+    for message in OrmQ.objects.order_by("id"):
+        package = message.task
+        message.delete()
+        results.append(import_string(package["func"])(*package["args"], **package.get("kwargs", {})))
+    return results
+
+
+def png(size: tuple[int, int] = (96, 96), colour: str = "red", fmt: str = "PNG") -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", size, colour).save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def database_url() -> str:
+    """The URL of the database this test runs on, for a worker process to reach the same data."""
+    from django.db import connection
+
+    config = connection.settings_dict
+    if connection.vendor == "sqlite":
+        return f"sqlite:///{config['NAME']}"
+    credentials = config["USER"] + (f":{config['PASSWORD']}" if config["PASSWORD"] else "")
+    return f"postgres://{credentials}@{config['HOST'] or 'localhost'}:{config['PORT'] or 5432}/{config['NAME']}"
+
+
+def worker_environment(settings, **extra: str) -> dict[str, str]:
+    """The environment a real qcluster process needs to work on this test's database and files."""
+    import os
+
+    return {
+        **os.environ,
+        "DATABASE_URL": database_url(),
+        "MEDIA_ROOT": str(settings.MEDIA_ROOT),
+        "TRAINING_WORK_DIR": str(settings.TRAINING_WORK_DIR),
+        "VAR_DIR": str(settings.VAR_DIR),
+        "TRAINING_BASE_MODEL_ROOTS": ",".join(str(p) for p in settings.TRAINING_BASE_MODEL_ROOTS),
+        **extra,
+    }
+
+
+def start_cluster(settings, name: str, **extra: str):
+    """A real `manage.py qcluster` process in its own process group (so a test can kill it whole)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from django.conf import settings as django_settings
+
+    log = open(Path(settings.VAR_DIR).parent / f"{name}.log", "ab")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(
+        [sys.executable, str(Path(django_settings.BASE_DIR) / "manage.py"), "qcluster"],
+        env=worker_environment(settings, TRAINING_WORKER_NAME=name, **extra),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def stop_cluster(process, *, kill: bool = False) -> None:
+    import os
+    import signal
+    import subprocess
+
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def wait_for(predicate, *, timeout: float, interval: float = 0.3, what: str = "condition"):
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")

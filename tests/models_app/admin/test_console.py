@@ -1,0 +1,185 @@
+"""The admin console through Django's test client: team scoping, the workspace endpoints, actions, queries."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.urls import reverse
+
+from models_app.models import Model, Pair, TrainingImage, TrainingTask
+from models_app.services.training import training_start
+from tests.factories import MembershipFactory, ModelFactory, TeamFactory, UserFactory, add_images
+from tests.helpers import png
+
+pytestmark = pytest.mark.django_db
+
+
+@pytest.fixture
+def staff(client):
+    user = UserFactory(is_staff=True)
+    user.user_permissions.set(
+        __import__("django.contrib.auth.models", fromlist=["Permission"]).Permission.objects.all()
+    )
+    team = MembershipFactory(user=user).team
+    client.force_login(user)
+    client.team = team
+    return client
+
+
+def url(name: str, *args: object) -> str:
+    return reverse(f"admin:{name}", args=args)
+
+
+def upload_file(name: str, content: bytes) -> io.BytesIO:
+    handle = io.BytesIO(content)
+    handle.name = name
+    return handle
+
+
+def test_staff_see_only_their_teams_models_and_cannot_reach_others(staff, tiny_sd15: Path) -> None:
+    own = ModelFactory(team=staff.team, name="Ours")
+    other = ModelFactory(name="Theirs")
+    add_images(other, 2)
+    listing = staff.get(url("models_app_model_changelist")).content.decode()
+    assert "Ours" in listing and "Theirs" not in listing
+    assert staff.get(url("models_app_model_change", own.pk)).status_code == 200
+    assert staff.get(url("models_app_model_change", other.pk)).status_code == 302  # "does not exist" redirect
+    image = other.training_images.first()
+    for endpoint, data in (
+        (url("models_app_model_upload", other.pk), {}),
+        (url("models_app_model_caption", other.pk, image.pk), {"description": "x"}),
+        (url("models_app_model_start", other.pk), {}),
+        (url("models_app_model_configure", other.pk), {"parameters": "{}"}),
+    ):
+        assert staff.post(endpoint, data).status_code == 404, endpoint
+    assert TrainingImage.objects.get(pk=image.pk).description != "x"
+
+
+def test_a_superuser_sees_every_team(client) -> None:
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    ModelFactory(name="Alpha")
+    ModelFactory(name="Beta")
+    page = client.get(url("models_app_model_changelist")).content.decode()
+    assert "Alpha" in page and "Beta" in page
+
+
+def test_the_workspace_uploads_captions_flags_replaces_and_deletes(staff, tiny_sd15: Path) -> None:
+    model = ModelFactory(team=staff.team)
+    response = staff.post(
+        url("models_app_model_upload", model.pk),
+        {"images": [upload_file("a.png", png((600, 600), "red")), upload_file("b.png", png((100, 100), "blue")),
+                    upload_file("c.png", png((600, 600), "red"))]},
+    )  # fmt: skip
+    assert response.json() == {"added": 3}
+    bad = staff.post(url("models_app_model_upload", model.pk), {"images": [upload_file("x.png", b"text")]})
+    assert bad.status_code == 400 and "'x.png' is not an image" in bad.json()["detail"]
+    assert model.training_images.count() == 3
+
+    page = staff.get(url("models_app_model_change", model.pk)).content.decode()
+    assert "3 images" in page and "a training needs 12 to 20 images" in page
+    assert "small: 100x100, under 512 px" in page
+    assert page.count("duplicate of another image here") == 2
+    first = model.training_images.order_by("id").first()
+    saved = staff.post(url("models_app_model_caption", model.pk, first.pk), {"description": "  a red square "})
+    assert saved.json() == {"description": "a red square"}
+
+    old_id = first.public_id
+    replaced = staff.post(
+        url("models_app_model_replace_image", model.pk, first.pk),
+        {"image": upload_file("n.png", png((600, 600), "green"))},
+    )
+    assert replaced.status_code == 200 and replaced.json()["id"] != old_id
+    assert staff.post(url("models_app_model_delete_image", model.pk, first.pk)).json() == {"ok": True}
+    assert model.training_images.count() == 2
+
+
+def test_parameters_estimate_start_cancel_and_priority(staff, tiny_sd15: Path) -> None:
+    model = ModelFactory(team=staff.team)
+    add_images(model, 12)
+    bad = staff.post(url("models_app_model_configure", model.pk), {"parameters": '{"stepz": 5}'})
+    assert bad.status_code == 400 and "unknown parameter 'stepz'" in bad.json()["detail"]
+    broken = staff.post(url("models_app_model_configure", model.pk), {"parameters": "{steps: 5"})
+    assert broken.status_code == 400 and "not valid JSON" in broken.json()["detail"]
+    configured = staff.post(
+        url("models_app_model_configure", model.pk), {"parameters": '{"steps": 2000, "resolution": 512}'}
+    )
+    assert configured.json()["quote"]["estimate"]["credits"] == "20.00"
+    page = staff.get(url("models_app_model_change", model.pk)).content.decode()
+    assert "20.00</span> credits" in page and "Can start</dt><dd>yes" in page
+
+    started = staff.post(url("models_app_model_start", model.pk)).json()
+    task = TrainingTask.objects.get(model=model)
+    assert started["url"] == url("models_app_trainingtask_change", task.pk)
+    again = staff.post(url("models_app_model_start", model.pk))
+    assert again.status_code == 409 and again.json()["detail"] == "Model is already training"
+
+    assert staff.post(url("models_app_task_priority", task.pk), {"priority": "3"}).json() == {"priority": 3}
+    assert staff.post(url("models_app_task_priority", task.pk), {"priority": "9"}).status_code == 400
+    progress = staff.get(url("models_app_task_progress", task.pk)).json()
+    assert progress["status"] == "PENDING" and progress["finished"] is False
+    task_page = staff.get(url("models_app_trainingtask_change", task.pk)).content.decode()
+    assert 'id="live-fill"' in task_page and 'id="loss-chart"' in task_page
+    assert staff.post(url("models_app_model_cancel", model.pk)).json() == {"status": "CANCELLED"}
+    assert Model.objects.get(pk=model.pk).status == Model.Status.CANCELED
+
+
+def test_the_pairs_editor_saves_pairs_with_the_service_rules(staff, tiny_sd15: Path) -> None:
+    model = ModelFactory(team=staff.team, type=Model.Type.EDIT)
+    add_images(model, 3)
+    ids = [image.public_id for image in model.training_images.select_related("asset")]
+    pairs = [{"source_id": ids[0], "target_id": ids[1], "instruction": "night"}]
+    assert staff.post(url("models_app_model_pairs", model.pk), {"pairs": json.dumps(pairs)}).json() == {"count": 1}
+    same = [{"source_id": ids[0], "target_id": ids[0]}]
+    refused = staff.post(url("models_app_model_pairs", model.pk), {"pairs": json.dumps(same)})
+    assert refused.status_code == 400 and "different images" in refused.json()["detail"]
+    page = staff.get(url("models_app_model_change", model.pk)).content.decode()
+    assert "Before/after pairs" in page and 'class="instruction">night<' in page
+    assert Pair.objects.filter(model=model).count() == 1
+
+
+def test_list_actions_start_cancel_and_reprioritise(staff, tiny_sd15: Path) -> None:
+    models = [ModelFactory(team=staff.team) for _ in range(2)]
+    add_images(models[0], 12)
+    response = staff.post(
+        url("models_app_model_changelist"),
+        {"action": "start_training", "_selected_action": [m.pk for m in models]},
+        follow=True,
+    )
+    text = response.content.decode()
+    assert "training queued" in text and "the model has 0 training images" in text
+    task = TrainingTask.objects.get()
+    staff.post(url("models_app_trainingtask_changelist"), {"action": "priority_urgent", "_selected_action": [task.pk]})
+    task.refresh_from_db()
+    assert task.priority == 3 and task.priority_changed_at is not None
+    staff.post(url("models_app_trainingtask_changelist"), {"action": "cancel_tasks", "_selected_action": [task.pk]})
+    assert TrainingTask.objects.get().status == TrainingTask.Status.CANCELLED
+
+
+@pytest.mark.parametrize(
+    "page",
+    ["models_app_model_changelist", "models_app_trainingtask_changelist", "models_app_trainingimage_changelist",
+     "models_app_asset_changelist", "models_app_team_changelist"],
+)  # fmt: skip
+def test_list_pages_cost_the_same_queries_for_more_rows(client, page: str, tiny_sd15: Path) -> None:
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    team = TeamFactory()
+
+    def grow(count: int) -> None:
+        for _ in range(count):
+            model = ModelFactory(team=team)
+            add_images(model, 12)
+            training_start(model=model)
+
+    grow(1)
+    client.get(url(page))
+    with CaptureQueriesContext(connection) as few:
+        assert client.get(url(page)).status_code == 200
+    grow(3)
+    with CaptureQueriesContext(connection) as many:
+        assert client.get(url(page)).status_code == 200
+    assert len(many) == len(few)

@@ -1,0 +1,78 @@
+"""Which model family a base model belongs to, read from its own diffusers config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from training.engine.errors import EngineError
+
+PIPELINE_FAMILIES = {
+    "StableDiffusionPipeline": "sd15",
+    "StableDiffusionXLPipeline": "sdxl",
+    "FluxPipeline": "flux",
+    "FluxKontextPipeline": "flux-kontext",
+}
+SUPPORTED_FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext")
+
+
+def resolve_family(base_model: str) -> str:
+    """The family of a base model this engine can train; EngineError naming the problem otherwise."""
+    family = detect_family(base_model)
+    if family not in SUPPORTED_FAMILIES:
+        raise EngineError(
+            f"base model {base_model!r} is of the {family} family, which this engine does not "
+            f"train yet; supported families: {', '.join(SUPPORTED_FAMILIES)}"
+        )
+    return family
+
+
+def detect_family(base_model: str) -> str:
+    """The family named by a local diffusers folder's (or a reachable hub model's) model_index.json."""
+    index_path = _model_index(base_model)
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"base model {base_model!r}: cannot read model_index.json ({exc})") from exc
+    class_name = str(index.get("_class_name", ""))
+    family = PIPELINE_FAMILIES.get(class_name)
+    if family is None:
+        raise EngineError(
+            f"base model {base_model!r} is a {class_name or 'unknown'} pipeline; "
+            f"supported pipelines: {', '.join(PIPELINE_FAMILIES)}"
+        )
+    return family
+
+
+def guess_family_from_name(base_model: str) -> str:
+    """For estimates before a hub model is fetched: the family its name suggests, the costliest if unclear."""
+    name = base_model.lower()
+    if "kontext" in name:
+        return "flux-kontext"
+    if "flux" in name:
+        return "flux"
+    if "xl" in name:
+        return "sdxl"
+    if "stable-diffusion-v1" in name or "sd15" in name or "sd-1" in name:
+        return "sd15"
+    return "flux"
+
+
+def _model_index(base_model: str) -> Path:
+    local = Path(base_model)
+    if local.is_dir():
+        index = local / "model_index.json"
+        if not index.is_file():
+            raise EngineError(f"base model folder {base_model!r} has no model_index.json (not a diffusers folder)")
+        return index
+    if local.is_absolute() or base_model.startswith("."):
+        raise EngineError(f"base model folder {base_model!r} does not exist")
+    try:
+        from huggingface_hub import hf_hub_download
+
+        return Path(hf_hub_download(base_model, "model_index.json"))
+    except Exception as exc:  # any hub failure: offline, unknown repo, gated, no network
+        raise EngineError(
+            f"base model {base_model!r} is neither a local diffusers folder nor a hub id this machine "
+            f"can fetch ({type(exc).__name__}); download it once and set base_model_path to its folder"
+        ) from exc

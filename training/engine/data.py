@@ -1,0 +1,224 @@
+"""Dataset preparation: open and orient the images, transform and bucket them, write each caption."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import random
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from training.engine.errors import EngineError
+from training.engine.spec import CAPTIONING_STRATEGIES, Captioner, DatasetImage, TrainingSpec
+
+# --- transforms ------------------------------------------------------------------------------------
+
+TRANSFORM_PARAMETERS: dict[str, dict[str, type | tuple[type, ...]]] = {
+    "resize": {"size": int, "width": int, "height": int},
+    "center_crop": {"size": int, "width": int, "height": int},
+    "random_crop": {"size": int, "width": int, "height": int},
+    "horizontal_flip": {"p": (int, float)},
+}
+
+
+@dataclass(frozen=True)
+class Transform:
+    type: str
+    width: int | None = None
+    height: int | None = None
+    p: float = 0.5
+
+
+def validate_transforms(raw: Any) -> list[Transform]:
+    """Parse `preprocessing_transforms`; EngineError naming the first bad entry."""
+    if raw is None:
+        return []
+    if not isinstance(raw, list):
+        raise EngineError('preprocessing_transforms must be a list of objects such as {"type": "resize", "size": 512}')
+    parsed = []
+    for index, entry in enumerate(raw):
+        where = f"preprocessing_transforms[{index}]"
+        if not isinstance(entry, dict):
+            raise EngineError(f'{where} must be an object with a "type"')
+        kind = entry.get("type")
+        if kind not in TRANSFORM_PARAMETERS:
+            raise EngineError(f"{where}: unknown transform {kind!r}; known: {', '.join(TRANSFORM_PARAMETERS)}")
+        allowed = TRANSFORM_PARAMETERS[kind]
+        for key, value in entry.items():
+            if key == "type":
+                continue
+            if key not in allowed:
+                raise EngineError(f"{where}: {kind} takes {', '.join(allowed) or 'no options'}, not {key!r}")
+            if isinstance(value, bool) or not isinstance(value, allowed[key]):
+                raise EngineError(f"{where}.{key} must be a number")
+        if kind == "horizontal_flip":
+            p = float(entry.get("p", 0.5))
+            if not 0 <= p <= 1:
+                raise EngineError(f"{where}.p must be between 0 and 1")
+            parsed.append(Transform(type=kind, p=p))
+            continue
+        width = entry.get("width", entry.get("size"))
+        height = entry.get("height", entry.get("size"))
+        if width is None or height is None:
+            raise EngineError(f'{where}: {kind} needs "size" or both "width" and "height"')
+        if not (16 <= width <= 8192 and 16 <= height <= 8192):
+            raise EngineError(f"{where}: sizes must be between 16 and 8192 pixels")
+        parsed.append(Transform(type=kind, width=int(width), height=int(height)))
+    return parsed
+
+
+def apply_transforms(image: Image.Image, transforms: list[Transform], rng: random.Random) -> Image.Image:
+    """The deterministic and once-drawn random transforms; flips are applied per step instead."""
+    for transform in transforms:
+        if transform.type == "resize":
+            # Scale so the image covers the size, keeping its aspect ratio.
+            scale = max(transform.width / image.width, transform.height / image.height)  # type: ignore[operator]
+            image = image.resize(
+                (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS
+            )
+        elif transform.type in ("center_crop", "random_crop"):
+            width, height = min(transform.width, image.width), min(transform.height, image.height)  # type: ignore[type-var]
+            if transform.type == "center_crop":
+                left, top = (image.width - width) // 2, (image.height - height) // 2
+            else:
+                left, top = rng.randint(0, image.width - width), rng.randint(0, image.height - height)
+            image = image.crop((left, top, left + width, top + height))
+    return image
+
+
+def flip_probability(transforms: list[Transform]) -> float:
+    flips = [t.p for t in transforms if t.type == "horizontal_flip"]
+    return flips[-1] if flips else 0.0
+
+
+# --- buckets ---------------------------------------------------------------------------------------
+
+
+def make_buckets(resolution: int, multiple: int) -> list[tuple[int, int]]:
+    """(width, height) sizes of about resolution² pixels, multiples of `multiple`, aspect 1:2 to 2:1."""
+    step = max(multiple, (resolution // 16) // multiple * multiple)
+    area = resolution * resolution
+    buckets = set()
+    width = step
+    while width <= resolution * 2:
+        height = max(step, round(area / width / step) * step)
+        if 0.5 <= width / height <= 2.0:
+            buckets.add((width, height))
+        width += step
+    buckets.add((resolution // multiple * multiple, resolution // multiple * multiple))
+    return sorted(buckets)
+
+
+def nearest_bucket(width: int, height: int, buckets: list[tuple[int, int]]) -> tuple[int, int]:
+    ratio = math.log(width / height)
+    return min(buckets, key=lambda b: (abs(math.log(b[0] / b[1]) - ratio), -b[0] * b[1]))
+
+
+# --- images ----------------------------------------------------------------------------------------
+
+
+def open_upright(image: DatasetImage, *, target: int | None = None) -> Image.Image:
+    """The image in RGB with its EXIF orientation applied. JPEGs are decoded at reduced scale when
+    the target size allows, which is far faster and smaller for camera-sized files."""
+    try:
+        with Image.open(image.path) as opened:
+            if target:
+                opened.draft("RGB", (target, target))
+            return ImageOps.exif_transpose(opened).convert("RGB")
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise EngineError(f"training image {image.name!r} cannot be read as an image ({exc})") from exc
+
+
+def fit_to_bucket(image: Image.Image, bucket: tuple[int, int]) -> Image.Image:
+    return ImageOps.fit(image, bucket, method=Image.Resampling.LANCZOS)
+
+
+def to_tensor_array(image: Image.Image) -> np.ndarray:
+    """HWC uint8 -> CHW float32 in [-1, 1]."""
+    return (np.asarray(image, dtype=np.float32) / 127.5 - 1.0).transpose(2, 0, 1).copy()
+
+
+# --- captions --------------------------------------------------------------------------------------
+
+AVAILABLE_CAPTIONING = CAPTIONING_STRATEGIES
+
+
+def with_trigger(caption: str, trigger_word: str) -> str:
+    caption = " ".join(caption.split())
+    if not caption:
+        return trigger_word
+    words = {word.lower() for word in re.findall(r"[\w'-]+", caption)}
+    if trigger_word and trigger_word.lower() not in words:
+        # The trigger word is what ties the LoRA to the subject at generation time: never lose it.
+        return f"{trigger_word}, {caption}"
+    return caption
+
+
+def caption_for(
+    image: DatasetImage,
+    *,
+    strategy: str,
+    trigger_word: str,
+    captioner: Captioner | None = None,
+    prompt: str | None = None,
+    picture: Image.Image | None = None,
+) -> str:
+    if strategy not in CAPTIONING_STRATEGIES:
+        raise EngineError(
+            f"preprocessing_captioning_strategy {strategy!r} is unknown; "
+            f"choose one of: {', '.join(CAPTIONING_STRATEGIES)}"
+        )
+    if strategy == "trigger_only":
+        return trigger_word
+    if strategy == "description":
+        return with_trigger(image.caption, trigger_word)
+    if strategy == "filename":
+        sidecar = Path(image.path).with_suffix(".txt")
+        if not sidecar.is_file():
+            raise EngineError(f"captioning strategy 'filename': {image.name!r} has no caption file beside it (.txt)")
+        text = sidecar.read_text(encoding="utf-8", errors="replace").strip()
+        if not text:
+            raise EngineError(f"captioning strategy 'filename': the caption file of {image.name!r} is empty")
+        return with_trigger(text, trigger_word)
+    if captioner is None:
+        raise EngineError(
+            "preprocessing_captioning_strategy 'automatic' is not available on this server: no local captioning "
+            "model is installed (set TRAINING_CAPTION_MODEL to a captioning model folder)"
+        )
+    text = captioner(picture if picture is not None else open_upright(image), prompt).strip()
+    if not text:
+        raise EngineError(f"the captioning model wrote an empty caption for {image.name!r}")
+    return with_trigger(text, trigger_word)
+
+
+# --- the prepared dataset --------------------------------------------------------------------------
+
+
+@dataclass
+class PreparedItem:
+    name: str
+    caption: str
+    bucket: tuple[int, int]
+    pixels: np.ndarray  # CHW float32, the bucket's size
+    source_pixels: np.ndarray | None = None  # the conditioning image of an edit pair
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def dataset_fingerprint(spec: TrainingSpec, family: str, resolution: int) -> str:
+    """Identifies what the cache holds: the same files, captions and sizes give the same fingerprint."""
+    digest = hashlib.sha256()
+    digest.update(f"{family}|{spec.base_model}|{resolution}|{spec.captioning_strategy}|{spec.trigger_word}".encode())
+    digest.update(repr(spec.transforms).encode())
+    for image in spec.images:
+        digest.update(image.name.encode() + b"\0" + image.caption.encode() + b"\0")
+        digest.update(hashlib.sha256(Path(image.path).read_bytes()).digest())
+    for pair in spec.pairs:
+        digest.update(pair.instruction.encode())
+        for side in (pair.source, pair.target):
+            digest.update(hashlib.sha256(Path(side.path).read_bytes()).digest())
+    return digest.hexdigest()[:16]

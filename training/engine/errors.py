@@ -1,0 +1,12 @@
+"""Errors the engine raises for problems a user can fix (bad data, bad configuration)."""
+
+
+class EngineError(Exception):
+    """A training or generation request that cannot be carried out as given.
+
+    The message is shown to the user as it is, so it names the problem and what to change.
+    """
+
+
+class TrainingCancelled(Exception):
+    """Raised inside the loop when the caller's cancel token fires; not an error."""

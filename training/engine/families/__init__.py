@@ -1,0 +1,25 @@
+"""One adapter per model family: how to encode images and captions, and what the denoiser's loss is."""
+
+from __future__ import annotations
+
+from training.engine.errors import EngineError
+from training.engine.families.base import Family
+from training.engine.families.flux import FluxFamily, FluxKontextFamily
+from training.engine.families.sd import SD15Family, SDXLFamily
+
+FAMILY_CLASSES: dict[str, type[Family]] = {
+    "sd15": SD15Family,
+    "sdxl": SDXLFamily,
+    "flux": FluxFamily,
+    "flux-kontext": FluxKontextFamily,
+}
+
+
+def family_class(name: str) -> type[Family]:
+    try:
+        return FAMILY_CLASSES[name]
+    except KeyError as exc:
+        raise EngineError(f"family {name} cannot be trained; supported: {', '.join(FAMILY_CLASSES)}") from exc
+
+
+__all__ = ["FAMILY_CLASSES", "Family", "family_class"]

@@ -1,0 +1,116 @@
+"""Generation with a base model and, optionally, a LoRA trained here. The API's jobs and the samples
+taken during training both go through `load_pipeline` and `run_pipeline`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from PIL import Image
+
+from training.engine.errors import EngineError
+from training.engine.families.flux import bypass_guidance
+
+
+def pick_device(requested: str | None) -> Any:
+    import torch
+
+    if requested:
+        return torch.device(requested)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def load_pipeline(base_model: str, *, device: Any, components: dict[str, Any] | None = None) -> Any:
+    """The base model's own pipeline class (read from its folder), with any components given replaced."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    from training.engine import quiet_libraries
+    from training.engine.base_models import resolve_family
+    from training.engine.families import family_class
+
+    quiet_libraries()
+    family_class(resolve_family(base_model))
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    extra: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
+    try:
+        pipeline = DiffusionPipeline.from_pretrained(base_model, dtype=dtype, **extra, **(components or {}))
+    except TypeError:  # pipelines without a safety checker refuse those arguments
+        pipeline = DiffusionPipeline.from_pretrained(base_model, dtype=dtype, **(components or {}))
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline.to(device)
+
+
+def run_pipeline(
+    pipeline: Any,
+    *,
+    prompt: str,
+    width: int | None = None,
+    height: int | None = None,
+    steps: int = 25,
+    seed: int = 0,
+    num_images: int = 1,
+    guidance_scale: float | None = None,
+    negative_prompt: str | None = None,
+    image: Image.Image | None = None,
+    bypass_guidance_embedding: bool = False,
+) -> list[Image.Image]:
+    import torch
+
+    denoiser = getattr(pipeline, "unet", None) or pipeline.transformer
+    sample_size = denoiser.config.sample_size if hasattr(denoiser.config, "sample_size") else None
+    default = (sample_size or 64) * pipeline.vae_scale_factor if getattr(pipeline, "unet", None) else 1024
+    if not getattr(pipeline, "unet", None) and pipeline.vae_scale_factor < 8:
+        default = 64  # the tiny test models
+    arguments: dict[str, Any] = {
+        "prompt": prompt,
+        "width": width or default,
+        "height": height or default,
+        "num_inference_steps": steps,
+        "num_images_per_prompt": num_images,
+        "generator": torch.Generator(device="cpu").manual_seed(seed),
+    }
+    if guidance_scale is not None:
+        arguments["guidance_scale"] = guidance_scale
+    if negative_prompt:
+        arguments["negative_prompt"] = negative_prompt
+    if type(pipeline).__name__ == "FluxKontextPipeline":
+        if image is None:
+            raise EngineError("an edit (Kontext) model needs an input image to generate from")
+        arguments.update(image=image, _auto_resize=False, max_area=arguments["width"] * arguments["height"])
+    with torch.no_grad(), bypass_guidance(denoiser, enabled=bypass_guidance_embedding):
+        return list(pipeline(**arguments).images)
+
+
+def generate(
+    *,
+    base_model: str,
+    prompt: str,
+    lora_path: Path | None = None,
+    width: int | None = None,
+    height: int | None = None,
+    steps: int = 25,
+    seed: int = 0,
+    num_images: int = 1,
+    guidance_scale: float | None = None,
+    negative_prompt: str | None = None,
+    image: Image.Image | None = None,
+    device: str | None = None,
+) -> list[Image.Image]:
+    pipeline = load_pipeline(base_model, device=pick_device(device))
+    if lora_path is not None:
+        if not Path(lora_path).is_file():
+            raise EngineError(f"LoRA weights file {lora_path} does not exist")
+        pipeline.load_lora_weights(str(Path(lora_path).parent), weight_name=Path(lora_path).name)
+    return run_pipeline(
+        pipeline,
+        prompt=prompt,
+        width=width,
+        height=height,
+        steps=steps,
+        seed=seed,
+        num_images=num_images,
+        guidance_scale=guidance_scale,
+        negative_prompt=negative_prompt,
+        image=image,
+    )

@@ -1,0 +1,138 @@
+"""Plain data the engine takes and gives back. No Django here: the runner builds these."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from PIL import Image
+
+CAPTIONING_STRATEGIES = ("trigger_only", "description", "filename", "automatic")
+TRAINING_TYPES = ("LORA", "FULL")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+
+# A local captioning model: image (and the user's prompt, if any) in, caption out.
+Captioner = Callable[[Image.Image, str | None], str]
+
+
+@dataclass(frozen=True)
+class DatasetImage:
+    path: Path
+    name: str
+    caption: str = ""
+
+
+@dataclass(frozen=True)
+class DatasetPair:
+    """A before/after pair for edit (Kontext-style) training: learn to turn `source` into `target`."""
+
+    source: DatasetImage
+    target: DatasetImage
+    instruction: str
+
+
+@dataclass
+class TrainingSpec:
+    base_model: str
+    output_dir: Path
+    images: list[DatasetImage]
+    trigger_word: str
+    pairs: list[DatasetPair] = field(default_factory=list)
+    training_type: str = "LORA"
+    rank: int = 16
+    lora_alpha: float | None = None  # None: equal to rank, so the LoRA's scale is 1
+    steps: int = 1000
+    learning_rate: float = 1e-4
+    lr_scheduler: str = "constant_with_warmup"
+    lr_warmup_steps: int = 0
+    batch_size: int = 1
+    gradient_accumulation: int = 1
+    gradient_checkpointing: bool = False
+    optimizer: str = "adamw8bit"
+    resolution: int | None = None  # None: the base model's native size
+    seed: int = 42
+    captioning_strategy: str = "trigger_only"
+    captioning_prompt: str | None = None
+    captioner: Captioner | None = None
+    caption_dropout_rate: float = 0.0
+    transforms: list[dict[str, Any]] | None = None
+    bypass_guidance_embedding: bool = False
+    guidance_scale: float = 1.0  # FLUX.1-dev's guidance input while training
+    save_every: int = 2000
+    max_step_saves_to_keep: int = 4
+    sample_every: int = 250
+    sample_steps: int = 25
+    sample_prompts: list[str] = field(default_factory=list)
+    resume: bool = True  # continue from the newest valid checkpoint in output_dir, if any
+    device: str | None = None  # None: CUDA when available, else CPU
+    progress_interval_seconds: float = 1.0
+
+    @property
+    def checkpoint_dir(self) -> Path:
+        return Path(self.output_dir) / "checkpoints"
+
+    @property
+    def cache_dir(self) -> Path:
+        return Path(self.output_dir) / "cache"
+
+
+@dataclass(frozen=True)
+class Progress:
+    stage: str
+    step: int
+    total_steps: int
+    loss: float | None = None
+    learning_rate: float | None = None
+    elapsed_seconds: float = 0.0
+    eta_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class TrainingResult:
+    family: str
+    weights_path: Path  # diffusers/PEFT layout LoRA, or the denoiser's weights for FULL
+    steps_done: int
+    final_loss: float | None
+    kohya_path: Path | None = None
+    resumed_from_step: int = 0
+    captions: dict[str, str] = field(default_factory=dict)
+    samples: list[Path] = field(default_factory=list)
+    metadata: dict[str, str] = field(default_factory=dict)
+
+
+class TrainingCallbacks(Protocol):
+    def on_stage(self, stage: str, processed: int, total: int) -> None: ...
+
+    def on_progress(self, progress: Progress) -> None: ...
+
+    def on_log(self, message: str) -> None: ...
+
+    def on_sample(self, step: int, prompt: str, path: Path) -> None: ...
+
+    def on_checkpoint(self, step: int, path: Path) -> None: ...
+
+    def should_cancel(self) -> bool: ...
+
+
+class SilentCallbacks:
+    """Callbacks that ignore everything and never cancel, for scripts and tests that only want the result."""
+
+    def on_stage(self, stage: str, processed: int, total: int) -> None:
+        return None
+
+    def on_progress(self, progress: Progress) -> None:
+        return None
+
+    def on_log(self, message: str) -> None:
+        return None
+
+    def on_sample(self, step: int, prompt: str, path: Path) -> None:
+        return None
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        return None
+
+    def should_cancel(self) -> bool:
+        return False

@@ -1,0 +1,290 @@
+"""Small random-weight base models built locally from configs, saved as ordinary diffusers folders.
+
+They use the real pipeline classes, so every code path (loading from a path, training, LoRA export,
+generation) runs on a CPU in seconds with nothing downloaded.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+from training.engine.errors import EngineError
+
+FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext")
+
+
+def _bytes_to_unicode() -> dict[int, str]:
+    # The printable stand-ins byte-level BPE tokenizers (GPT-2, CLIP) use for the 256 byte values.
+    printable = (
+        list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    )
+    codes = printable[:]
+    extra = 0
+    for byte in range(256):
+        if byte not in printable:
+            printable.append(byte)
+            codes.append(256 + extra)
+            extra += 1
+    return dict(zip(printable, (chr(c) for c in codes), strict=True))
+
+
+def _write_clip_tokenizer(folder: Path) -> int:
+    """A byte-level CLIP tokenizer with no merges: every byte is one token. Returns its vocab size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    symbols = sorted(_bytes_to_unicode().values())
+    vocab: dict[str, int] = {}
+    for symbol in symbols:
+        vocab[symbol] = len(vocab)
+    for symbol in symbols:
+        vocab[symbol + "</w>"] = len(vocab)
+    vocab["<|startoftext|>"] = len(vocab)
+    vocab["<|endoftext|>"] = len(vocab)
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+
+    from transformers import CLIPTokenizer
+
+    tokenizer = CLIPTokenizer(
+        vocab_file=str(folder / "vocab.json"),
+        merges_file=str(folder / "merges.txt"),
+        model_max_length=77,
+    )
+    tokenizer.save_pretrained(str(folder))
+    return len(vocab)
+
+
+def _clip_config(vocab_size: int) -> object:
+    """A two-layer CLIP text encoder for the byte-level tokenizer above."""
+    from transformers import CLIPTextConfig
+
+    return CLIPTextConfig(
+        bos_token_id=vocab_size - 2,
+        eos_token_id=vocab_size - 1,
+        pad_token_id=vocab_size - 1,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=2,
+        vocab_size=vocab_size,
+        max_position_embeddings=77,
+        projection_dim=32,
+    )
+
+
+def _small_vae(**overrides: object) -> object:
+    """A two-block VAE (downsampling by 2), so 64-pixel images train in milliseconds."""
+    from diffusers import AutoencoderKL
+
+    options: dict = {
+        "block_out_channels": [32, 64],
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        "latent_channels": 4,
+        "sample_size": 64,
+    }
+    options.update(overrides)
+    return AutoencoderKL(**options)
+
+
+def build_tiny_sd15(out_dir: Path, *, seed: int = 0) -> Path:
+    """A Stable Diffusion 1.5-shaped pipeline (UNet, VAE, CLIP text encoder) of about 8 MB."""
+    import torch
+    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    if out_dir.exists():
+        raise EngineError(f"{out_dir} already exists; remove it or choose another --out folder")
+    torch.manual_seed(seed)
+    # Built beside the target and renamed at the end, so a crash never leaves a half-written model.
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer_dir = staging / "tokenizer"
+    vocab_size = _write_clip_tokenizer(tokenizer_dir)
+    tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
+
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=8,
+        norm_num_groups=32,
+    )
+    vae = _small_vae()
+    text_encoder = CLIPTextModel(_clip_config(vocab_size))
+    scheduler = DDPMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        num_train_timesteps=1000,
+        clip_sample=False,
+        steps_offset=1,
+    )
+    pipeline = StableDiffusionPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
+    pipeline.save_pretrained(str(staging), safe_serialization=True)
+    staging.rename(out_dir)
+    return out_dir
+
+
+def _write_t5_tokenizer(folder: Path) -> int:
+    """A unigram T5 tokenizer whose pieces are single characters (and their word-start forms)."""
+    from transformers import T5TokenizerFast
+
+    characters = [chr(c) for c in range(32, 127)]
+    vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    vocab += [("\u2581" + c, -1.0) for c in characters] + [(c, -2.0) for c in characters]
+    tokenizer = T5TokenizerFast(
+        vocab=vocab, unk_id=2, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
+    )
+    tokenizer.model_max_length = 512
+    tokenizer.save_pretrained(str(folder))
+    return len(vocab)
+
+
+def _staging(out_dir: Path) -> Path:
+    if out_dir.exists():
+        raise EngineError(f"{out_dir} already exists; remove it or choose another --out folder")
+    staging = out_dir.with_name(out_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    return staging
+
+
+def build_tiny_sdxl(out_dir: Path, *, seed: int = 0) -> Path:
+    """An SDXL-shaped pipeline: UNet with text-time conditioning and two CLIP text encoders."""
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline, UNet2DConditionModel
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    out_dir = Path(out_dir)
+    staging = _staging(out_dir)
+    torch.manual_seed(seed)
+    vocab_size = _write_clip_tokenizer(staging / "tokenizer")
+    _write_clip_tokenizer(staging / "tokenizer_2")
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=32,
+        in_channels=4,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=32 + 6 * 8,
+        cross_attention_dim=64,
+        norm_num_groups=1,
+    )
+    vae = _small_vae(scaling_factor=0.13025)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
+    )
+    pipeline = StableDiffusionXLPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=CLIPTextModel(_clip_config(vocab_size)),
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(vocab_size)),
+        tokenizer=CLIPTokenizer.from_pretrained(str(staging / "tokenizer")),
+        tokenizer_2=CLIPTokenizer.from_pretrained(str(staging / "tokenizer_2")),
+        scheduler=scheduler,
+    )
+    pipeline.save_pretrained(str(staging), safe_serialization=True)
+    staging.rename(out_dir)
+    return out_dir
+
+
+def build_tiny_flux(out_dir: Path, *, seed: int = 0, kontext: bool = False) -> Path:
+    """A FLUX.1-dev-shaped pipeline (guidance embedding, CLIP + T5, 16-channel VAE); Kontext shares it."""
+    import torch
+    from diffusers import (
+        FlowMatchEulerDiscreteScheduler,
+        FluxKontextPipeline,
+        FluxPipeline,
+        FluxTransformer2DModel,
+    )
+    from transformers import CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+
+    out_dir = Path(out_dir)
+    staging = _staging(out_dir)
+    torch.manual_seed(seed)
+    clip_vocab = _write_clip_tokenizer(staging / "tokenizer")
+    t5_vocab = _write_t5_tokenizer(staging / "tokenizer_2")
+    transformer = FluxTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        guidance_embeds=True,
+        axes_dims_rope=(4, 6, 6),
+    )
+    clip = CLIPTextModel(_clip_config(clip_vocab))
+    t5 = T5EncoderModel(
+        T5Config(
+            vocab_size=t5_vocab,
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        )
+    )
+    vae = _small_vae(
+        block_out_channels=[32, 32],
+        latent_channels=16,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
+    )
+    pipeline_class = FluxKontextPipeline if kontext else FluxPipeline
+    pipeline = pipeline_class(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=clip,
+        text_encoder_2=t5,
+        tokenizer=CLIPTokenizer.from_pretrained(str(staging / "tokenizer")),
+        tokenizer_2=T5TokenizerFast.from_pretrained(str(staging / "tokenizer_2")),
+        scheduler=FlowMatchEulerDiscreteScheduler(),
+    )
+    pipeline.save_pretrained(str(staging), safe_serialization=True)
+    staging.rename(out_dir)
+    return out_dir
+
+
+def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0) -> Path:
+    if family == "sd15":
+        return build_tiny_sd15(out_dir, seed=seed)
+    if family == "sdxl":
+        return build_tiny_sdxl(out_dir, seed=seed)
+    if family in ("flux", "flux-kontext"):
+        return build_tiny_flux(out_dir, seed=seed, kontext=family == "flux-kontext")
+    raise EngineError(f"unknown family {family!r}; tiny models exist for: {', '.join(FAMILIES)}")

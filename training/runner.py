@@ -1,0 +1,374 @@
+"""The worker side of one training task: claim it, run the engine, report, publish the result.
+
+Everything the runner writes goes through the training services, so the database stays the truth:
+a runner that loses its claim (the task was cancelled, reaped or finished elsewhere) stops and
+writes nothing more.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import Any
+
+from django.conf import settings
+from django.db import connection
+from django.utils import timezone
+
+from models_app.models import TrainingCheckpoint, TrainingImage, TrainingTask
+from models_app.services.training import (
+    LeaseLost,
+    log_tail,
+    training_checkpoint_record,
+    training_task_add_sample,
+    training_task_begin_training,
+    training_task_cancelled,
+    training_task_claim,
+    training_task_claim_next,
+    training_task_complete,
+    training_task_fail,
+    training_task_heartbeat,
+    training_task_record_progress,
+)
+from models_app.services.webhooks import webhook_emit
+from training import engine
+from training.storage_io import local_copy
+
+logger = logging.getLogger(__name__)
+
+MAX_LOSS_POINTS = 500
+# How often the cancel flag is read when no progress write reads it anyway.
+CANCEL_CHECK_SECONDS = 1.0
+
+
+def worker_identity() -> str:
+    """host:label:pid:random. Every training cluster shares the queue (Q_CLUSTER_NAME); the label tells
+    them apart (TRAINING_WORKER_NAME, e.g. one per GPU)."""
+    label = os.environ.get("TRAINING_WORKER_NAME") or settings.Q_CLUSTER.get("name", "worker")
+    return f"{socket.gethostname()}:{label}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+class TaskReporter:
+    """The engine's callbacks, writing to the task row at a bounded rate."""
+
+    def __init__(self, task: TrainingTask, worker_id: str) -> None:
+        self.task_id = task.pk
+        self.worker_id = worker_id
+        self.logs = task.logs
+        self.pending_lines: list[str] = []
+        self.pending_fields: dict[str, Any] = {}
+        self.last_write = 0.0
+        self.last_cancel_check = 0.0
+        self.cancel_requested = False
+        self.training_started = False
+        self.keep_checkpoints = task.max_step_saves_to_keep
+        self.last_webhook = 0.0
+        self.heartbeat: Heartbeat | None = None
+        self.loss_history: list[list[float]] = list(task.loss_history or [])
+
+    def log(self, message: str) -> None:
+        stamp = timezone.now().strftime("%Y-%m-%d %H:%M:%S")
+        self.pending_lines.append(f"{stamp} {message}")
+        logger.info("task %s: %s", self.task_id, message)
+
+    def drain(self) -> dict[str, Any]:
+        """The fields written so far plus the log, and forget them."""
+        fields = dict(self.pending_fields)
+        if self.pending_lines:
+            self.logs = log_tail(self.logs, self.pending_lines)
+            self.pending_lines = []
+            fields["logs"] = self.logs
+        self.pending_fields = {}
+        return fields
+
+    def flush(self, *, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self.last_write < settings.TRAINING_PROGRESS_WRITE_SECONDS:
+            return
+        self.cancel_requested = (
+            training_task_record_progress(task_id=self.task_id, worker_id=self.worker_id, fields=self.drain())
+            or self.cancel_requested
+        )
+        self.last_write = self.last_cancel_check = now
+
+    # engine.TrainingCallbacks
+    def on_stage(self, stage: str, processed: int, total: int) -> None:
+        if stage == "training" and not self.training_started:
+            self.training_started = True
+            self.log("preprocessing done; training started")
+            training_task_begin_training(task_id=self.task_id, worker_id=self.worker_id, fields=self.drain())
+            self.last_write = time.monotonic()
+            return
+        if stage != "exporting":
+            self.pending_fields.update(
+                preprocessing_stage=stage, processed_files_count=processed, total_files_count=total
+            )
+            if processed == 0:
+                self.log(f"{stage}: {total} item(s)")
+        elif processed == 0:
+            self.log("exporting weights")
+        self.flush()
+
+    def on_progress(self, progress: engine.Progress) -> None:
+        if progress.loss is not None:
+            self.loss_history = [p for p in self.loss_history if p[0] < progress.step]  # a resume repeats steps
+            self.loss_history.append([progress.step, round(progress.loss, 6)])
+            if len(self.loss_history) > MAX_LOSS_POINTS:
+                self.loss_history = self.loss_history[::2]  # keep the whole curve, at half the density
+            self.pending_fields["loss_history"] = self.loss_history
+        self.pending_fields.update(
+            current_step=progress.step,
+            total_steps=progress.total_steps,
+            progress=round(100.0 * progress.step / max(1, progress.total_steps), 2),
+            eta_seconds=progress.eta_seconds,
+            loss=progress.loss,
+        )
+        self.flush(force=progress.step == progress.total_steps)
+        now = time.monotonic()
+        if now - self.last_webhook >= settings.WEBHOOK_PROGRESS_SECONDS:
+            self.last_webhook = now
+            webhook_emit(task_id=self.task_id, event="progress", data={"loss": progress.loss})
+
+    def on_log(self, message: str) -> None:
+        self.log(message)
+
+    def on_sample(self, step: int, prompt: str, path: Path) -> None:
+        training_task_add_sample(task_id=self.task_id, step=step, prompt=prompt, path=path)
+        self.log(f"sample at step {step}: {prompt}")
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        training_checkpoint_record(task_id=self.task_id, step=step, folder=path, keep=self.keep_checkpoints)
+        self.log(f"checkpoint saved at step {step}")
+        self.flush(force=True)
+        webhook_emit(task_id=self.task_id, event="checkpoint", data={"step": step})
+
+    def should_cancel(self) -> bool:
+        if self.heartbeat is not None and self.heartbeat.lost:
+            raise LeaseLost(f"training task {self.task_id} is no longer held by {self.worker_id}")
+        if self.cancel_requested:
+            return True
+        if time.monotonic() - self.last_cancel_check >= CANCEL_CHECK_SECONDS:
+            self.flush(force=True)
+        return self.cancel_requested
+
+
+class Heartbeat:
+    """Renews the task's lease from a thread while the runner works, also through long silent phases
+    (loading a 24 GB model, caching); notices when the task was taken from this worker."""
+
+    def __init__(self, task_id: object, worker_id: str) -> None:
+        self.task_id = task_id
+        self.worker_id = worker_id
+        self.lost = False
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self.run, name=f"lease-{task_id}", daemon=True)
+
+    def run(self) -> None:
+        interval = max(1.0, settings.TRAINING_LEASE_SECONDS / 3)
+        try:
+            while not self.stopped.wait(interval):
+                if not training_task_heartbeat(task_id=self.task_id, worker_id=self.worker_id):
+                    self.lost = True
+                    return
+        finally:
+            connection.close()
+
+    def __enter__(self) -> Heartbeat:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.stopped.set()
+        self.thread.join(timeout=10)
+
+
+def run_next_training() -> str:
+    """Claim the best pending task (priority, then age) and run it; "idle" when none is pending."""
+    worker_id = worker_identity()
+    task = training_task_claim_next(worker_id=worker_id)
+    if task is None:
+        return "idle"
+    return run_claimed(task, worker_id)
+
+
+def run_training_task(task_id: str) -> str:
+    """Claim this task and run it to its end. Returns its final status, or "not-claimed"."""
+    worker_id = worker_identity()
+    task = training_task_claim(task_id=task_id, worker_id=worker_id)
+    if task is None:
+        logger.info("training task %s was not pending; another worker has it or it was cancelled", task_id)
+        return "not-claimed"
+    return run_claimed(task, worker_id)
+
+
+def run_claimed(task: TrainingTask, worker_id: str) -> str:
+    if settings.TRAINING_CPU_THREADS:
+        import torch
+
+        torch.set_num_threads(settings.TRAINING_CPU_THREADS)
+    reporter = TaskReporter(task, worker_id)
+    work_dir = Path(settings.TRAINING_WORK_DIR) / str(task.pk)
+    reporter.log(f"attempt {task.attempt_count} of {task.max_attempts} on worker {worker_id}")
+    try:
+        with Heartbeat(task.pk, worker_id) as heartbeat:
+            reporter.heartbeat = heartbeat
+            spec = build_spec(task, work_dir, reporter)
+            restore_checkpoint(task, spec.checkpoint_dir, reporter)
+            result = engine.train(spec, reporter)
+        reporter.log(f"finished {result.steps_done} steps, final loss {result.final_loss}")
+        published = training_task_complete(
+            task_id=task.pk,
+            worker_id=worker_id,
+            weights_path=result.weights_path,
+            kohya_path=result.kohya_path,
+            fields=reporter.drain(),
+        )
+        return TrainingTask.Status.COMPLETED if published else "not-claimed"
+    except engine.TrainingCancelled:
+        reporter.log("cancelled at the user's request; checkpoints kept")
+        training_task_cancelled(task_id=task.pk, worker_id=worker_id, fields=reporter.drain())
+        return TrainingTask.Status.CANCELLED
+    except LeaseLost:
+        logger.warning("training task %s was taken from worker %s; stopping", task.pk, worker_id)
+        return "not-claimed"
+    except engine.EngineError as exc:
+        # The dataset or the configuration: running it again would fail the same way.
+        reporter.log(f"failed: {exc}")
+        return training_task_fail(
+            task_id=task.pk, worker_id=worker_id, message=str(exc), reason="bad_input", fields=reporter.drain()
+        )
+    except Exception as exc:
+        out_of_memory = is_out_of_memory(exc)
+        logger.exception("training task %s crashed", task.pk)
+        reporter.log("".join(traceback.format_exception_only(exc)).strip())
+        message = (
+            "the GPU ran out of memory"
+            if out_of_memory
+            else f"internal error during training: {type(exc).__name__}: {exc}"
+        )
+        # Out of memory and environment trouble may pass on another worker or a later try.
+        return training_task_fail(
+            task_id=task.pk,
+            worker_id=worker_id,
+            message=message,
+            reason="out_of_memory" if out_of_memory else "internal",
+            retriable=True,
+            fields=reporter.drain(),
+        )
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    import torch
+
+    return isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError) or "out of memory" in str(exc).lower()
+
+
+def restore_checkpoint(task: TrainingTask, directory: Path, reporter: TaskReporter) -> None:
+    """Bring the newest checkpoint from shared storage when this machine does not have it (another
+    worker made it); the engine then resumes from it."""
+    from django.core.files.storage import default_storage
+
+    from training.engine.checkpoints import FILES, list_checkpoints
+
+    newest = TrainingCheckpoint.objects.filter(task=task).order_by("-step").first()
+    if newest is None:
+        return
+    folder_name = f"step-{newest.step:07d}"
+    if any(path.name == folder_name for path in list_checkpoints(directory)):
+        return
+    if set(FILES) - set(newest.files):
+        reporter.log(f"the stored checkpoint at step {newest.step} is incomplete; not used")
+        return
+    partial = directory / f"{folder_name}.partial"
+    partial.mkdir(parents=True, exist_ok=True)
+    for file_name, storage_name in newest.files.items():
+        with default_storage.open(storage_name, "rb") as source, open(partial / file_name, "wb") as target:
+            shutil.copyfileobj(source, target, length=1024 * 1024)
+    partial.rename(directory / folder_name)
+    reporter.log(f"fetched the checkpoint at step {newest.step} from storage")
+
+
+def build_spec(task: TrainingTask, work_dir: Path, reporter: TaskReporter) -> engine.TrainingSpec:
+    """Copy the task's images to the worker's disk and turn the task's fields into an engine spec."""
+    dataset_dir = work_dir / "dataset"
+    images = {
+        image.asset.public_id: image
+        for image in TrainingImage.objects.filter(
+            model_id=task.model.pk, asset__public_id__in=task.source_images
+        ).select_related("asset")
+    }
+    missing = [asset_id for asset_id in task.source_images if asset_id not in images]
+    if missing:
+        raise engine.EngineError(f"training images removed after the start: {', '.join(missing)}")
+    dataset: dict[str, engine.DatasetImage] = {}
+    reporter.on_stage("downloading", 0, len(task.source_images))
+    for index, asset_id in enumerate(task.source_images):
+        image = images[asset_id]
+        suffix = Path(image.asset.file.name).suffix
+        path = local_copy(image.asset.file, dataset_dir / f"{index:04d}-{asset_id}{suffix}")
+        if image.sidecar_caption:
+            # Kohya layout: the caption file beside the image, for the `filename` strategy.
+            path.with_suffix(".txt").write_text(image.sidecar_caption, encoding="utf-8")
+        dataset[asset_id] = engine.DatasetImage(path=path, name=image.name, caption=image.description)
+        reporter.on_stage("downloading", index + 1, len(task.source_images))
+    pairs = [
+        engine.DatasetPair(
+            source=dataset[pair.source.asset.public_id],
+            target=dataset[pair.target.asset.public_id],
+            instruction=pair.instruction,
+        )
+        for pair in task.model.pairs.select_related("source__asset", "target__asset")
+        if pair.source.asset.public_id in dataset and pair.target.asset.public_id in dataset
+    ]
+    reporter.pending_fields.update(training_folder=str(work_dir), processed_dataset_path=str(dataset_dir))
+    options = task.training_options or {}
+    return engine.TrainingSpec(
+        base_model=task.base_model_path,
+        output_dir=work_dir / "output",
+        images=list(dataset.values()),
+        pairs=pairs,
+        trigger_word=task.trigger_word,
+        training_type=task.training_type,
+        rank=task.rank,
+        lora_alpha=task.lora_alpha,
+        steps=task.steps,
+        learning_rate=task.learning_rate,
+        lr_scheduler=options.get("lr_scheduler", "constant_with_warmup"),
+        lr_warmup_steps=options.get("lr_warmup_steps", 0),
+        caption_dropout_rate=options.get("caption_dropout_rate", 0.0),
+        gradient_checkpointing=options.get("gradient_checkpointing", False),
+        guidance_scale=options.get("guidance_scale", 1.0),
+        batch_size=task.batch_size,
+        gradient_accumulation=task.gradient_accumulation,
+        optimizer=task.optimizer,
+        resolution=task.resolution,
+        seed=task.seed,
+        captioning_strategy=task.preprocessing_captioning_strategy,
+        captioning_prompt=task.preprocessing_captioning_prompt,
+        captioner=local_captioner() if task.preprocessing_captioning_strategy == "automatic" else None,
+        transforms=task.preprocessing_transforms,
+        bypass_guidance_embedding=task.bypass_guidance_embedding,
+        save_every=task.save_every,
+        max_step_saves_to_keep=task.max_step_saves_to_keep,
+        sample_every=task.sample_every,
+        sample_steps=task.sample_steps,
+        sample_prompts=list(task.sample_prompts or []),
+        device=settings.TRAINING_DEVICE,
+    )
+
+
+def local_captioner() -> engine.spec.Captioner | None:
+    """The configured local captioning model, or None (the engine then explains what is missing)."""
+    model_path = settings.TRAINING_CAPTION_MODEL
+    if not model_path:
+        return None
+    from training.engine.captioning import TransformersCaptioner
+
+    return TransformersCaptioner(model_path, device=settings.TRAINING_DEVICE)
