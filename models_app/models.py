@@ -362,6 +362,11 @@ class TrainingTask(models.Model):
     training_options = models.JSONField(
         default=dict, blank=True, help_text="Engine options beyond seed 003's fields (scheduler, dropout, ...)."
     )
+    stage_seconds = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text="Wall seconds spent per phase: queue, downloading, preprocessing, caching, loading, training, exporting.",
+    )
 
     class Meta:
         ordering = ["-created_at"]

@@ -38,6 +38,9 @@ PARAMETERS: dict[str, Parameter] = {
     "caption_dropout_rate": Parameter((int, float), 0.05, 0, 0.99),
     "gradient_checkpointing": Parameter(bool, False),
     "guidance_scale": Parameter((int, float), 1.0, 0, 30),
+    # Speed and memory (training/engine/speed.py); null picks what pays on the worker's device.
+    "compile": Parameter(str, None, choices=("off", "blocks", "full"), nullable=True),
+    "quantize_base": Parameter(str, None, choices=("fp8",), nullable=True),
     "resolution": Parameter(int, None, 32, 2048, nullable=True),
     "seed": Parameter(int, 42, 0, 2**31 - 1),
     "save_every": Parameter(int, 2000, 1, 100_000),

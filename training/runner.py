@@ -72,11 +72,28 @@ class TaskReporter:
         self.last_webhook = 0.0
         self.heartbeat: Heartbeat | None = None
         self.loss_history: list[list[float]] = list(task.loss_history or [])
+        # Wall seconds per phase; a retried task adds to what its earlier attempts spent.
+        self.stage_seconds: dict[str, float] = dict(task.stage_seconds or {})
+        if "queue" not in self.stage_seconds and task.started_at is not None:
+            self.stage_seconds["queue"] = round((task.started_at - task.created_at).total_seconds(), 3)
+        self.stage: str | None = None
+        self.stage_since = time.monotonic()
 
     def log(self, message: str) -> None:
         stamp = timezone.now().strftime("%Y-%m-%d %H:%M:%S")
         self.pending_lines.append(f"{stamp} {message}")
         logger.info("task %s: %s", self.task_id, message)
+
+    def enter_stage(self, stage: str | None) -> None:
+        """Close the current phase's clock and start `stage`'s (None: the run is over)."""
+        if stage == self.stage:
+            return
+        now = time.monotonic()
+        if self.stage is not None:
+            spent = self.stage_seconds.get(self.stage, 0.0) + now - self.stage_since
+            self.stage_seconds[self.stage] = round(spent, 3)
+        self.stage, self.stage_since = stage, now
+        self.pending_fields["stage_seconds"] = dict(self.stage_seconds)
 
     def drain(self) -> dict[str, Any]:
         """The fields written so far plus the log, and forget them."""
@@ -98,8 +115,14 @@ class TaskReporter:
         )
         self.last_write = self.last_cancel_check = now
 
+    def finish(self) -> dict[str, Any]:
+        """The last fields to write when the run ends, whatever the outcome."""
+        self.enter_stage(None)
+        return self.drain()
+
     # engine.TrainingCallbacks
     def on_stage(self, stage: str, processed: int, total: int) -> None:
+        self.enter_stage(stage)
         if stage == "training" and not self.training_started:
             self.training_started = True
             self.log("preprocessing done; training started")
@@ -111,7 +134,7 @@ class TaskReporter:
                 preprocessing_stage=stage, processed_files_count=processed, total_files_count=total
             )
             if processed == 0:
-                self.log(f"{stage}: {total} item(s)")
+                self.log("loading the base model" if stage == "loading" else f"{stage}: {total} item(s)")
         elif processed == 0:
             self.log("exporting weights")
         self.flush()
@@ -228,12 +251,12 @@ def run_claimed(task: TrainingTask, worker_id: str) -> str:
             worker_id=worker_id,
             weights_path=result.weights_path,
             kohya_path=result.kohya_path,
-            fields=reporter.drain(),
+            fields=reporter.finish(),
         )
         return TrainingTask.Status.COMPLETED if published else "not-claimed"
     except engine.TrainingCancelled:
         reporter.log("cancelled at the user's request; checkpoints kept")
-        training_task_cancelled(task_id=task.pk, worker_id=worker_id, fields=reporter.drain())
+        training_task_cancelled(task_id=task.pk, worker_id=worker_id, fields=reporter.finish())
         return TrainingTask.Status.CANCELLED
     except LeaseLost:
         logger.warning("training task %s was taken from worker %s; stopping", task.pk, worker_id)
@@ -242,7 +265,7 @@ def run_claimed(task: TrainingTask, worker_id: str) -> str:
         # The dataset or the configuration: running it again would fail the same way.
         reporter.log(f"failed: {exc}")
         return training_task_fail(
-            task_id=task.pk, worker_id=worker_id, message=str(exc), reason="bad_input", fields=reporter.drain()
+            task_id=task.pk, worker_id=worker_id, message=str(exc), reason="bad_input", fields=reporter.finish()
         )
     except Exception as exc:
         out_of_memory = is_out_of_memory(exc)
@@ -260,7 +283,7 @@ def run_claimed(task: TrainingTask, worker_id: str) -> str:
             message=message,
             reason="out_of_memory" if out_of_memory else "internal",
             retriable=True,
-            fields=reporter.drain(),
+            fields=reporter.finish(),
         )
 
 
@@ -345,6 +368,8 @@ def build_spec(task: TrainingTask, work_dir: Path, reporter: TaskReporter) -> en
         caption_dropout_rate=options.get("caption_dropout_rate", 0.0),
         gradient_checkpointing=options.get("gradient_checkpointing", False),
         guidance_scale=options.get("guidance_scale", 1.0),
+        compile=options.get("compile"),
+        quantize_base=options.get("quantize_base"),
         batch_size=task.batch_size,
         gradient_accumulation=task.gradient_accumulation,
         optimizer=task.optimizer,

@@ -38,7 +38,15 @@ logger = logging.getLogger(__name__)
 
 MIN_PAIRS = 2
 # Parameters the engine takes that seed 003's task has no column for.
-ENGINE_OPTIONS = ("lr_scheduler", "lr_warmup_steps", "caption_dropout_rate", "gradient_checkpointing", "guidance_scale")
+ENGINE_OPTIONS = (
+    "lr_scheduler",
+    "lr_warmup_steps",
+    "caption_dropout_rate",
+    "gradient_checkpointing",
+    "guidance_scale",
+    "compile",
+    "quantize_base",
+)
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LOG_TAIL_CHARS = 20_000
 

@@ -57,6 +57,12 @@ def test_a_started_training_goes_through_the_queue_to_ready_weights(
     assert task.started_at and task.preprocessing_completed_at and task.completed_at
     assert task.processed_files_count == task.total_files_count == 12
     assert "training started" in task.logs
+    # Where the time went, phase by phase, from the start call to the end.
+    phases = ("queue", "downloading", "preprocessing", "caching", "loading", "training", "exporting")
+    assert set(task.stage_seconds) == set(phases)  # (PostgreSQL's jsonb does not keep the keys' order)
+    assert all(task.stage_seconds[phase] >= 0 for phase in phases) and task.stage_seconds["training"] > 0
+    total = (task.completed_at - task.created_at).total_seconds()
+    assert sum(task.stage_seconds.values()) == pytest.approx(total, abs=1.0)
     assert task.weights.name == f"training/{task.pk}/pytorch_lora_weights.safetensors"
     assert_lora_changes_output(tiny_sd15, Path(task.weights.path))
 

@@ -68,6 +68,12 @@ class TrainingSpec:
     resume: bool = True  # continue from the newest valid checkpoint in output_dir, if any
     device: str | None = None  # None: CUDA when available, else CPU
     progress_interval_seconds: float = 1.0
+    # Speed and memory (see speed.py); None: what pays on the device for a run of this length.
+    compile: str | None = None  # "off", "blocks" (the repeated blocks: most of the gain, quick) or "full"
+    channels_last: bool | None = None  # UNet convolutions in NHWC layout
+    attention: str = "sdpa"  # "sdpa": PyTorch's fused attention kernels; "eager": plain matmuls, to compare
+    quantize_base: str | None = None  # "fp8": frozen base weights in float8, half the memory (LoRA only)
+    fused_optimizer: bool = True  # one fused kernel for the whole AdamW update instead of one per tensor
 
     @property
     def checkpoint_dir(self) -> Path:

@@ -23,6 +23,7 @@ from training.engine.data import (
     apply_transforms,
     caption_for,
     dataset_fingerprint,
+    decode_min_side,
     fit_to_bucket,
     flip_probability,
     make_buckets,
@@ -43,6 +44,7 @@ from training.engine.export import (
 from training.engine.families import Family, family_class
 from training.engine.generate import load_pipeline, pick_device, run_pipeline
 from training.engine.spec import LR_SCHEDULERS, TRAINING_TYPES, TrainingCallbacks, TrainingResult, TrainingSpec
+from training.engine.speed import SpeedOptions, apply_after_adapter, apply_before_adapter, resolve_speed
 
 MAX_GRAD_NORM = 1.0
 
@@ -83,27 +85,10 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
     # The denoiser: frozen base with trainable LoRA adapters, or (FULL) entirely trainable.
     torch.manual_seed(spec.seed)
     generator = torch.Generator(device="cpu").manual_seed(spec.seed)
+    callbacks.on_stage("loading", 0, 1)
     denoiser = family.load_denoiser()
     alpha = spec.lora_alpha if spec.lora_alpha is not None else float(spec.rank)
-    if spec.training_type == "LORA":
-        from peft import LoraConfig
-
-        denoiser.requires_grad_(False)
-        denoiser.add_adapter(
-            LoraConfig(
-                r=spec.rank,
-                lora_alpha=alpha,
-                init_lora_weights="gaussian",
-                target_modules=family.lora_target_modules,
-            )
-        )
-        for parameter in denoiser.parameters():
-            if parameter.requires_grad:
-                parameter.data = parameter.data.float()  # adapters train in fp32 on a bf16 base
-    else:
-        denoiser.float().requires_grad_(True)
-    if spec.gradient_checkpointing:
-        denoiser.enable_gradient_checkpointing()
+    prepare_denoiser(spec, family, denoiser, device, alpha=alpha)
     trainable = {name: p for name, p in denoiser.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(spec, list(trainable.values()), device, callbacks)
     from diffusers.optimization import get_scheduler
@@ -123,6 +108,8 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
 
     by_bucket = bucket_members(cache)
     flip_p = flip_probability(transforms)
+    if device.type != "cpu":
+        cache = cache_on(cache, device)  # the whole dataset's latents and embeddings: drawn from in place
     denoiser.train()
     options = {"guidance_scale": spec.guidance_scale, "bypass_guidance_embedding": spec.bypass_guidance_embedding}
     callbacks.on_stage("training", start_step, spec.steps)
@@ -130,22 +117,23 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
     last_report = 0.0
     loss_value: float | None = None
     samples: list[Path] = []
-    accumulation = max(1, spec.gradient_accumulation)
-    autocast = torch.autocast(device_type="cuda", dtype=torch.bfloat16) if device.type == "cuda" else _no_autocast()
+    context = StepContext(
+        spec=spec,
+        family=family,
+        denoiser=denoiser,
+        cache=cache,
+        trainable=trainable,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        generator=generator,
+        noise=noise_generator(generator, device),
+        device=device,
+        by_bucket=by_bucket,
+        flip_p=flip_p,
+        options=options,
+    )
     for step in range(start_step + 1, spec.steps + 1):
-        step_loss = torch.zeros((), device=device)
-        for _ in range(accumulation):
-            latents, conditioning, source = draw_batch(
-                cache, spec, family, generator, device, by_bucket=by_bucket, flip_p=flip_p
-            )
-            with autocast:
-                loss = family.loss(denoiser, latents, conditioning, generator, source_latents=source, options=options)
-            (loss / accumulation).backward()
-            step_loss += loss.detach() / accumulation
-        torch.nn.utils.clip_grad_norm_(trainable.values(), MAX_GRAD_NORM)
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        step_loss = train_step(context, step)
 
         now = time.monotonic()
         if step == spec.steps or now - last_report >= spec.progress_interval_seconds:
@@ -222,6 +210,109 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
     )
 
 
+def prepare_denoiser(
+    spec: TrainingSpec, family: Family, denoiser: torch.nn.Module, device: torch.device, *, alpha: float
+) -> SpeedOptions:
+    """Make the loaded denoiser trainable as the spec says: speed options, then LoRA adapters (frozen
+    base) or every weight trainable (FULL), then compilation. Shared with bench/'s real-size runs."""
+    speed = resolve_speed(
+        compile_mode=spec.compile,
+        channels_last=spec.channels_last,
+        attention=spec.attention,
+        quantize_base=spec.quantize_base,
+        device=device,
+        steps=spec.steps,
+        is_unet=family.denoiser_key == "unet",
+        training_type=spec.training_type,
+    )
+    apply_before_adapter(denoiser, speed)
+    if spec.training_type == "LORA":
+        from peft import LoraConfig
+
+        denoiser.requires_grad_(False)
+        denoiser.add_adapter(
+            LoraConfig(
+                r=spec.rank,
+                lora_alpha=alpha,
+                init_lora_weights="gaussian",
+                target_modules=family.lora_target_modules,
+            )
+        )
+        for parameter in denoiser.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()  # adapters train in fp32 on a bf16 base
+    else:
+        denoiser.float().requires_grad_(True)
+    if spec.gradient_checkpointing:
+        denoiser.enable_gradient_checkpointing()
+    apply_after_adapter(denoiser, speed)
+    return speed
+
+
+@dataclass
+class StepContext:
+    """Everything one optimisation step touches."""
+
+    spec: TrainingSpec
+    family: Family
+    denoiser: torch.nn.Module
+    cache: Cache
+    trainable: dict[str, torch.nn.Parameter]
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+    noise: torch.Generator  # the run's generator on a CPU; on a GPU one of its own, reseeded each step
+    device: torch.device
+    by_bucket: dict[tuple[int, int], list[int]]
+    flip_p: float
+    options: dict[str, Any]
+
+
+def noise_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
+    """Where the step's noise is drawn: on a GPU, on the GPU itself (see `train_step`)."""
+    return generator if device.type == "cpu" else torch.Generator(device=device)
+
+
+def train_step(context: StepContext, step: int) -> torch.Tensor:
+    """One optimisation step (with its gradient accumulation). Returns the loss as a device tensor:
+    reading it back would wait for the device, so the caller does that at its reporting rate only."""
+    if context.noise is not context.generator:
+        # Seeded from the run's seed and the step: reproducible, and a resumed run draws the same noise.
+        context.noise.manual_seed((context.spec.seed * 1_000_003 + step) % 2**63)
+    accumulation = max(1, context.spec.gradient_accumulation)
+    autocast = (
+        torch.autocast(device_type="cuda", dtype=torch.bfloat16) if context.device.type == "cuda" else _no_autocast()
+    )
+    step_loss = torch.zeros((), device=context.device)
+    for _ in range(accumulation):
+        latents, conditioning, source = draw_batch(
+            context.cache,
+            context.spec,
+            context.family,
+            context.generator,
+            context.device,
+            by_bucket=context.by_bucket,
+            flip_p=context.flip_p,
+            noise=context.noise,
+        )
+        with autocast:
+            loss = context.family.loss(
+                context.denoiser,
+                latents,
+                conditioning,
+                context.noise,
+                source_latents=source,
+                options=context.options,
+            )
+        (loss / accumulation).backward()
+        step_loss += loss.detach() / accumulation
+    torch.nn.utils.clip_grad_norm_(context.trainable.values(), MAX_GRAD_NORM)
+    context.optimizer.step()
+    context.scheduler.step()
+    context.optimizer.zero_grad(set_to_none=True)
+    return step_loss
+
+
 class _no_autocast:  # noqa: N801 - used like torch.autocast
     def __enter__(self) -> None:
         return None
@@ -275,14 +366,15 @@ def prepare_items(
         if not spec.images:
             raise EngineError("the dataset has no images")
         total = len(spec.images)
+    decode_side = decode_min_side(resolution, transforms)
     items: list[PreparedItem] = []
     for index in range(total):
         callbacks.on_stage("preprocessing", index, total)
         if family.uses_pairs:
             pair = spec.pairs[index]
-            target = apply_transforms(open_upright(pair.target, target=resolution * 2), transforms, rng)
+            target = apply_transforms(open_upright(pair.target, min_side=decode_side), transforms, rng)
             bucket = nearest_bucket(target.width, target.height, buckets)
-            source = fit_to_bucket(open_upright(pair.source, target=resolution * 2), bucket)
+            source = fit_to_bucket(open_upright(pair.source, min_side=decode_side), bucket)
             caption = with_trigger(pair.instruction, spec.trigger_word)
             items.append(
                 PreparedItem(
@@ -295,7 +387,7 @@ def prepare_items(
             )
             continue
         image = spec.images[index]
-        picture = apply_transforms(open_upright(image, target=resolution * 2), transforms, rng)
+        picture = apply_transforms(open_upright(image, min_side=decode_side), transforms, rng)
         bucket = nearest_bucket(picture.width, picture.height, buckets)
         caption = caption_for(
             image,
@@ -376,6 +468,25 @@ def load_or_build_cache(
     return cache
 
 
+def cache_on(cache: Cache, device: torch.device) -> Cache:
+    """The cache with every tensor moved to `device` once, before the loop."""
+
+    def move(tensors: list[torch.Tensor] | None) -> list[torch.Tensor] | None:
+        return None if tensors is None else [tensor.to(device) for tensor in tensors]
+
+    return Cache(
+        means=move(cache.means) or [],
+        stds=move(cache.stds) or [],
+        flipped_means=move(cache.flipped_means),
+        flipped_stds=move(cache.flipped_stds),
+        source_means=move(cache.source_means),
+        flipped_source_means=move(cache.flipped_source_means),
+        prompts={key: value.to(device) for key, value in cache.prompts.items()},
+        caption_rows=cache.caption_rows,
+        buckets=cache.buckets,
+    )
+
+
 def bucket_members(cache: Cache) -> dict[tuple[int, int], list[int]]:
     members: dict[tuple[int, int], list[int]] = {}
     for index, bucket in enumerate(cache.buckets):
@@ -392,8 +503,11 @@ def draw_batch(
     *,
     by_bucket: dict[tuple[int, int], list[int]],
     flip_p: float,
+    noise: torch.Generator | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
-    """A batch from one bucket: fresh latent samples, flips and caption dropout drawn from `generator`."""
+    """A batch from one bucket: the images, flips and caption dropout drawn on the host from `generator`;
+    the latent samples from `noise`, on the device the cache is on."""
+    noise = noise or generator
     count = len(cache.means)
     first = int(torch.randint(0, count, (1,), generator=generator))
     members = by_bucket[tuple(cache.buckets[first])]  # type: ignore[index]
@@ -405,15 +519,14 @@ def draw_batch(
         flip = cache.flipped_means is not None and float(torch.rand((), generator=generator)) < flip_p
         mean = (cache.flipped_means if flip else cache.means)[index]  # type: ignore[index]
         std = (cache.flipped_stds if flip else cache.stds)[index]  # type: ignore[index]
-        latents.append(mean + std * torch.randn(mean.shape, generator=generator))
+        latents.append(mean + std * torch.randn(mean.shape, generator=noise, device=noise.device))
         if cache.source_means is not None:
             sources.append((cache.flipped_source_means if flip else cache.source_means)[index])  # type: ignore[index]
         dropped = (
             spec.caption_dropout_rate > 0 and float(torch.rand((), generator=generator)) < spec.caption_dropout_rate
         )
         rows.append(0 if dropped else cache.caption_rows[index])
-    index_tensor = torch.tensor(rows)
-    conditioning = {key: value[index_tensor].to(device) for key, value in cache.prompts.items()}
+    conditioning = {key: torch.stack([value[row] for row in rows]).to(device) for key, value in cache.prompts.items()}
     batch = family.scale_latents(torch.stack(latents)).to(device)
     source = family.scale_latents(torch.stack(sources)).to(device) if sources else None
     return batch, conditioning, source
@@ -495,9 +608,9 @@ def make_optimizer(
                 callbacks.on_log("optimizer adamw8bit needs bitsandbytes, which is not installed: using AdamW")
         else:
             callbacks.on_log("optimizer adamw8bit needs a CUDA device: using AdamW on the CPU")
-        return torch.optim.AdamW(params, lr=spec.learning_rate, fused=device.type == "cuda")
+        return torch.optim.AdamW(params, lr=spec.learning_rate, fused=spec.fused_optimizer)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=spec.learning_rate, fused=device.type == "cuda")
+        return torch.optim.AdamW(params, lr=spec.learning_rate, fused=spec.fused_optimizer)
     if name == "prodigy":
         try:
             from prodigyopt import Prodigy

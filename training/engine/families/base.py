@@ -82,5 +82,6 @@ class Family(ABC):
 
 
 def randn(shape: torch.Size | tuple[int, ...], generator: torch.Generator, device: torch.device) -> torch.Tensor:
-    # Drawn on the CPU generator so that a run is reproducible (and resumable) on any device.
-    return torch.randn(shape, generator=generator).to(device)
+    # Drawn where the generator lives: the run's CPU generator on a CPU, a per-step generator on the
+    # GPU itself there (a copy from the host each step would make the host wait for the device).
+    return torch.randn(shape, generator=generator, device=generator.device).to(device)

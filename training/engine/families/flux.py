@@ -42,6 +42,7 @@ class FluxFamily(Family):
 
         self.vae_config = _vae_config(base_model)
         self.transformer_config = FluxTransformer2DModel.load_config(base_model, subfolder="transformer")
+        self.ids_cache: dict[tuple[int, int, bool], torch.Tensor] = {}
 
     def vae_scale(self) -> int:
         return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
@@ -112,22 +113,15 @@ class FluxFamily(Family):
         # Noise: a point on the straight path from the image (sigma 0) to pure noise (sigma 1),
         # sigmas drawn logit-normally so the middle of the path, the hardest part, is seen most.
         noise = randn(latents.shape, generator, self.device)
-        sigmas = torch.sigmoid(torch.randn((batch,), generator=generator)).to(self.device)
+        sigmas = torch.sigmoid(torch.randn((batch,), generator=generator, device=generator.device)).to(self.device)
         noisy = (1.0 - sigmas.view(-1, 1, 1, 1)) * latents + sigmas.view(-1, 1, 1, 1) * noise
         target = noise - latents
 
         tokens = FluxPipeline._pack_latents(noisy, batch, channels, height, width)
-        image_ids = FluxPipeline._prepare_latent_image_ids(
-            batch, height // 2, width // 2, self.device, self.weight_dtype
-        )
+        image_ids = self.position_ids(height, width, with_source=source_latents is not None)
         if source_latents is not None:
             source_tokens = FluxPipeline._pack_latents(source_latents, batch, channels, height, width)
-            source_ids = FluxPipeline._prepare_latent_image_ids(
-                batch, height // 2, width // 2, self.device, self.weight_dtype
-            )
-            source_ids[..., 0] = 1  # Kontext marks conditioning tokens in the first id axis
             tokens = torch.cat([tokens, source_tokens], dim=1)
-            image_ids = torch.cat([image_ids, source_ids], dim=0)
         prompt_embeds = conditioning["prompt_embeds"].to(self.device, self.weight_dtype)
         text_ids = torch.zeros(prompt_embeds.shape[1], 3, device=self.device, dtype=self.weight_dtype)
         guidance = None
@@ -150,6 +144,20 @@ class FluxFamily(Family):
         scale = self.vae_scale()
         prediction = FluxPipeline._unpack_latents(prediction, height * scale, width * scale, scale)
         return F.mse_loss(prediction.float(), target.float())
+
+    def position_ids(self, height: int, width: int, *, with_source: bool) -> torch.Tensor:
+        """The image tokens' rotary position ids, made once per bucket (no copy from the host per step)."""
+        from diffusers import FluxPipeline
+
+        key = (height, width, with_source)
+        if key not in self.ids_cache:
+            ids = FluxPipeline._prepare_latent_image_ids(1, height // 2, width // 2, self.device, self.weight_dtype)
+            if with_source:
+                source_ids = ids.clone()
+                source_ids[..., 0] = 1  # Kontext marks conditioning tokens in the first id axis
+                ids = torch.cat([ids, source_ids], dim=0)
+            self.ids_cache[key] = ids
+        return self.ids_cache[key]
 
     def save_lora(
         self, state_dict: dict[str, torch.Tensor], directory: str, weight_name: str, adapter_metadata: dict[str, Any]

@@ -83,8 +83,9 @@ class SD15Family(Family):
         # Noise: pick a timestep per sample and noise the latents to it.
         batch = latents.shape[0]
         noise = randn(latents.shape, generator, self.device)
-        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (batch,), generator=generator)
-        timesteps = timesteps.to(self.device)
+        timesteps = torch.randint(
+            0, self.noise_scheduler.config.num_train_timesteps, (batch,), generator=generator, device=generator.device
+        ).to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         if self.noise_scheduler.config.prediction_type == "v_prediction":
             target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
@@ -111,6 +112,10 @@ class SD15Family(Family):
 
 class SDXLFamily(SD15Family):
     name = "sdxl"
+
+    def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
+        super().__init__(base_model, device, weight_dtype)
+        self.time_ids: dict[tuple[int, int, int], torch.Tensor] = {}
 
     def load_encoders(self) -> None:
         from diffusers import AutoencoderKL
@@ -156,10 +161,13 @@ class SDXLFamily(SD15Family):
     def added_conditioning(self, conditioning: dict[str, torch.Tensor], latents: torch.Tensor) -> dict[str, Any]:
         # Original size, crop offset and target size: the bucket's size, uncropped.
         height, width = latents.shape[-2] * self.vae_scale(), latents.shape[-1] * self.vae_scale()
-        time_ids = torch.tensor([[height, width, 0, 0, height, width]] * latents.shape[0], dtype=self.weight_dtype)
+        key = (height, width, latents.shape[0])
+        if key not in self.time_ids:  # made once per bucket: no copy from the host in the loop
+            rows = [[height, width, 0, 0, height, width]] * latents.shape[0]
+            self.time_ids[key] = torch.tensor(rows, dtype=self.weight_dtype).to(self.device)
         return {
             "text_embeds": conditioning["pooled_prompt_embeds"].to(self.device, self.weight_dtype),
-            "time_ids": time_ids.to(self.device),
+            "time_ids": self.time_ids[key],
         }
 
     def save_lora(

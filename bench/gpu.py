@@ -1,0 +1,380 @@
+"""Real-size GPU benchmarks: SD 1.5 (512 px), SDXL (1024 px) and FLUX.1-dev (1024 px) denoisers built
+from their published configurations with random weights (the compute is the same as with real ones),
+LoRA rank 16, batch 1, trained by the engine's own step (`trainer.train_step`): seconds per step, peak
+GPU memory, and model FLOPs utilisation against the matmul rate measured on the same GPU.
+
+Runs only where CUDA is available; `--tiny` runs the same code on small configs (on a CPU too), which
+is how the test suite keeps this file working on machines without a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+SCHEDULER = {
+    "_class_name": "DDPMScheduler",
+    "beta_start": 0.00085,
+    "beta_end": 0.012,
+    "beta_schedule": "scaled_linear",
+    "num_train_timesteps": 1000,
+    "prediction_type": "epsilon",
+    "clip_sample": False,
+    "set_alpha_to_one": False,
+    "steps_offset": 1,
+}
+VAE_SD = {
+    "_class_name": "AutoencoderKL",
+    "block_out_channels": [128, 256, 512, 512],
+    "down_block_types": ["DownEncoderBlock2D"] * 4,
+    "up_block_types": ["UpDecoderBlock2D"] * 4,
+    "latent_channels": 4,
+    "layers_per_block": 2,
+    "scaling_factor": 0.18215,
+}
+# The published configurations of the three denoisers (facts from their model cards' config.json).
+ARCHITECTURES: dict[str, dict[str, Any]] = {
+    "sd15": {
+        "pipeline": "StableDiffusionPipeline",
+        "resolution": 512,
+        "denoiser": "unet",
+        "config": {
+            "_class_name": "UNet2DConditionModel",
+            "attention_head_dim": 8,
+            "block_out_channels": [320, 640, 1280, 1280],
+            "cross_attention_dim": 768,
+            "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+            "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+            "in_channels": 4,
+            "out_channels": 4,
+            "layers_per_block": 2,
+            "sample_size": 64,
+        },
+        "vae": VAE_SD,
+        "prompts": {"prompt_embeds": (77, 768)},
+    },
+    "sdxl": {
+        "pipeline": "StableDiffusionXLPipeline",
+        "resolution": 1024,
+        "denoiser": "unet",
+        "config": {
+            "_class_name": "UNet2DConditionModel",
+            "addition_embed_type": "text_time",
+            "addition_embed_type_num_heads": 64,
+            "addition_time_embed_dim": 256,
+            "attention_head_dim": [5, 10, 20],
+            "block_out_channels": [320, 640, 1280],
+            "cross_attention_dim": 2048,
+            "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+            "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+            "in_channels": 4,
+            "out_channels": 4,
+            "layers_per_block": 2,
+            "projection_class_embeddings_input_dim": 2816,
+            "sample_size": 128,
+            "transformer_layers_per_block": [1, 2, 10],
+            "use_linear_projection": True,
+        },
+        "vae": {**VAE_SD, "scaling_factor": 0.13025},
+        "prompts": {"prompt_embeds": (77, 2048), "pooled_prompt_embeds": (1280,)},
+    },
+    "flux": {
+        "pipeline": "FluxPipeline",
+        "resolution": 1024,
+        "denoiser": "transformer",
+        "config": {
+            "_class_name": "FluxTransformer2DModel",
+            "attention_head_dim": 128,
+            "axes_dims_rope": [16, 56, 56],
+            "guidance_embeds": True,
+            "in_channels": 64,
+            "joint_attention_dim": 4096,
+            "num_attention_heads": 24,
+            "num_layers": 19,
+            "num_single_layers": 38,
+            "patch_size": 1,
+            "pooled_projection_dim": 768,
+        },
+        "vae": {
+            **VAE_SD,
+            "latent_channels": 16,
+            "scaling_factor": 0.3611,
+            "shift_factor": 0.1159,
+            "use_quant_conv": False,
+            "use_post_quant_conv": False,
+        },
+        "prompts": {"prompt_embeds": (512, 4096), "pooled_prompt_embeds": (768,)},
+    },
+}
+TINY_OVERRIDES: dict[str, dict[str, Any]] = {
+    "sd15": {
+        "resolution": 64,
+        "config": {"block_out_channels": [32, 64, 64, 64], "cross_attention_dim": 32, "attention_head_dim": 4,
+                   "norm_num_groups": 32, "sample_size": 8},
+        "prompts": {"prompt_embeds": (77, 32)},
+    },
+    "sdxl": {
+        "resolution": 64,
+        "config": {"block_out_channels": [32, 64, 64], "cross_attention_dim": 64, "attention_head_dim": [2, 4, 4],
+                   "transformer_layers_per_block": [1, 1, 1], "addition_time_embed_dim": 8,
+                   "projection_class_embeddings_input_dim": 80, "sample_size": 8, "norm_num_groups": 32},
+        "prompts": {"prompt_embeds": (77, 64), "pooled_prompt_embeds": (32,)},
+    },
+    "flux": {
+        "resolution": 64,
+        "config": {"attention_head_dim": 16, "axes_dims_rope": [4, 6, 6], "num_attention_heads": 2,
+                   "joint_attention_dim": 32, "num_layers": 1, "num_single_layers": 1, "pooled_projection_dim": 32},
+        "prompts": {"prompt_embeds": (16, 32), "pooled_prompt_embeds": (32,)},
+    },
+}  # fmt: skip
+TARGETS = {"sd15": 0.07, "sdxl": 0.2, "flux": 0.5}  # seconds per step on an H100
+FLUX_MEMORY_TARGET_GB = 40.0
+FLUX_QUANTIZED_MEMORY_TARGET_GB = 24.0
+
+
+def architecture(name: str, *, tiny: bool) -> dict[str, Any]:
+    spec = json.loads(json.dumps(ARCHITECTURES[name]))
+    if tiny:
+        override = TINY_OVERRIDES[name]
+        spec["resolution"] = override["resolution"]
+        spec["config"].update(override["config"])
+        spec["prompts"] = {key: list(value) for key, value in override["prompts"].items()}
+    return spec
+
+
+def write_config_folder(folder: Path, name: str, spec: dict[str, Any]) -> Path:
+    """A diffusers folder with the configurations only (no weights): what the family adapters read."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "model_index.json").write_text(json.dumps({"_class_name": spec["pipeline"]}), encoding="utf-8")
+    for sub, config, file_name in (
+        (spec["denoiser"], spec["config"], "config.json"),
+        ("vae", spec["vae"], "config.json"),
+        ("scheduler", SCHEDULER, "scheduler_config.json"),
+    ):
+        (folder / sub).mkdir(exist_ok=True)
+        (folder / sub / file_name).write_text(json.dumps(config), encoding="utf-8")
+    return folder
+
+
+def random_denoiser(spec: dict[str, Any], device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """The denoiser with random weights, created directly on the device in its training dtype."""
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
+
+    cls = UNet2DConditionModel if spec["denoiser"] == "unet" else FluxTransformer2DModel
+    config = {k: v for k, v in spec["config"].items() if not k.startswith("_")}
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            model = cls.from_config(config)
+    finally:
+        torch.set_default_dtype(previous)
+    return model
+
+
+def synthetic_cache(spec: dict[str, Any], family: Any, images: int) -> Any:
+    """Latents and prompt embeddings of the right shapes, as the caching pass would have made them."""
+    from training.engine.trainer import Cache
+
+    side = spec["resolution"] // family.vae_scale()
+    channels = spec["vae"]["latent_channels"]
+    generator = torch.Generator().manual_seed(0)
+    means = [torch.randn((channels, side, side), generator=generator) for _ in range(images)]
+    stds = [torch.full((channels, side, side), 0.01) for _ in range(images)]
+    prompts = {
+        key: torch.randn((images + 1, *shape), generator=generator) * 0.1 for key, shape in spec["prompts"].items()
+    }
+    return Cache(
+        means=means,
+        stds=stds,
+        flipped_means=None,
+        flipped_stds=None,
+        source_means=None,
+        flipped_source_means=None,
+        prompts=prompts,
+        caption_rows=list(range(1, images + 1)),
+        buckets=[(spec["resolution"], spec["resolution"])] * images,
+    )
+
+
+def matmul_tflops(device: torch.device, dtype: torch.dtype, size: int = 8192, repeats: int = 50) -> float:
+    """The measured dense matmul rate of this device: the denominator of the utilisation figure."""
+    a = torch.randn((size, size), device=device, dtype=dtype)
+    b = torch.randn((size, size), device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    began = time.perf_counter()
+    for _ in range(repeats):
+        a @ b
+    synchronize(device)
+    return 2 * size**3 * repeats / (time.perf_counter() - began) / 1e12
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def step_flops(context: Any) -> float:
+    """FLOPs of one training step, counted by PyTorch's FLOP counter on a real step."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from training.engine.trainer import train_step
+
+    with FlopCounterMode(display=False) as counter:
+        train_step(context, 0)
+    return float(counter.get_total_flops())
+
+
+def run_one(
+    name: str,
+    *,
+    folder: Path,
+    device: torch.device,
+    steps: int,
+    warmup: int,
+    tiny: bool,
+    options: dict[str, Any],
+    peak_tflops: float | None,
+) -> dict[str, Any]:
+    from diffusers.optimization import get_scheduler
+
+    from training.engine import TrainingSpec
+    from training.engine.families import family_class
+    from training.engine.spec import SilentCallbacks
+    from training.engine.trainer import (
+        StepContext,
+        bucket_members,
+        cache_on,
+        make_optimizer,
+        noise_generator,
+        prepare_denoiser,
+        train_step,
+    )
+
+    spec_data = architecture(name, tiny=tiny)
+    base = write_config_folder(folder / name, name, spec_data)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+    family = family_class(name)(str(base), device, dtype)
+    spec = TrainingSpec(
+        base_model=str(base),
+        output_dir=folder / "out",
+        images=[],
+        trigger_word="zxq",
+        rank=16,
+        steps=max(steps + warmup, 1000),  # a full-length run: what the automatic choices see
+        learning_rate=1e-4,
+        optimizer="adamw",
+        batch_size=1,
+        resolution=spec_data["resolution"],
+        **options,
+    )
+    torch.manual_seed(0)
+    denoiser = random_denoiser(spec_data, device, dtype)
+    speed = prepare_denoiser(spec, family, denoiser, device, alpha=16.0)
+    trainable = {key: p for key, p in denoiser.named_parameters() if p.requires_grad}
+    optimizer = make_optimizer(spec, list(trainable.values()), device, SilentCallbacks())
+    scheduler = get_scheduler("constant", optimizer)
+    cache = cache_on(synthetic_cache(spec_data, family, images=15), device)
+    generator = torch.Generator().manual_seed(0)
+    context = StepContext(
+        spec=spec,
+        family=family,
+        denoiser=denoiser,
+        cache=cache,
+        trainable=trainable,
+        optimizer=optimizer,
+        scheduler=scheduler,
+        generator=generator,
+        noise=noise_generator(generator, device),
+        device=device,
+        by_bucket=bucket_members(cache),
+        flip_p=0.0,
+        options={"guidance_scale": 1.0},
+    )
+    denoiser.train()
+    began = time.perf_counter()
+    for step in range(1, warmup + 1):
+        loss = train_step(context, step)
+    float(loss)  # waits for the device
+    warmup_seconds = time.perf_counter() - began
+    began = time.perf_counter()
+    for step in range(warmup + 1, warmup + steps + 1):
+        loss = train_step(context, step)
+    value = float(loss)
+    seconds = (time.perf_counter() - began) / steps
+    # FLOPs are counted on an uncompiled step (the counter does not see inside compiled graphs).
+    flops = step_flops(context) if speed.compile == "off" else None
+    result: dict[str, Any] = {
+        "resolution": spec_data["resolution"],
+        "options": {"compile": speed.compile, "channels_last": speed.channels_last, "attention": speed.attention,
+                    "quantize_base": speed.quantize_base, "fused_optimizer": spec.fused_optimizer},
+        "seconds_per_step": round(seconds, 4),
+        "warmup_seconds": round(warmup_seconds, 1),
+        "final_loss": round(value, 4),
+    }  # fmt: skip
+    if flops is not None:
+        result["step_flops"] = flops
+    if device.type == "cuda":
+        result["peak_memory_gb"] = round(torch.cuda.max_memory_allocated(device) / 2**30, 2)
+    del context, denoiser, optimizer, cache
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+# What each architecture runs: the default (automatic choices), then each optimisation switched off
+# (or, for fp8, on), so that every one is measured against the same baseline.
+VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
+    "sd15": [("default", {}), ("no compile", {"compile": "off"}), ("no channels-last", {"channels_last": False}),
+             ("eager attention", {"attention": "eager"}), ("unfused AdamW", {"fused_optimizer": False})],
+    "sdxl": [("default", {}), ("no compile", {"compile": "off"}), ("gradient checkpointing", {"gradient_checkpointing": True})],
+    "flux": [("default", {}), ("no compile", {"compile": "off"}), ("fp8 base", {"quantize_base": "fp8"}),
+             ("fp8 base + checkpointing", {"quantize_base": "fp8", "gradient_checkpointing": True})],
+}  # fmt: skip
+
+
+def run(scratch: Path, *, tiny: bool = False, quick: bool = False) -> dict[str, Any]:
+    if not tiny and not torch.cuda.is_available():
+        return {"skipped": "no CUDA device on this machine"}
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    peak = matmul_tflops(
+        device, dtype, size=8192 if device.type == "cuda" else 512, repeats=50 if device.type == "cuda" else 5
+    )
+    results: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "matmul_tflops": round(peak, 1),
+        "architectures": {},
+    }
+    steps, warmup = (3, 1) if tiny or quick else (20, 5)
+    for name, variants in VARIANTS.items():
+        rows: dict[str, dict[str, Any]] = {}
+        # "no compile" first when quick: its uncompiled step is the one whose FLOPs are counted.
+        for label, options in variants if not quick else variants[1:2]:
+            try:
+                rows[label] = run_one(
+                    name, folder=scratch, device=device, steps=steps, warmup=warmup, tiny=tiny, options=options,
+                    peak_tflops=peak,
+                )  # fmt: skip
+            except torch.cuda.OutOfMemoryError as exc:
+                rows[label] = {"error": f"out of memory: {str(exc).splitlines()[0]}"}
+                torch.cuda.empty_cache()
+        # The model's FLOPs per step do not depend on how they are run: the utilisation of every
+        # variant is measured against the same count.
+        flops = max((row.get("step_flops", 0.0) for row in rows.values()), default=0.0)
+        for row in rows.values():
+            row.pop("step_flops", None)
+            if flops and "seconds_per_step" in row:
+                row["step_tflop"] = round(flops / 1e12, 3)
+                row["mfu"] = round(flops / row["seconds_per_step"] / 1e12 / peak, 3)
+        results["architectures"][name] = rows
+    return results
