@@ -374,7 +374,7 @@ def run(scratch: Path, *, tiny: bool = False, quick: bool = False) -> dict[str, 
         for row in rows.values():
             row.pop("step_flops", None)
             if flops and "seconds_per_step" in row:
-                row["step_tflop"] = round(flops / 1e12, 3)
-                row["mfu"] = round(flops / row["seconds_per_step"] / 1e12 / peak, 3)
+                row["step_tflop"] = float(f"{flops / 1e12:.4g}")
+                row["mfu"] = float(f"{flops / row['seconds_per_step'] / 1e12 / peak:.3g}")
         results["architectures"][name] = rows
     return results

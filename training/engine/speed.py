@@ -6,6 +6,7 @@ on and off: compiled denoiser, channels-last convolutions, the attention kernel,
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass
 
 import torch
@@ -50,8 +51,10 @@ def resolve_speed(
         raise EngineError("quantize_base needs training_type LORA: a full fine-tune trains the base weights themselves")
     cuda = device.type == "cuda"
     if compile_mode is None:
-        # Regional compilation of the repeated blocks: most of the gain for a fraction of the compile time.
-        compile_mode = "blocks" if cuda and steps >= COMPILE_MIN_STEPS else "off"
+        # Regional compilation of the repeated blocks: most of the gain for a fraction of the compile
+        # time. On a CPU the compiler emits C++, so it needs a C++ compiler on the machine.
+        can_compile = cuda or shutil.which("c++") is not None or shutil.which("g++") is not None
+        compile_mode = "blocks" if can_compile and steps >= COMPILE_MIN_STEPS else "off"
     if channels_last is None:
         channels_last = cuda and is_unet
     return SpeedOptions(
@@ -137,10 +140,17 @@ def apply_before_adapter(denoiser: torch.nn.Module, options: SpeedOptions) -> No
 
 def apply_after_adapter(denoiser: torch.nn.Module, options: SpeedOptions) -> None:
     """Compile last, so that the compiled graphs include the adapters."""
+    if options.compile != "off":
+        import torch._dynamo
+
+        # A graph the compiler cannot handle runs uncompiled instead of failing the training.
+        torch._dynamo.config.suppress_errors = True
+    # One graph per bucket shape (static shapes): a run has a handful of buckets, and dynamic-shape
+    # graphs are both slower and, for some UNet configurations, rejected by the compiler.
     if options.compile == "full":
-        denoiser.compile()
+        denoiser.compile(dynamic=False)
     elif options.compile == "blocks":
         if getattr(denoiser, "_repeated_blocks", None):
-            denoiser.compile_repeated_blocks()  # type: ignore[operator]
+            denoiser.compile_repeated_blocks(dynamic=False)  # type: ignore[operator]
         else:
-            denoiser.compile()
+            denoiser.compile(dynamic=False)

@@ -1,0 +1,37 @@
+"""The real-size GPU benchmark's code, kept working on machines without a GPU: its architectures are
+the published ones (counted on the meta device, nothing allocated), and the same code runs tiny ones."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from bench import gpu
+
+
+@pytest.mark.parametrize(
+    ("name", "billions"),
+    [("sd15", 0.86), ("sdxl", 2.57), ("flux", 11.9)],  # the published parameter counts of each denoiser
+)
+def test_the_benchmarked_architectures_have_the_published_sizes(name: str, billions: float) -> None:
+    model = gpu.random_denoiser(gpu.architecture(name, tiny=False), torch.device("meta"), torch.bfloat16)
+    count = sum(p.numel() for p in model.parameters()) / 1e9
+    assert count == pytest.approx(billions, rel=0.01)
+
+
+@pytest.mark.slow
+def test_the_benchmark_trains_each_family_with_the_engines_step_and_counts_its_flops(tmp_path: Path) -> None:
+    results = gpu.run(tmp_path, tiny=True, quick=True)
+    assert set(results["architectures"]) == {"sd15", "sdxl", "flux"}
+    for rows in results["architectures"].values():
+        [row] = rows.values()
+        assert row["seconds_per_step"] > 0 and row["step_tflop"] > 0 and 0 < row["mfu"] < 1
+        assert row["final_loss"] == pytest.approx(row["final_loss"])  # a number, not NaN
+
+
+def test_without_a_gpu_the_real_size_run_says_why(tmp_path: Path) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU: the real-size run would start")
+    assert gpu.run(tmp_path) == {"skipped": "no CUDA device on this machine"}
