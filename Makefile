@@ -50,5 +50,5 @@ services:
 		--port 6379 --save "" --appendonly no --dir /var/lib/redis --logfile /var/log/redis/ci.log; } || true; }
 
 # Benchmarks (CPU figures here; GPU ones where a GPU is present): prints a table, writes bench/results/*.json
-bench: setup
+bench: setup services
 	$(BIN)/python bench/run.py

@@ -145,6 +145,9 @@ def apply_after_adapter(denoiser: torch.nn.Module, options: SpeedOptions) -> Non
 
         # A graph the compiler cannot handle runs uncompiled instead of failing the training.
         torch._dynamo.config.suppress_errors = True
+        # Every block shares one forward: one graph per (block, bucket shape), more than the default 8.
+        torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 256)
+        torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
     # One graph per bucket shape (static shapes): a run has a handful of buckets, and dynamic-shape
     # graphs are both slower and, for some UNet configurations, rejected by the compiler.
     if options.compile == "full":
