@@ -299,6 +299,7 @@ def run_one(
         by_bucket=bucket_members(cache),
         flip_p=0.0,
         options={"guidance_scale": 1.0},
+        speed=speed,
     )
     denoiser.train()
     began = time.perf_counter()
@@ -316,7 +317,8 @@ def run_one(
     result: dict[str, Any] = {
         "resolution": spec_data["resolution"],
         "options": {"compile": speed.compile, "channels_last": speed.channels_last, "attention": speed.attention,
-                    "quantize_base": speed.quantize_base, "fused_optimizer": spec.fused_optimizer},
+                    "quantize_base": speed.quantize_base, "fused_optimizer": spec.fused_optimizer,
+                    "mixed_precision": speed.mixed_precision},
         "seconds_per_step": round(seconds, 4),
         "warmup_seconds": round(warmup_seconds, 1),
         "final_loss": round(value, 4),

@@ -148,6 +148,7 @@ ABLATIONS: list[tuple[str, dict[str, Any]]] = [
     ("eager attention (no SDPA)", {"attention": "eager"}),
     ("unfused AdamW", {"fused_optimizer": False}),
     ("fp8 base weights", {"quantize_base": "fp8"}),
+    ("bf16 autocast", {"mixed_precision": "bf16"}),
 ]
 
 

@@ -129,12 +129,14 @@ class TaskReporter:
             training_task_begin_training(task_id=self.task_id, worker_id=self.worker_id, fields=self.drain())
             self.last_write = time.monotonic()
             return
-        if stage != "exporting":
+        if stage == "loading":
+            self.log("loading the base model")  # not a pass over the files: their counts stay
+        elif stage != "exporting":
             self.pending_fields.update(
                 preprocessing_stage=stage, processed_files_count=processed, total_files_count=total
             )
             if processed == 0:
-                self.log("loading the base model" if stage == "loading" else f"{stage}: {total} item(s)")
+                self.log(f"{stage}: {total} item(s)")
         elif processed == 0:
             self.log("exporting weights")
         self.flush()

@@ -32,6 +32,8 @@ def test_a_training_records_samples_checkpoints_and_both_weight_layouts(tiny_sd1
         "caption_dropout_rate": 0.1,
         "gradient_checkpointing": False,
         "guidance_scale": 1.0,
+        "compile": None,  # automatic
+        "quantize_base": None,
     }
     assert run_training_task(str(task.pk)) == TrainingTask.Status.COMPLETED
     task.refresh_from_db()

@@ -81,7 +81,8 @@ def test_automatic_choices_follow_the_device_and_the_run_length() -> None:
     short_cpu = resolve_speed(**common, device=CPU, steps=100, is_unet=True, training_type="LORA")
     assert short_cpu.compile == "off"
     long_gpu = resolve_speed(**common, device=CUDA, steps=1000, is_unet=True, training_type="LORA")
-    assert (long_gpu.compile, long_gpu.channels_last) == ("blocks", True)
+    assert (long_gpu.compile, long_gpu.channels_last, long_gpu.mixed_precision) == ("blocks", True, "bf16")
+    assert on_cpu.mixed_precision == "no"  # fp32 on a CPU unless asked
     short_gpu = resolve_speed(**common, device=CUDA, steps=50, is_unet=False, training_type="LORA")
     assert (short_gpu.compile, short_gpu.channels_last) == ("off", False)  # compiling would not pay back
 
@@ -93,6 +94,7 @@ def test_automatic_choices_follow_the_device_and_the_run_length() -> None:
         ({"attention": "flash9"}, "attention 'flash9' is unknown"),
         ({"quantize_base": "int3"}, "quantize_base 'int3' is unknown"),
         ({"quantize_base": "fp8", "training_type": "FULL"}, "quantize_base needs training_type LORA"),
+        ({"mixed_precision": "fp4"}, "mixed_precision 'fp4' is unknown"),
     ],
 )
 def test_bad_speed_options_are_named(options: dict, message: str) -> None:

@@ -73,6 +73,7 @@ class TrainingSpec:
     channels_last: bool | None = None  # UNet convolutions in NHWC layout
     attention: str = "sdpa"  # "sdpa": PyTorch's fused attention kernels; "eager": plain matmuls, to compare
     quantize_base: str | None = None  # "fp8": frozen base weights in float8, half the memory (LoRA only)
+    mixed_precision: str | None = None  # "bf16" or "no"; None: bf16 on a GPU, fp32 on a CPU
     fused_optimizer: bool = True  # one fused kernel for the whole AdamW update instead of one per tensor
 
     @property

@@ -17,6 +17,7 @@ from training.engine.errors import EngineError
 COMPILE_MODES = ("off", "blocks", "full")
 ATTENTION_KERNELS = ("sdpa", "eager")
 QUANTIZATIONS = ("fp8",)
+PRECISIONS = ("bf16", "no")
 # torch.compile costs tens of seconds up front (minutes for FLUX.1): below this many steps it does not pay back.
 COMPILE_MIN_STEPS = 300
 
@@ -27,6 +28,7 @@ class SpeedOptions:
     channels_last: bool
     attention: str
     quantize_base: str | None
+    mixed_precision: str = "no"  # "bf16": the denoiser's matmuls and convolutions run in bfloat16
 
 
 def resolve_speed(
@@ -36,6 +38,7 @@ def resolve_speed(
     attention: str,
     quantize_base: str | None,
     device: torch.device,
+    mixed_precision: str | None = None,
     steps: int,
     is_unet: bool,
     training_type: str,
@@ -47,6 +50,8 @@ def resolve_speed(
         raise EngineError(f"attention {attention!r} is unknown; choose {' or '.join(ATTENTION_KERNELS)}")
     if quantize_base is not None and quantize_base not in QUANTIZATIONS:
         raise EngineError(f"quantize_base {quantize_base!r} is unknown; choose {', '.join(QUANTIZATIONS)}")
+    if mixed_precision is not None and mixed_precision not in PRECISIONS:
+        raise EngineError(f"mixed_precision {mixed_precision!r} is unknown; choose {' or '.join(PRECISIONS)}")
     if quantize_base and training_type != "LORA":
         raise EngineError("quantize_base needs training_type LORA: a full fine-tune trains the base weights themselves")
     cuda = device.type == "cuda"
@@ -58,7 +63,11 @@ def resolve_speed(
     if channels_last is None:
         channels_last = cuda and is_unet
     return SpeedOptions(
-        compile=compile_mode, channels_last=channels_last and is_unet, attention=attention, quantize_base=quantize_base
+        compile=compile_mode,
+        channels_last=channels_last and is_unet,
+        attention=attention,
+        quantize_base=quantize_base,
+        mixed_precision=mixed_precision or ("bf16" if cuda else "no"),
     )
 
 

@@ -88,7 +88,7 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
     callbacks.on_stage("loading", 0, 1)
     denoiser = family.load_denoiser()
     alpha = spec.lora_alpha if spec.lora_alpha is not None else float(spec.rank)
-    prepare_denoiser(spec, family, denoiser, device, alpha=alpha)
+    speed = prepare_denoiser(spec, family, denoiser, device, alpha=alpha)
     trainable = {name: p for name, p in denoiser.named_parameters() if p.requires_grad}
     optimizer = make_optimizer(spec, list(trainable.values()), device, callbacks)
     from diffusers.optimization import get_scheduler
@@ -131,6 +131,7 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
         by_bucket=by_bucket,
         flip_p=flip_p,
         options=options,
+        speed=speed,
     )
     for step in range(start_step + 1, spec.steps + 1):
         step_loss = train_step(context, step)
@@ -220,6 +221,7 @@ def prepare_denoiser(
         channels_last=spec.channels_last,
         attention=spec.attention,
         quantize_base=spec.quantize_base,
+        mixed_precision=spec.mixed_precision,
         device=device,
         steps=spec.steps,
         is_unet=family.denoiser_key == "unet",
@@ -266,6 +268,7 @@ class StepContext:
     by_bucket: dict[tuple[int, int], list[int]]
     flip_p: float
     options: dict[str, Any]
+    speed: SpeedOptions
 
 
 def noise_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
@@ -281,7 +284,9 @@ def train_step(context: StepContext, step: int) -> torch.Tensor:
         context.noise.manual_seed((context.spec.seed * 1_000_003 + step) % 2**63)
     accumulation = max(1, context.spec.gradient_accumulation)
     autocast = (
-        torch.autocast(device_type="cuda", dtype=torch.bfloat16) if context.device.type == "cuda" else _no_autocast()
+        torch.autocast(device_type=context.device.type, dtype=torch.bfloat16)
+        if context.speed.mixed_precision == "bf16"
+        else _no_autocast()
     )
     step_loss = torch.zeros((), device=context.device)
     for _ in range(accumulation):
