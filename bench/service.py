@@ -91,11 +91,17 @@ def stop(process: subprocess.Popen) -> None:
 
 @contextmanager
 def cluster(environment: Environment) -> Iterator[subprocess.Popen]:
-    process = environment.manage("qcluster", log=environment.scratch / "logs" / "qcluster.log")
+    log = environment.scratch / "logs" / "qcluster.log"
+    process = environment.manage("qcluster", log=log)
     try:
-        time.sleep(3)  # the cluster's workers fork and start polling
-        if process.poll() is not None:
-            raise RuntimeError(f"qcluster exited; see {environment.scratch / 'logs' / 'qcluster.log'}")
+        # Measure from a running cluster: its start (imports, forks) is not part of a pickup.
+        def running() -> bool:
+            if process.poll() is not None:
+                raise RuntimeError(f"qcluster exited; see {log}")
+            return "running." in log.read_text(encoding="utf-8", errors="replace")
+
+        wait_until(running, 120, "the qcluster to start")
+        time.sleep(1)  # its first poll
         yield process
     finally:
         stop(process)
