@@ -16,15 +16,9 @@ RESOLUTION, RANK, BATCH = 64, 4, 2
 
 
 def dataset(folder: Path, count: int = 12) -> list[DatasetImage]:
-    from training.demo_dataset import make_images
+    from training.demo_dataset import write_dataset
 
-    folder.mkdir(parents=True, exist_ok=True)
-    images = []
-    for image in make_images(count, trigger_word="zxq"):
-        path = folder / image.name
-        path.write_bytes(image.content)
-        images.append(DatasetImage(path=path, name=image.name, caption=image.caption))
-    return images
+    return write_dataset(folder, count)
 
 
 class LoopClock(SilentCallbacks):

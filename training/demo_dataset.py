@@ -8,8 +8,11 @@ from __future__ import annotations
 import io
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 from PIL import Image, ImageDraw
+
+from training.engine.spec import DatasetImage
 
 SHAPES = ("circle", "square", "triangle", "diamond", "ring", "cross")
 COLOURS = {
@@ -85,3 +88,14 @@ def _draw_shape(
         bar = size / 6
         draw.rectangle((cx - half, cy - bar, cx + half, cy + bar), fill=colour)
         draw.rectangle((cx - bar, cy - half, cx + bar, cy + half), fill=colour)
+
+
+def write_dataset(folder: Path, count: int, *, trigger_word: str = "zxq") -> list[DatasetImage]:
+    """`count` generated images written to `folder`, as the engine's dataset entries (scripts, tests)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    images = []
+    for image in make_images(count, trigger_word=trigger_word):
+        path = folder / image.name
+        path.write_bytes(image.content)
+        images.append(DatasetImage(path=path, name=image.name, caption=image.caption))
+    return images

@@ -3,6 +3,7 @@ the published ones (counted on the meta device, nothing allocated), and the same
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
@@ -28,7 +29,7 @@ def test_the_benchmark_trains_each_family_with_the_engines_step_and_counts_its_f
     for rows in results["architectures"].values():
         [row] = rows.values()
         assert row["seconds_per_step"] > 0 and row["step_tflop"] > 0 and 0 < row["mfu"] < 1
-        assert row["final_loss"] == pytest.approx(row["final_loss"])  # a number, not NaN
+        assert math.isfinite(row["final_loss"])
 
 
 def test_without_a_gpu_the_real_size_run_says_why(tmp_path: Path) -> None:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from training.demo_dataset import make_images
+from training.demo_dataset import write_dataset
 from training.engine import (
     DatasetImage,
     DatasetPair,
@@ -30,13 +30,7 @@ FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext")
 
 
 def dataset(folder: Path, count: int = 4) -> list[DatasetImage]:
-    folder.mkdir(parents=True, exist_ok=True)
-    images = []
-    for image in make_images(count, trigger_word="zxq"):
-        path = folder / image.name
-        path.write_bytes(image.content)
-        images.append(DatasetImage(path=path, name=image.name, caption=image.caption))
-    return images
+    return write_dataset(folder, count)
 
 
 def make_spec(base: Path, tmp_path: Path, **overrides: object) -> TrainingSpec:
