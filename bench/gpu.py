@@ -245,14 +245,15 @@ def run_one(
     from diffusers.optimization import get_scheduler
 
     from training.engine import TrainingSpec
+    from training.engine.data import EpochSampler
     from training.engine.families import family_class
     from training.engine.spec import SilentCallbacks
     from training.engine.trainer import (
         StepContext,
-        bucket_members,
         cache_on,
         make_optimizer,
         noise_generator,
+        noise_settings,
         prepare_denoiser,
         train_step,
     )
@@ -296,9 +297,9 @@ def run_one(
         generator=generator,
         noise=noise_generator(generator, device),
         device=device,
-        by_bucket=bucket_members(cache),
+        sampler=EpochSampler(cache.buckets, [1] * len(cache.buckets), spec.batch_size, seed=0),
         flip_p=0.0,
-        options={"guidance_scale": 1.0},
+        settings=noise_settings(spec),
         speed=speed,
     )
     denoiser.train()

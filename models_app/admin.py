@@ -429,7 +429,7 @@ class TrainingTaskAdmin(TeamScopedAdmin):
                 samples=task.samples.all(),
                 checkpoints=[
                     (checkpoint, [(name, default_storage.url(stored)) for name, stored in checkpoint.files.items()])
-                    for checkpoint in task.checkpoints.all()
+                    for checkpoint in task.checkpoints.filter(snapshot=False)  # snapshots are the worker's
                 ],
                 deliveries=task.webhook_deliveries.all()[:50],
                 priorities=TrainingTask.Priority.choices,
@@ -492,6 +492,10 @@ class TrainingCheckpointAdmin(ReadOnlyAdmin):
     team_path = "task__team"
     list_display = ["task", "step", "created_at"]
     list_select_related = ["task"]
+
+    def get_queryset(self, request: HttpRequest) -> QuerySet[TrainingCheckpoint]:
+        # The user's checkpoints only: a worker's crash-safety snapshot is not one of them.
+        return super().get_queryset(request).filter(snapshot=False)
 
 
 @admin.register(CreditEntry)

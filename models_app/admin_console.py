@@ -200,6 +200,7 @@ def task_progress(request: HttpRequest, pk: str) -> JsonResponse:
             "eta_seconds": task.eta_seconds,
             "loss": task.loss,
             "loss_history": task.loss_history,
+            "validation_history": task.validation_history,
             "logs": task.logs[-4000:],
             "error_message": task.error_message,
             "samples": [{"step": s.step, "prompt": s.prompt, "url": s.file.url} for s in task.samples.all() if s.file],

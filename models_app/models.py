@@ -340,7 +340,12 @@ class TrainingTask(models.Model):
     seed = models.PositiveIntegerField(default=42)
     loss = models.FloatField(null=True, blank=True, help_text="The last reported training loss.")
     loss_history = models.JSONField(
-        default=list, blank=True, help_text="[step, loss] points, thinned to a bounded count."
+        default=list,
+        blank=True,
+        help_text="[step, loss] points, or [step, loss, smoothed loss] where the engine smooths; thinned to a bounded count.",
+    )
+    validation_history = models.JSONField(
+        default=list, blank=True, help_text="[step, validation loss] points on the held-out images, thinned alike."
     )
     worker_id = models.CharField(max_length=200, blank=True)
     attempt_count = models.PositiveIntegerField(default=0)
@@ -411,23 +416,37 @@ class TrainingSample(models.Model):
 
 
 def checkpoint_upload_to(instance: TrainingCheckpoint, filename: str) -> str:
-    return f"training/{instance.task_id}/checkpoints/step-{instance.step:07d}/{PurePosixPath(filename).name}"
+    return f"training/{instance.task_id}/checkpoints/{instance.folder_name}/{PurePosixPath(filename).name}"
 
 
 class TrainingCheckpoint(models.Model):
-    """A checkpoint mirrored to shared storage, so that a task can resume on any worker."""
+    """A checkpoint mirrored to shared storage, so that a task can resume on any worker.
+
+    `snapshot` rows are the worker's crash-safety saves (every few minutes or steps, whatever
+    `save_every` says): one per task, used to resume, never listed to users as a checkpoint.
+    """
 
     task = models.ForeignKey(TrainingTask, on_delete=models.CASCADE, related_name="checkpoints")
     step = models.PositiveIntegerField()
+    snapshot = models.BooleanField(
+        default=False, help_text="A crash-safety snapshot of the worker, not one of the user's checkpoints."
+    )
     files = models.JSONField(default=dict, help_text="File name -> storage name.")
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
         ordering = ["-step"]
-        constraints = [models.UniqueConstraint(fields=["task", "step"], name="checkpoint_unique_per_step")]
+        constraints = [
+            models.UniqueConstraint(fields=["task", "step", "snapshot"], name="checkpoint_unique_per_step_and_kind")
+        ]
 
     def __str__(self) -> str:
-        return f"{self.task_id} step {self.step}"
+        return f"{self.task_id} {'snapshot' if self.snapshot else 'step'} {self.step}"
+
+    @property
+    def folder_name(self) -> str:
+        """The folder's name on a worker's disk (and in storage): `step-0000500` or `snapshot-0000500`."""
+        return f"{'snapshot' if self.snapshot else 'step'}-{self.step:07d}"
 
 
 class WebhookDelivery(models.Model):

@@ -6,10 +6,12 @@ One table, so the API, the admin and the commands validate alike.
 
 from __future__ import annotations
 
+import copy
 from dataclasses import dataclass
 from typing import Any
 
 from models_app.errors import InvalidInput
+from training.engine.spec import LORA_TARGETS, LORA_TYPES, LOSS_TYPES, TIMESTEP_SAMPLINGS
 
 
 @dataclass(frozen=True)
@@ -20,6 +22,9 @@ class Parameter:
     maximum: float | None = None
     choices: tuple[Any, ...] | None = None
     nullable: bool = False
+    exclusive_minimum: bool = False  # the value must be above `minimum`, not equal to it
+    min_length: int | None = None  # strings
+    max_length: int | None = None
 
 
 PARAMETERS: dict[str, Parameter] = {
@@ -41,6 +46,7 @@ PARAMETERS: dict[str, Parameter] = {
     # Speed and memory (training/engine/speed.py); null picks what pays on the worker's device.
     "compile": Parameter(str, None, choices=("off", "blocks", "full"), nullable=True),
     "quantize_base": Parameter(str, None, choices=("fp8",), nullable=True),
+    "mixed_precision": Parameter(str, None, choices=("bf16", "no"), nullable=True),
     "resolution": Parameter(int, None, 32, 2048, nullable=True),
     "seed": Parameter(int, 42, 0, 2**31 - 1),
     "save_every": Parameter(int, 2000, 1, 100_000),
@@ -57,6 +63,36 @@ PARAMETERS: dict[str, Parameter] = {
     "preprocessing_captioning_prompt": Parameter(str, None, nullable=True),
     "priority": Parameter(int, 1, 0, 3),
     "webhook_url": Parameter(str, "", nullable=True),
+    # Adapter shape (LoRA only).
+    "lora_type": Parameter(str, "lora", choices=LORA_TYPES),
+    "lora_targets": Parameter(str, "all_linear", choices=LORA_TARGETS),
+    "lora_dropout": Parameter((int, float), 0.0, 0, 0.9),
+    # Data order: each image seen `repeats` times per epoch.
+    "repeats": Parameter(int, 1, 1, 100),
+    # Loss and noise.
+    "loss_type": Parameter(str, "mse", choices=LOSS_TYPES),
+    "huber_delta": Parameter((int, float), 0.1, 0, 10, exclusive_minimum=True),
+    "min_snr_gamma": Parameter((int, float), None, 0.1, 50, nullable=True),
+    "noise_offset": Parameter((int, float), 0.0, 0, 1),
+    "timestep_sampling": Parameter(str, "logit_normal", choices=TIMESTEP_SAMPLINGS),
+    "logit_mean": Parameter((int, float), 0.0, -5, 5),
+    "logit_std": Parameter((int, float), 1.0, 0.01, 5),
+    "sigmoid_scale": Parameter((int, float), 1.0, 0.01, 10),
+    "timestep_shift": Parameter((int, float), None, 0.1, 20, nullable=True),  # null: automatic
+    # Weight averaging.
+    "ema": Parameter(bool, False),
+    "ema_decay": Parameter((int, float), 0.999, 0.5, 0.99999),
+    "ema_start_step": Parameter(int, 0, 0, 100_000),
+    # Text encoder LoRA (SD 1.5 and SDXL).
+    "train_text_encoder": Parameter(bool, False),
+    "text_encoder_learning_rate": Parameter((int, float), None, 1e-7, 1.0, nullable=True),  # null: learning_rate
+    # Prior preservation.
+    "prior_preservation_class": Parameter(str, None, nullable=True, min_length=1, max_length=100),
+    "prior_preservation_weight": Parameter((int, float), 1.0, 0, 10),
+    "masked_loss": Parameter(bool, False),
+    # Validation: a held-out share of the images, and/or these training images (asset ids).
+    "validation_split": Parameter((int, float), 0.0, 0, 0.5),
+    "validation_images": Parameter(list, []),
 }
 
 
@@ -89,14 +125,29 @@ def _check(name: str, spec: Parameter, value: Any, *, field: str) -> Any:
         raise InvalidInput(f"{name} must be {_kind_name(kinds)}, got {type(value).__name__}", field=field)
     if spec.choices is not None and value not in spec.choices:
         raise InvalidInput(f"{name} must be one of {', '.join(map(str, spec.choices))}; got {value!r}", field=field)
+    if spec.minimum is not None and spec.exclusive_minimum and value <= spec.minimum:
+        raise InvalidInput(f"{name} must be greater than {spec.minimum}; got {value}", field=field)
     if spec.minimum is not None and value < spec.minimum:
         raise InvalidInput(f"{name} must be at least {spec.minimum}; got {value}", field=field)
     if spec.maximum is not None and value > spec.maximum:
         raise InvalidInput(f"{name} must be at most {spec.maximum}; got {value}", field=field)
+    if spec.min_length is not None and len(value) < spec.min_length:
+        raise InvalidInput(f"{name} must be at least {spec.min_length} character(s) long", field=field)
+    if spec.max_length is not None and len(value) > spec.max_length:
+        raise InvalidInput(f"{name} must be at most {spec.max_length} characters long; got {len(value)}", field=field)
     if name == "webhook_url" and value and not value.startswith(("http://", "https://")):
         raise InvalidInput("webhook_url must be an http or https URL", field=field)
     if name == "sample_prompts" and not all(isinstance(p, str) for p in value):
         raise InvalidInput("sample_prompts must be a list of strings", field=field)
+    if name == "validation_images":
+        for index, item in enumerate(value):
+            if not isinstance(item, str) or not item.startswith("asset_"):
+                raise InvalidInput(
+                    f"validation_images[{index}] must be a training image id (asset_…); got {item!r}", field=field
+                )
+        if len(set(value)) != len(value):
+            twice = next(item for item in value if value.count(item) > 1)
+            raise InvalidInput(f"validation_images lists {twice} more than once", field=field)
     if name == "preprocessing_transforms":
         from training.engine.data import validate_transforms
         from training.engine.errors import EngineError
@@ -117,11 +168,25 @@ def _kind_name(kinds: tuple[type, ...]) -> str:
 
 def effective_parameters(overrides: dict[str, Any], *, default_base_model: str) -> dict[str, Any]:
     """Defaults merged with a model's overrides: what a task started now would use."""
-    merged = {name: spec.default for name, spec in PARAMETERS.items()}
+    merged = {name: copy.copy(spec.default) for name, spec in PARAMETERS.items()}
     merged["base_model_path"] = default_base_model
-    merged.update({k: v for k, v in overrides.items() if v is not None or PARAMETERS[k].nullable})
+    given = {k: v for k, v in overrides.items() if v is not None or PARAMETERS[k].nullable}
+    merged.update(given)
     if merged["base_model_path"] is None:
         merged["base_model_path"] = default_base_model
     if merged["webhook_url"] is None:
         merged["webhook_url"] = ""
+    merged.update(dependent_defaults(merged, given=set(given)))
     return merged
+
+
+def dependent_defaults(merged: dict[str, Any], *, given: set[str]) -> dict[str, Any]:
+    """The defaults that depend on another parameter, for the parameters the user did not set.
+
+    Every such rule lives here, so the quote, the start and the docs agree:
+    - `optimizer: prodigy` finds its own step size, and expects a learning rate of 1.0.
+    """
+    derived: dict[str, Any] = {}
+    if "learning_rate" not in given and merged["optimizer"] == "prodigy":
+        derived["learning_rate"] = 1.0
+    return derived

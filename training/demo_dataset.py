@@ -99,3 +99,32 @@ def write_dataset(folder: Path, count: int, *, trigger_word: str = "zxq") -> lis
         path.write_bytes(image.content)
         images.append(DatasetImage(path=path, name=image.name, caption=image.caption))
     return images
+
+
+def write_concept(
+    folder: Path,
+    count: int,
+    *,
+    colour: tuple[int, int, int],
+    caption: str,
+    held_out: int = 0,
+    size: int = 64,
+    seed: int = 0,
+    prefix: str = "",
+) -> list[DatasetImage]:
+    """A one-concept dataset with a property that can be measured after training: `count` images of a
+    pale disc, at varying places and sizes, on a background of one `colour`; the last `held_out` are
+    marked for validation. For the tests and benchmarks that check that training learns its data."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = random.Random(seed)
+    pale = tuple(min(255, channel + 110) for channel in colour)
+    images = []
+    for index in range(count):
+        image = Image.new("RGB", (size, size), colour)
+        radius = size * rng.uniform(0.15, 0.3)
+        cx, cy = size * rng.uniform(0.3, 0.7), size * rng.uniform(0.3, 0.7)
+        ImageDraw.Draw(image).ellipse((cx - radius, cy - radius, cx + radius, cy + radius), fill=pale)
+        path = folder / f"{prefix}{index:02d}.png"
+        image.save(path)
+        images.append(DatasetImage(path=path, name=path.name, caption=caption, validation=index >= count - held_out))
+    return images

@@ -7,6 +7,7 @@ writes nothing more.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import shutil
@@ -24,6 +25,7 @@ from django.utils import timezone
 
 from models_app.models import TrainingCheckpoint, TrainingImage, TrainingTask
 from models_app.services.training import (
+    ENGINE_OPTIONS,
     LeaseLost,
     log_tail,
     training_checkpoint_record,
@@ -72,6 +74,7 @@ class TaskReporter:
         self.last_webhook = 0.0
         self.heartbeat: Heartbeat | None = None
         self.loss_history: list[list[float]] = list(task.loss_history or [])
+        self.validation_history: list[list[float]] = list(task.validation_history or [])
         # Wall seconds per phase; a retried task adds to what its earlier attempts spent.
         self.stage_seconds: dict[str, float] = dict(task.stage_seconds or {})
         if "queue" not in self.stage_seconds and task.started_at is not None:
@@ -143,10 +146,11 @@ class TaskReporter:
 
     def on_progress(self, progress: engine.Progress) -> None:
         if progress.loss is not None:
-            self.loss_history = [p for p in self.loss_history if p[0] < progress.step]  # a resume repeats steps
-            self.loss_history.append([progress.step, round(progress.loss, 6)])
-            if len(self.loss_history) > MAX_LOSS_POINTS:
-                self.loss_history = self.loss_history[::2]  # keep the whole curve, at half the density
+            # [step, loss], or [step, loss, smoothed loss]: readers of the first two numbers are unchanged.
+            point = [progress.step, round(progress.loss, 6)]
+            if progress.smoothed_loss is not None:
+                point.append(round(progress.smoothed_loss, 6))
+            self.loss_history = bounded_history(self.loss_history, point)
             self.pending_fields["loss_history"] = self.loss_history
         self.pending_fields.update(
             current_step=progress.step,
@@ -174,6 +178,19 @@ class TaskReporter:
         self.flush(force=True)
         webhook_emit(task_id=self.task_id, event="checkpoint", data={"step": step})
 
+    def on_snapshot(self, step: int, path: Path) -> None:
+        # The worker's crash-safety save: where a new attempt resumes, not one of the user's checkpoints.
+        training_checkpoint_record(
+            task_id=self.task_id, step=step, folder=path, keep=self.keep_checkpoints, snapshot=True
+        )
+        self.log(f"snapshot saved at step {step}")
+        self.flush(force=True)
+
+    def on_validation(self, step: int, loss: float) -> None:
+        self.validation_history = bounded_history(self.validation_history, [step, round(loss, 6)])
+        self.pending_fields["validation_history"] = self.validation_history
+        self.flush()
+
     def should_cancel(self) -> bool:
         if self.heartbeat is not None and self.heartbeat.lost:
             raise LeaseLost(f"training task {self.task_id} is no longer held by {self.worker_id}")
@@ -182,6 +199,15 @@ class TaskReporter:
         if time.monotonic() - self.last_cancel_check >= CANCEL_CHECK_SECONDS:
             self.flush(force=True)
         return self.cancel_requested
+
+
+def bounded_history(history: list[list[float]], point: list[float]) -> list[list[float]]:
+    """The curve with `point` added: a resume repeats steps, so later points go; thinned past MAX_LOSS_POINTS."""
+    kept = [p for p in history if p[0] < point[0]]
+    kept.append(point)
+    if len(kept) > MAX_LOSS_POINTS:
+        kept = kept[::2]  # keep the whole curve, at half the density
+    return kept
 
 
 class Heartbeat:
@@ -296,28 +322,41 @@ def is_out_of_memory(exc: BaseException) -> bool:
 
 
 def restore_checkpoint(task: TrainingTask, directory: Path, reporter: TaskReporter) -> None:
-    """Bring the newest checkpoint from shared storage when this machine does not have it (another
-    worker made it); the engine then resumes from it."""
+    """Bring the newest checkpoint or snapshot from shared storage when this machine has nothing as
+    new (another worker made it); the engine then resumes from the highest step on its disk."""
     from django.core.files.storage import default_storage
 
-    from training.engine.checkpoints import FILES, list_checkpoints
+    from training.engine.checkpoints import FILES
 
-    newest = TrainingCheckpoint.objects.filter(task=task).order_by("-step").first()
+    # The newest step; at equal steps a user checkpoint (same files) before a snapshot.
+    newest = TrainingCheckpoint.objects.filter(task=task).order_by("-step", "snapshot").first()
     if newest is None:
         return
-    folder_name = f"step-{newest.step:07d}"
-    if any(path.name == folder_name for path in list_checkpoints(directory)):
-        return
+    kind = "snapshot" if newest.snapshot else "checkpoint"
+    if max(local_steps(directory), default=-1) >= newest.step:
+        return  # this machine made it (or a newer one): nothing to fetch
     if set(FILES) - set(newest.files):
-        reporter.log(f"the stored checkpoint at step {newest.step} is incomplete; not used")
+        reporter.log(f"the stored {kind} at step {newest.step} is incomplete; not used")
         return
-    partial = directory / f"{folder_name}.partial"
+    partial = directory / f"{newest.folder_name}.partial"
     partial.mkdir(parents=True, exist_ok=True)
     for file_name, storage_name in newest.files.items():
         with default_storage.open(storage_name, "rb") as source, open(partial / file_name, "wb") as target:
             shutil.copyfileobj(source, target, length=1024 * 1024)
-    partial.rename(directory / folder_name)
-    reporter.log(f"fetched the checkpoint at step {newest.step} from storage")
+    partial.rename(directory / newest.folder_name)
+    reporter.log(f"fetched the {kind} at step {newest.step} from storage")
+
+
+def local_steps(directory: Path) -> list[int]:
+    """The steps of the complete checkpoint (`step-…`) and snapshot (`snapshot-…`) folders on this disk."""
+    if not directory.is_dir():
+        return []
+    steps = []
+    for path in directory.iterdir():
+        prefix, _, number = path.name.partition("-")
+        if path.is_dir() and prefix in ("step", "snapshot") and number.isdigit():
+            steps.append(int(number))
+    return steps
 
 
 def build_spec(task: TrainingTask, work_dir: Path, reporter: TaskReporter) -> engine.TrainingSpec:
@@ -332,6 +371,8 @@ def build_spec(task: TrainingTask, work_dir: Path, reporter: TaskReporter) -> en
     missing = [asset_id for asset_id in task.source_images if asset_id not in images]
     if missing:
         raise engine.EngineError(f"training images removed after the start: {', '.join(missing)}")
+    options = task.training_options or {}
+    held_out = set(options.get("validation_images") or [])
     dataset: dict[str, engine.DatasetImage] = {}
     reporter.on_stage("downloading", 0, len(task.source_images))
     for index, asset_id in enumerate(task.source_images):
@@ -341,7 +382,9 @@ def build_spec(task: TrainingTask, work_dir: Path, reporter: TaskReporter) -> en
         if image.sidecar_caption:
             # Kohya layout: the caption file beside the image, for the `filename` strategy.
             path.with_suffix(".txt").write_text(image.sidecar_caption, encoding="utf-8")
-        dataset[asset_id] = engine.DatasetImage(path=path, name=image.name, caption=image.description)
+        dataset[asset_id] = engine.DatasetImage(
+            path=path, name=image.name, caption=image.description, validation=asset_id in held_out
+        )
         reporter.on_stage("downloading", index + 1, len(task.source_images))
     pairs = [
         engine.DatasetPair(
@@ -353,7 +396,6 @@ def build_spec(task: TrainingTask, work_dir: Path, reporter: TaskReporter) -> en
         if pair.source.asset.public_id in dataset and pair.target.asset.public_id in dataset
     ]
     reporter.pending_fields.update(training_folder=str(work_dir), processed_dataset_path=str(dataset_dir))
-    options = task.training_options or {}
     return engine.TrainingSpec(
         base_model=task.base_model_path,
         output_dir=work_dir / "output",
@@ -365,13 +407,6 @@ def build_spec(task: TrainingTask, work_dir: Path, reporter: TaskReporter) -> en
         lora_alpha=task.lora_alpha,
         steps=task.steps,
         learning_rate=task.learning_rate,
-        lr_scheduler=options.get("lr_scheduler", "constant_with_warmup"),
-        lr_warmup_steps=options.get("lr_warmup_steps", 0),
-        caption_dropout_rate=options.get("caption_dropout_rate", 0.0),
-        gradient_checkpointing=options.get("gradient_checkpointing", False),
-        guidance_scale=options.get("guidance_scale", 1.0),
-        compile=options.get("compile"),
-        quantize_base=options.get("quantize_base"),
         batch_size=task.batch_size,
         gradient_accumulation=task.gradient_accumulation,
         optimizer=task.optimizer,
@@ -388,7 +423,17 @@ def build_spec(task: TrainingTask, work_dir: Path, reporter: TaskReporter) -> en
         sample_steps=task.sample_steps,
         sample_prompts=list(task.sample_prompts or []),
         device=settings.TRAINING_DEVICE,
+        **spec_options(options),
     )
+
+
+SPEC_FIELDS = frozenset(field.name for field in dataclasses.fields(engine.TrainingSpec))
+
+
+def spec_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The task's engine options that name a TrainingSpec field, by that name; an option a task
+    started before it existed keeps the engine's default."""
+    return {name: options[name] for name in ENGINE_OPTIONS if name in SPEC_FIELDS and name in options}
 
 
 def local_captioner() -> engine.spec.Captioner | None:

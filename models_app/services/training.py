@@ -37,7 +37,8 @@ from models_app.training_parameters import effective_parameters, validate_parame
 logger = logging.getLogger(__name__)
 
 MIN_PAIRS = 2
-# Parameters the engine takes that seed 003's task has no column for.
+# Parameters the engine takes that seed 003's task has no column for, kept in `training_options`.
+# The runner hands each one that names a TrainingSpec field to the engine under that name.
 ENGINE_OPTIONS = (
     "lr_scheduler",
     "lr_warmup_steps",
@@ -46,6 +47,30 @@ ENGINE_OPTIONS = (
     "guidance_scale",
     "compile",
     "quantize_base",
+    "mixed_precision",
+    "lora_type",
+    "lora_targets",
+    "lora_dropout",
+    "repeats",
+    "loss_type",
+    "huber_delta",
+    "min_snr_gamma",
+    "noise_offset",
+    "timestep_sampling",
+    "logit_mean",
+    "logit_std",
+    "sigmoid_scale",
+    "timestep_shift",
+    "ema",
+    "ema_decay",
+    "ema_start_step",
+    "train_text_encoder",
+    "text_encoder_learning_rate",
+    "prior_preservation_class",
+    "prior_preservation_weight",
+    "masked_loss",
+    "validation_split",
+    "validation_images",  # not a spec field: the runner marks these images `validation`
 )
 HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 LOG_TAIL_CHARS = 20_000
@@ -163,6 +188,7 @@ def _plan(model: Model, overrides: dict[str, Any] | None) -> TrainingPlan:
                     extra={"count": count, "min": low, "max": high},
                 )
             )
+    problems.extend(_validation_images_problems(model, params["validation_images"]))
     limit = team_training_limit(model.team)
     if limit is not None and team_active_trainings(model.team_id) >= limit:
         problems.append(
@@ -180,6 +206,30 @@ def _plan(model: Model, overrides: dict[str, Any] | None) -> TrainingPlan:
             )
         )
     return TrainingPlan(parameters=params, base_model=base_model, estimate=estimate, problems=problems)
+
+
+def _validation_images_problems(model: Model, held_out: list[str]) -> list[ApplicationError]:
+    """validation_images must name this model's training images and leave at least one to train on."""
+    if not held_out:
+        return []
+    field = "parameters.validation_images"
+    own = set(model.training_images.values_list("asset__public_id", flat=True))
+    for asset_id in held_out:
+        if asset_id not in own:
+            return [
+                InvalidInput(
+                    f"validation_images names {asset_id}, which is not a training image of model {model.public_id}",
+                    field=field,
+                )
+            ]
+    if len(own) - len(set(held_out)) < 1:
+        return [
+            InvalidInput(
+                f"validation_images holds out all {len(own)} training images; at least one must be left to train on",
+                field=field,
+            )
+        ]
+    return []
 
 
 def training_quote(*, model: Model, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -622,21 +672,34 @@ def log_tail(existing: str, lines: list[str]) -> str:
     return text
 
 
-def training_checkpoint_record(*, task_id: Any, step: int, folder: Path, keep: int) -> TrainingCheckpoint:
-    """Mirror a checkpoint folder to storage, and keep only the newest `keep` there too."""
+def training_checkpoint_record(
+    *, task_id: Any, step: int, folder: Path, keep: int, snapshot: bool = False
+) -> TrainingCheckpoint:
+    """Mirror a checkpoint folder to storage, and keep only the newest `keep` there too.
+
+    A `snapshot` is the worker's own crash-safety save: only the newest one per task is kept, and it
+    neither counts against the user's `keep` nor is listed as one of their checkpoints.
+    """
     from django.core.files.storage import default_storage
 
-    checkpoint = TrainingCheckpoint(task_id=task_id, step=step)
+    checkpoint = TrainingCheckpoint(task_id=task_id, step=step, snapshot=snapshot)
     files = {}
     for path in sorted(Path(folder).iterdir()):
         with open(path, "rb") as handle:
             files[path.name] = default_storage.save(checkpoint_upload_to(checkpoint, path.name), File(handle))
     checkpoint.files = files
     with transaction.atomic():
-        TrainingCheckpoint.objects.filter(task_id=task_id, step=step).delete()
+        replaced = list(TrainingCheckpoint.objects.filter(task_id=task_id, step=step, snapshot=snapshot))
+        for old in replaced:  # a resumed run saves the same step again
+            old.delete()
         checkpoint.save()
-    for old in TrainingCheckpoint.objects.filter(task_id=task_id).order_by("-step")[keep:]:
+    same_kind = TrainingCheckpoint.objects.filter(task_id=task_id, snapshot=snapshot)
+    # One snapshot per task, the one just made; the user's newest `keep` checkpoints.
+    stale = list(same_kind.exclude(pk=checkpoint.pk) if snapshot else same_kind.order_by("-step")[keep:])
+    for old in [*replaced, *stale]:
         for name in old.files.values():
-            default_storage.delete(name)
-        old.delete()
+            if name not in files.values():
+                default_storage.delete(name)
+        if old.pk is not None:
+            old.delete()
     return checkpoint

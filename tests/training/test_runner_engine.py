@@ -1,22 +1,30 @@
-"""The runner drives the whole engine: samples, checkpoints, both weight layouts, pairs, sidecar captions."""
+"""The runner drives the whole engine: samples, checkpoints, both weight layouts, pairs, sidecar captions;
+and (fast, no training) turns a task into the engine's spec, reports its curves and fetches its newest save."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
+from django.urls import reverse
 from safetensors.torch import load_file
 
-from models_app.models import Model, TrainingTask
+from models_app.models import Model, TrainingCheckpoint, TrainingTask
 from models_app.services.datasets import model_configure, pairs_replace
-from models_app.services.training import training_start
+from models_app.services.training import ENGINE_OPTIONS, training_checkpoint_record, training_start, training_task_claim
+from models_app.training_parameters import PARAMETERS
 from tests.factories import ModelFactory, TeamFactory, add_images
 from tests.helpers import api_client_for, png, run_queued
-from training.runner import run_training_task
+from training import engine
+from training.engine.checkpoints import FILES
+from training.runner import TaskReporter, build_spec, restore_checkpoint, run_training_task
 
-pytestmark = [pytest.mark.django_db, pytest.mark.slow]
+pytestmark = pytest.mark.django_db
+slow = pytest.mark.slow  # these train a tiny model
 
 
+@slow
 def test_a_training_records_samples_checkpoints_and_both_weight_layouts(tiny_sd15: Path, fast_training: dict) -> None:
     model = ModelFactory()
     add_images(model, 12)
@@ -27,14 +35,11 @@ def test_a_training_records_samples_checkpoints_and_both_weight_layouts(tiny_sd1
     )  # fmt: skip
     task = training_start(model=model)
     assert task.training_options == {
+        **{name: PARAMETERS[name].default for name in ENGINE_OPTIONS},
         "lr_scheduler": "cosine",
-        "lr_warmup_steps": 0,
         "caption_dropout_rate": 0.1,
-        "gradient_checkpointing": False,
-        "guidance_scale": 1.0,
-        "compile": None,  # automatic
-        "quantize_base": None,
     }
+    assert (task.training_options["compile"], task.training_options["quantize_base"]) == (None, None)  # automatic
     assert run_training_task(str(task.pk)) == TrainingTask.Status.COMPLETED
     task.refresh_from_db()
     assert [(s.step, s.prompt) for s in task.samples.all()] == [(3, "zxq, a red circle"), (6, "zxq, a red circle")]
@@ -45,6 +50,7 @@ def test_a_training_records_samples_checkpoints_and_both_weight_layouts(tiny_sd1
     assert any(key.startswith("lora_unet_") for key in load_file(task.weights_kohya.path))
 
 
+@slow
 def test_an_edit_model_trains_on_its_pairs_and_generates_from_an_input_image(
     tiny_models: dict[str, Path], fast_training: dict, django_capture_on_commit_callbacks
 ) -> None:
@@ -91,6 +97,7 @@ def test_an_edit_model_trains_on_its_pairs_and_generates_from_an_input_image(
     assert result["status"] == "completed" and len(result["images"]) == 1
 
 
+@slow
 def test_filename_captions_come_from_the_txt_files_beside_imported_images(
     tiny_sd15: Path, settings, tmp_path: Path, fast_training: dict
 ) -> None:
@@ -116,6 +123,7 @@ def test_filename_captions_come_from_the_txt_files_beside_imported_images(
     assert task.model.training_images.get(name="03.png").sidecar_caption == "photo number 3"
 
 
+@slow
 def test_transforms_are_validated_when_configured(tiny_sd15: Path) -> None:
     model = ModelFactory()
     response = api_client_for(model.team).patch(
@@ -128,3 +136,171 @@ def test_transforms_are_validated_when_configured(tiny_sd15: Path) -> None:
         "preprocessing_transforms[0]: unknown transform 'sharpen'; known: resize, center_crop, random_crop, horizontal_flip"
     )
     assert response.json()["field"] == "parameters.preprocessing_transforms"
+
+
+# Fast: no training, a task built in the database with real image files.
+
+OPTIONS = {
+    "lr_scheduler": "cosine",
+    "mixed_precision": "no",
+    "lora_type": "loha",
+    "lora_targets": "attention",
+    "lora_dropout": 0.25,
+    "repeats": 4,
+    "loss_type": "smooth_l1",
+    "huber_delta": 0.3,
+    "min_snr_gamma": 5.0,
+    "noise_offset": 0.1,
+    "timestep_sampling": "uniform",
+    "logit_mean": 0.5,
+    "logit_std": 0.8,
+    "sigmoid_scale": 1.5,
+    "timestep_shift": 3.0,
+    "ema": True,
+    "ema_decay": 0.995,
+    "ema_start_step": 5,
+    "train_text_encoder": True,
+    "text_encoder_learning_rate": 5e-5,
+    "prior_preservation_class": "person",
+    "prior_preservation_weight": 0.7,
+    "masked_loss": True,
+    "validation_split": 0.1,
+}
+
+
+def claimed_task(overrides: dict | None = None) -> TrainingTask:
+    model = ModelFactory()
+    add_images(model, 12)
+    task = training_start(model=model, overrides=overrides)
+    return training_task_claim(task_id=str(task.pk), worker_id="w")
+
+
+def test_build_spec_hands_every_engine_option_to_the_spec_by_name(tiny_sd15: Path, tmp_path: Path) -> None:
+    task = claimed_task({**OPTIONS, "rank": 8})
+    held_out = task.source_images[3:5]
+    TrainingTask.objects.filter(pk=task.pk).update(
+        training_options={**task.training_options, "validation_images": held_out}
+    )
+    task.refresh_from_db()
+    spec = build_spec(task, tmp_path / "work", TaskReporter(task, "w"))
+    for name, value in OPTIONS.items():
+        assert getattr(spec, name) == value, name
+    assert (spec.rank, spec.steps, spec.trigger_word) == (8, task.steps, "zxq")
+    assert len(spec.images) == 12 and all(image.path.is_file() for image in spec.images)
+    flagged = [image.path.name for image in spec.images if image.validation]
+    assert flagged == [f"{index:04d}-{task.source_images[index]}.png" for index in (3, 4)]
+    assert all(image.repeats == 1 for image in spec.images)  # `repeats` is the spec's, for every image
+
+
+def test_a_task_started_before_the_new_options_gets_the_engine_defaults(tiny_sd15: Path, tmp_path: Path) -> None:
+    task = claimed_task()
+    TrainingTask.objects.filter(pk=task.pk).update(training_options={"lr_scheduler": "linear"})
+    task.refresh_from_db()
+    spec = build_spec(task, tmp_path / "work", TaskReporter(task, "w"))
+    default = engine.TrainingSpec(base_model="", output_dir=tmp_path, images=[], trigger_word="")
+    assert spec.lr_scheduler == "linear"
+    for name in ENGINE_OPTIONS:
+        if name not in ("lr_scheduler", "validation_images"):
+            assert getattr(spec, name) == getattr(default, name), name
+    assert not any(image.validation for image in spec.images)
+
+
+def test_the_reporter_records_the_smoothed_and_validation_curves(tiny_sd15: Path, settings) -> None:
+    settings.TRAINING_PROGRESS_WRITE_SECONDS = 0
+    task = claimed_task()
+    reporter = TaskReporter(task, "w")
+    reporter.on_progress(engine.Progress(stage="training", step=1, total_steps=10, loss=0.5))
+    reporter.on_progress(engine.Progress(stage="training", step=2, total_steps=10, loss=0.4, smoothed_loss=0.45))
+    reporter.on_validation(2, 0.61234567)
+    reporter.on_validation(4, 0.55)
+    reporter.on_validation(2, 0.6)  # a resume repeats step 2: the later points go
+    reporter.flush(force=True)
+    task.refresh_from_db()
+    assert task.loss_history == [[1, 0.5], [2, 0.4, 0.45]]  # the first two numbers mean what they did
+    assert task.validation_history == [[2, 0.6]]
+
+
+def test_the_admin_progress_carries_the_validation_curve(tiny_sd15: Path, admin_client) -> None:
+    task = claimed_task()
+    TrainingTask.objects.filter(pk=task.pk).update(
+        loss_history=[[1, 0.5, 0.5], [2, 0.4, 0.45]], validation_history=[[2, 0.6]]
+    )
+    progress = admin_client.get(reverse("admin:models_app_task_progress", args=[task.pk])).json()
+    assert progress["loss_history"] == [[1, 0.5, 0.5], [2, 0.4, 0.45]]
+    assert progress["validation_history"] == [[2, 0.6]]
+    page = admin_client.get(reverse("admin:models_app_trainingtask_change", args=[task.pk])).content.decode()
+    assert "drawLoss([[1, 0.5, 0.5], [2, 0.4, 0.45]], [[2, 0.6]]);" in page
+
+
+def save_folder(root: Path, name: str) -> Path:
+    folder = root / name
+    folder.mkdir(parents=True)
+    for file_name in FILES:
+        (folder / file_name).write_text(f"{name}/{file_name}")
+    return folder
+
+
+def test_a_snapshot_reaches_storage_through_the_reporter_without_touching_checkpoints(
+    tiny_sd15: Path, tmp_path: Path
+) -> None:
+    task = claimed_task({"max_step_saves_to_keep": 1})
+    reporter = TaskReporter(task, "w")
+    reporter.on_checkpoint(100, save_folder(tmp_path, "step-0000100"))
+    reporter.on_snapshot(150, save_folder(tmp_path, "snapshot-0000150"))
+    reporter.on_snapshot(200, save_folder(tmp_path, "snapshot-0000200"))
+    rows = TrainingCheckpoint.objects.filter(task=task).order_by("step")
+    assert [(row.step, row.snapshot) for row in rows] == [(100, False), (200, True)]
+    task.refresh_from_db()
+    assert "snapshot saved at step 200" in task.logs and "checkpoint saved at step 100" in task.logs
+
+
+@pytest.mark.parametrize(
+    ("checkpoint_step", "snapshot_step", "fetched"),
+    [
+        (200, 300, "snapshot-0000300"),  # the snapshot is newer
+        (400, 300, "step-0000400"),  # the user's checkpoint is newer
+        (300, 300, "step-0000300"),  # the same step: the same files, the checkpoint's name
+    ],
+)
+def test_a_new_attempt_fetches_the_newest_of_checkpoint_and_snapshot(
+    tiny_sd15: Path, tmp_path: Path, checkpoint_step: int, snapshot_step: int, fetched: str
+) -> None:
+    task = claimed_task()
+    made = tmp_path / "other-worker"
+    training_checkpoint_record(
+        task_id=task.pk, step=checkpoint_step, folder=save_folder(made, f"step-{checkpoint_step:07d}"), keep=4
+    )
+    training_checkpoint_record(
+        task_id=task.pk, step=snapshot_step, folder=save_folder(made, f"snapshot-{snapshot_step:07d}"), keep=4,
+        snapshot=True,
+    )  # fmt: skip
+    directory = tmp_path / "this-worker" / "checkpoints"
+    reporter = TaskReporter(task, "w")
+    restore_checkpoint(task, directory, reporter)
+    assert sorted(path.name for path in directory.iterdir()) == [fetched]
+    assert {path.name: path.read_text() for path in (directory / fetched).iterdir()} == {
+        name: f"{fetched}/{name}" for name in FILES
+    }
+    kind = "snapshot" if fetched.startswith("snapshot") else "checkpoint"
+    assert f"fetched the {kind} at step {max(checkpoint_step, snapshot_step)} from storage" in "".join(
+        reporter.pending_lines
+    )
+
+
+def test_nothing_is_fetched_when_this_disk_has_a_save_as_new(tiny_sd15: Path, tmp_path: Path) -> None:
+    task = claimed_task()
+    training_checkpoint_record(
+        task_id=task.pk, step=300, folder=save_folder(tmp_path / "made", "snapshot-0000300"), keep=4, snapshot=True
+    )
+    directory = tmp_path / "checkpoints"
+    (directory / "step-0000900.partial").mkdir(parents=True)  # an unfinished write is not a save
+    restore_checkpoint(task, directory, TaskReporter(task, "w"))
+    assert sorted(path.name for path in directory.iterdir()) == ["snapshot-0000300", "step-0000900.partial"]
+
+    # A second attempt on this same machine: its own save (here, the one just fetched) is as new.
+    shutil.rmtree(directory / "snapshot-0000300")
+    save_folder(directory, "step-0000300")
+    reporter = TaskReporter(task, "w")
+    restore_checkpoint(task, directory, reporter)
+    assert sorted(path.name for path in directory.iterdir()) == ["step-0000300", "step-0000900.partial"]
+    assert not any("fetched" in line for line in reporter.pending_lines)

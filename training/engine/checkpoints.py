@@ -1,8 +1,12 @@
 """Checkpoints: the trained weights, optimizer and schedule state, step and RNG, written atomically.
 
-Each checkpoint is a folder `step-0000500/`, written as `step-0000500.partial/` and renamed when
-complete, so a crash mid-write never leaves a checkpoint that looks valid. The newest
-`max_step_saves_to_keep` are kept.
+Two kinds share one folder and one format:
+- the user's checkpoints, `step-0000500/`, every `save_every` steps; the newest
+  `max_step_saves_to_keep` are kept;
+- the worker's crash-safety snapshots, `snapshot-0000500/`, on a time and step cadence whatever
+  `save_every` says; only the newest is kept.
+Each is written as `<name>.partial/` and renamed when complete, so a crash mid-write never leaves a
+checkpoint that looks valid. A run resumes from the highest step of either kind.
 """
 
 from __future__ import annotations
@@ -16,6 +20,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 FILES = ("weights.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
+EMA_FILE = "ema.safetensors"  # present when the run keeps an EMA of its weights
+KINDS = ("step", "snapshot")
 
 
 def save_checkpoint(
@@ -28,10 +34,15 @@ def save_checkpoint(
     generator: torch.Generator,
     fingerprint: str,
     keep: int,
+    kind: str = "step",
+    ema: dict[str, torch.Tensor] | None = None,
+    state: dict[str, Any] | None = None,
 ) -> Path:
+    if kind not in KINDS:
+        raise ValueError(f"unknown checkpoint kind {kind!r}")
     directory.mkdir(parents=True, exist_ok=True)
-    final = directory / f"step-{step:07d}"
-    partial = directory / f"step-{step:07d}.partial"
+    final = directory / f"{kind}-{step:07d}"
+    partial = directory / f"{kind}-{step:07d}.partial"
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     save_file({name: tensor.detach().cpu().contiguous() for name, tensor in weights.items()}, partial / FILES[0])
@@ -41,25 +52,38 @@ def save_checkpoint(
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, partial / FILES[3])
-    (partial / FILES[4]).write_text(json.dumps({"step": step, "fingerprint": fingerprint}), encoding="utf-8")
+    if ema is not None:
+        save_file({name: tensor.detach().cpu().contiguous() for name, tensor in ema.items()}, partial / EMA_FILE)
+    body = {"step": step, "fingerprint": fingerprint, "kind": kind, **(state or {})}
+    (partial / FILES[4]).write_text(json.dumps(body), encoding="utf-8")
     shutil.rmtree(final, ignore_errors=True)
     partial.rename(final)
-    for old in list_checkpoints(directory)[:-keep] if keep > 0 else []:
+    for old in list_checkpoints(directory, kind=kind)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def list_checkpoints(directory: Path) -> list[Path]:
-    """Complete checkpoint folders, oldest first."""
+def checkpoint_step(path: Path) -> int:
+    return int(path.name.rsplit("-", 1)[1])
+
+
+def list_checkpoints(directory: Path, *, kind: str | None = "step") -> list[Path]:
+    """Complete checkpoint folders of one kind (or of every kind with kind=None), oldest first."""
     if not directory.is_dir():
         return []
-    found = [p for p in directory.glob("step-*") if p.is_dir() and not p.name.endswith(".partial")]
-    return sorted(found, key=lambda p: p.name)
+    kinds = KINDS if kind is None else (kind,)
+    found = [
+        p
+        for p in directory.iterdir()
+        if p.is_dir() and not p.name.endswith(".partial") and p.name.split("-", 1)[0] in kinds
+    ]
+    return sorted(found, key=lambda p: (checkpoint_step(p), p.name))
 
 
 def latest_valid_checkpoint(directory: Path, fingerprint: str) -> tuple[Path, int] | None:
-    """The newest checkpoint that is complete, readable and made from the same run configuration."""
-    for candidate in reversed(list_checkpoints(directory)):
+    """The newest checkpoint or snapshot that is complete, readable and made from the same run
+    configuration."""
+    for candidate in reversed(list_checkpoints(directory, kind=None)):
         if not all((candidate / name).is_file() for name in FILES):
             continue
         try:
@@ -78,7 +102,9 @@ def load_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     generator: torch.Generator,
-) -> None:
+) -> dict[str, Any]:
+    """Restore the training state; returns the checkpoint's state.json, with the EMA weights (if any)
+    under "ema"."""
     weights = load_file(path / FILES[0])
     missing = set(parameters) - set(weights)
     if missing:
@@ -93,3 +119,7 @@ def load_checkpoint(
     torch.set_rng_state(rng["torch"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
+    state: dict[str, Any] = json.loads((path / FILES[4]).read_text(encoding="utf-8"))
+    if (path / EMA_FILE).is_file():
+        state["ema"] = load_file(path / EMA_FILE)
+    return state

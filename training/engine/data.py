@@ -128,7 +128,7 @@ def decode_min_side(resolution: int, transforms: list[Transform]) -> int:
     return resolution * 2 if any(t.type != "horizontal_flip" for t in transforms) else resolution
 
 
-def open_upright(image: DatasetImage, *, min_side: int | None = None) -> Image.Image:
+def open_upright(image: DatasetImage, *, min_side: int | None = None, mode: str = "RGB") -> Image.Image:
     """The image in RGB with its EXIF orientation applied. A JPEG is decoded at the smallest DCT
     scale (1/2, 1/4, 1/8) whose shorter side is still at least `min_side`: a 4000x3000 camera file
     needed at 1024 px decodes at 2000x1500, four times fewer pixels to decode, hold and resize."""
@@ -139,13 +139,29 @@ def open_upright(image: DatasetImage, *, min_side: int | None = None) -> Image.I
                 short = max(1, min(width, height))
                 # draft() keeps both sides at least the requested size: ask in the image's own aspect.
                 opened.draft("RGB", (math.ceil(width * min_side / short), math.ceil(height * min_side / short)))
-            return ImageOps.exif_transpose(opened).convert("RGB")
+            return ImageOps.exif_transpose(opened).convert(mode)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:
         raise EngineError(f"training image {image.name!r} cannot be read as an image ({exc})") from exc
 
 
 def fit_to_bucket(image: Image.Image, bucket: tuple[int, int]) -> Image.Image:
     return ImageOps.fit(image, bucket, method=Image.Resampling.LANCZOS)
+
+
+def bucket_crop(size: tuple[int, int], bucket: tuple[int, int]) -> tuple[int, int]:
+    """(top, left) of the centred crop `fit_to_bucket` takes, in the resized image's pixels (SDXL's
+    `crops_coords_top_left`)."""
+    width, height = size
+    scale = max(bucket[0] / width, bucket[1] / height)
+    return round((height * scale - bucket[1]) / 2), round((width * scale - bucket[0]) / 2)
+
+
+def alpha_mask(image: Image.Image) -> np.ndarray | None:
+    """The alpha channel as weights in [0, 1] (HW float32), or None for an image without transparency."""
+    if image.mode != "RGBA":
+        return None
+    alpha = np.asarray(image.getchannel("A"), dtype=np.float32) / 255.0
+    return None if alpha.min() >= 1.0 else alpha
 
 
 def to_tensor_array(image: Image.Image) -> np.ndarray:
@@ -216,6 +232,11 @@ class PreparedItem:
     bucket: tuple[int, int]
     pixels: np.ndarray  # CHW float32, the bucket's size
     source_pixels: np.ndarray | None = None  # the conditioning image of an edit pair
+    mask: np.ndarray | None = None  # HW float32 loss weights in [0, 1] (masked loss), the bucket's size
+    original_size: tuple[int, int] = (0, 0)  # (height, width) before fitting to the bucket
+    crop_top_left: tuple[int, int] = (0, 0)
+    repeats: int = 1
+    validation: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -224,6 +245,7 @@ def dataset_fingerprint(spec: TrainingSpec, family: str, resolution: int) -> str
     digest = hashlib.sha256()
     digest.update(f"{family}|{spec.base_model}|{resolution}|{spec.captioning_strategy}|{spec.trigger_word}".encode())
     digest.update(repr(spec.transforms).encode())
+    digest.update(f"|mask={spec.masked_loss}|class={spec.prior_preservation_class}".encode())
     for image in spec.images:
         digest.update(image.name.encode() + b"\0" + image.caption.encode() + b"\0")
         digest.update(hashlib.sha256(Path(image.path).read_bytes()).digest())
@@ -232,3 +254,52 @@ def dataset_fingerprint(spec: TrainingSpec, family: str, resolution: int) -> str
         for side in (pair.source, pair.target):
             digest.update(hashlib.sha256(Path(side.path).read_bytes()).digest())
     return digest.hexdigest()[:16]
+
+
+# --- the order of the data -------------------------------------------------------------------------
+
+
+class EpochSampler:
+    """Which images each micro-batch trains on: epochs that visit every training image `repeats`
+    times, shuffled, in batches drawn from one aspect-ratio bucket at a time.
+
+    A bucket's last batch, when short, is filled from the start of that bucket's shuffled order, so
+    batch shapes stay fixed and every image is still seen in the epoch. The order is a function of the
+    seed and the micro-batch's number only, so a resumed run continues exactly where it stopped."""
+
+    def __init__(self, buckets: list[tuple[int, int]], repeats: list[int], batch_size: int, seed: int) -> None:
+        self.batch_size = batch_size
+        self.seed = seed
+        self.by_bucket: dict[tuple[int, int], list[int]] = {}
+        for index, (bucket, count) in enumerate(zip(buckets, repeats, strict=True)):
+            self.by_bucket.setdefault(tuple(bucket), []).extend([index] * max(0, count))  # type: ignore[arg-type]
+        self.by_bucket = {bucket: members for bucket, members in self.by_bucket.items() if members}
+        if not self.by_bucket:
+            raise EngineError("no images left to train on")
+        self.batches_per_epoch = sum(math.ceil(len(m) / batch_size) for m in self.by_bucket.values())
+        self._epoch = -1
+        self._batches: list[list[int]] = []
+
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        rng = random.Random(self.seed * 1_000_003 + epoch)
+        batches: list[list[int]] = []
+        for bucket in sorted(self.by_bucket):
+            order = list(self.by_bucket[bucket])
+            rng.shuffle(order)
+            for start in range(0, len(order), self.batch_size):
+                batch = order[start : start + self.batch_size]
+                while len(batch) < self.batch_size:
+                    batch += order[: self.batch_size - len(batch)]
+                batches.append(batch)
+        rng.shuffle(batches)
+        return batches
+
+    def batch(self, number: int) -> list[int]:
+        """The images of micro-batch `number` (0-based, counted over the whole run)."""
+        epoch, position = divmod(number, self.batches_per_epoch)
+        if epoch != self._epoch:
+            self._epoch, self._batches = epoch, self.epoch_batches(epoch)
+        return self._batches[position]
+
+    def epoch_of(self, number: int) -> int:
+        return number // self.batches_per_epoch

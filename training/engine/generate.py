@@ -9,6 +9,7 @@ from typing import Any
 from PIL import Image
 
 from training.engine.errors import EngineError
+from training.engine.export import load_adapter_file
 from training.engine.families.flux import bypass_guidance
 
 
@@ -99,9 +100,9 @@ def generate(
 ) -> list[Image.Image]:
     pipeline = load_pipeline(base_model, device=pick_device(device))
     if lora_path is not None:
-        if not Path(lora_path).is_file():
-            raise EngineError(f"LoRA weights file {lora_path} does not exist")
-        pipeline.load_lora_weights(str(Path(lora_path).parent), weight_name=Path(lora_path).name)
+        # LoRA/DoRA through diffusers; LoKr/LoHa (which diffusers cannot load) through PEFT, from the
+        # config recorded in the file's metadata. Either layout (diffusers/PEFT or kohya/LyCORIS).
+        load_adapter_file(pipeline, Path(lora_path))
     return run_pipeline(
         pipeline,
         prompt=prompt,

@@ -12,6 +12,10 @@ from PIL import Image
 CAPTIONING_STRATEGIES = ("trigger_only", "description", "filename", "automatic")
 TRAINING_TYPES = ("LORA", "FULL")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
+LORA_TYPES = ("lora", "dora", "lokr", "loha")
+LORA_TARGETS = ("attention", "all_linear", "all_linear+conv")
+LOSS_TYPES = ("mse", "huber", "smooth_l1")
+TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "sigmoid")
 
 # A local captioning model: image (and the user's prompt, if any) in, caption out.
 Captioner = Callable[[Image.Image, str | None], str]
@@ -22,6 +26,8 @@ class DatasetImage:
     path: Path
     name: str
     caption: str = ""
+    repeats: int = 1  # times the image is seen per epoch (kohya's folder repeats)
+    validation: bool = False  # held out: never trained on, its loss measured every `sample_every` steps
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,39 @@ class TrainingSpec:
     quantize_base: str | None = None  # "fp8": frozen base weights in float8, half the memory (LoRA only)
     mixed_precision: str | None = None  # "bf16" or "no"; None: bf16 on a GPU, fp32 on a CPU
     fused_optimizer: bool = True  # one fused kernel for the whole AdamW update instead of one per tensor
+    # Adapter shape (LoRA only).
+    lora_type: str = "lora"  # "lora", "dora" (weight-decomposed), "lokr" (Kronecker), "loha" (Hadamard)
+    lora_targets: str = "all_linear"  # "attention", "all_linear", "all_linear+conv" (UNets: resnet convolutions too)
+    lora_dropout: float = 0.0
+    # Data order: epochs visit every image `repeats` times, shuffled, one bucket per batch.
+    repeats: int = 1
+    # Loss and noise.
+    loss_type: str = "mse"  # "mse", "huber", "smooth_l1"
+    huber_delta: float = 0.1  # where huber / smooth_l1 turn from quadratic to linear
+    min_snr_gamma: float | None = None  # SD family: min-SNR-gamma weighting (5 is the paper's value)
+    noise_offset: float = 0.0  # SD family: per-channel offset noise, for darker darks and brighter brights
+    timestep_sampling: str = "logit_normal"  # flow models: "uniform", "logit_normal", "sigmoid"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    sigmoid_scale: float = 1.0
+    timestep_shift: float | None = None  # flow models: None = the resolution-dependent shift FLUX uses; 1 = none
+    # Weight averaging: the exported weights are the EMA when on.
+    ema: bool = False
+    ema_decay: float = 0.999
+    ema_start_step: int = 0
+    # Text encoder LoRA (SD 1.5 and SDXL).
+    train_text_encoder: bool = False
+    text_encoder_learning_rate: float | None = None  # None: learning_rate
+    # Prior preservation: the LoRA's output for the class prompt is held to the base model's.
+    prior_preservation_class: str | None = None  # the class word that replaces the trigger word, e.g. "person"
+    prior_preservation_weight: float = 1.0
+    # Masked loss: weight each latent pixel by the image's alpha channel (transparent = not learned).
+    masked_loss: bool = False
+    # Validation: a held-out share of the images (or those marked `validation`), loss at fixed seeds.
+    validation_split: float = 0.0
+    # Crash safety: the worker's own snapshots, whatever save_every says.
+    snapshot_every_seconds: float = 600.0
+    snapshot_every_steps: int = 500
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -94,6 +133,7 @@ class Progress:
     learning_rate: float | None = None
     elapsed_seconds: float = 0.0
     eta_seconds: int | None = None
+    smoothed_loss: float | None = None  # exponential moving average of the step losses
 
 
 @dataclass(frozen=True)
@@ -120,6 +160,11 @@ class TrainingCallbacks(Protocol):
 
     def on_checkpoint(self, step: int, path: Path) -> None: ...
 
+    def on_snapshot(self, step: int, path: Path) -> None:
+        """A crash-safety snapshot (not a user checkpoint): keep it where a new attempt will find it."""
+
+    def on_validation(self, step: int, loss: float) -> None: ...
+
     def should_cancel(self) -> bool: ...
 
 
@@ -139,6 +184,12 @@ class SilentCallbacks:
         return None
 
     def on_checkpoint(self, step: int, path: Path) -> None:
+        return None
+
+    def on_snapshot(self, step: int, path: Path) -> None:
+        return None
+
+    def on_validation(self, step: int, loss: float) -> None:
         return None
 
     def should_cancel(self) -> bool:

@@ -31,7 +31,12 @@ def _bytes_to_unicode() -> dict[int, str]:
 
 
 def _write_clip_tokenizer(folder: Path) -> int:
-    """A byte-level CLIP tokenizer with no merges: every byte is one token. Returns its vocab size."""
+    """A byte-level CLIP tokenizer with no merges: every byte is one token, so distinct words get
+    distinct ids. Returns its vocab size.
+
+    It is loaded back from `vocab.json`/`merges.txt` before it is saved: a `CLIPTokenizer` built with
+    file-path arguments under transformers 5 keeps a two-entry vocabulary and would save that as its
+    `tokenizer.json`, mapping every prompt to the same ids."""
     folder.mkdir(parents=True, exist_ok=True)
     symbols = sorted(_bytes_to_unicode().values())
     vocab: dict[str, int] = {}
@@ -43,14 +48,15 @@ def _write_clip_tokenizer(folder: Path) -> int:
     vocab["<|endoftext|>"] = len(vocab)
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    (folder / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "CLIPTokenizer", "model_max_length": 77}), encoding="utf-8"
+    )
 
     from transformers import CLIPTokenizer
 
-    tokenizer = CLIPTokenizer(
-        vocab_file=str(folder / "vocab.json"),
-        merges_file=str(folder / "merges.txt"),
-        model_max_length=77,
-    )
+    tokenizer = CLIPTokenizer.from_pretrained(str(folder))
+    if len(tokenizer) != len(vocab):
+        raise EngineError(f"the tiny CLIP tokenizer loaded with {len(tokenizer)} tokens instead of {len(vocab)}")
     tokenizer.save_pretrained(str(folder))
     return len(vocab)
 
@@ -91,6 +97,38 @@ def _small_vae(**overrides: object) -> object:
     return AutoencoderKL(**options)
 
 
+def calibrate_vae(vae: object, *, with_shift: bool) -> None:
+    """Set the VAE's `scaling_factor` (and, for flow models, `shift_factor`) so that the latents of
+    ordinary images have unit variance in the denoiser's space, as the real models' factors do.
+
+    A random-weight VAE with SD's factor 0.18215 gives latents with a standard deviation of about
+    0.04: solid red and solid blue then differ by an MSE of 0.001 and a dataset carries no signal.
+    The statistics come from the synthetic shapes the demo and the tests train on, plus solid colours."""
+    from io import BytesIO
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from training.demo_dataset import make_images
+
+    arrays = []
+    for picture in make_images(24, seed=1234):
+        image = Image.open(BytesIO(picture.content)).convert("RGB").resize((64, 64))
+        arrays.append(np.asarray(image, dtype=np.float32))
+    for colour in ((255, 0, 0), (0, 0, 255), (0, 200, 0), (255, 255, 255), (0, 0, 0), (128, 128, 128)):
+        arrays.append(np.full((64, 64, 3), colour, dtype=np.float32))
+    pixels = torch.from_numpy(np.stack(arrays) / 127.5 - 1.0).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        latents = vae.encode(pixels).latent_dist.mean  # type: ignore[attr-defined]
+    shift = float(latents.mean()) if with_shift else 0.0
+    spread = float((latents - shift).pow(2).mean().sqrt())
+    values: dict[str, float] = {"scaling_factor": round(1.0 / spread, 5)}
+    if with_shift:
+        values["shift_factor"] = round(shift, 5)
+    vae.register_to_config(**values)  # type: ignore[attr-defined]
+
+
 def build_tiny_sd15(out_dir: Path, *, seed: int = 0) -> Path:
     """A Stable Diffusion 1.5-shaped pipeline (UNet, VAE, CLIP text encoder) of about 8 MB."""
     import torch
@@ -98,12 +136,9 @@ def build_tiny_sd15(out_dir: Path, *, seed: int = 0) -> Path:
     from transformers import CLIPTextModel, CLIPTokenizer
 
     out_dir = Path(out_dir)
-    if out_dir.exists():
-        raise EngineError(f"{out_dir} already exists; remove it or choose another --out folder")
     torch.manual_seed(seed)
     # Built beside the target and renamed at the end, so a crash never leaves a half-written model.
-    staging = out_dir.with_name(out_dir.name + ".partial")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = _staging(out_dir)
     tokenizer_dir = staging / "tokenizer"
     vocab_size = _write_clip_tokenizer(tokenizer_dir)
     tokenizer = CLIPTokenizer.from_pretrained(str(tokenizer_dir))
@@ -114,13 +149,16 @@ def build_tiny_sd15(out_dir: Path, *, seed: int = 0) -> Path:
         sample_size=32,
         in_channels=4,
         out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        # Attention at both levels, as real SD has it at its high-resolution levels too: the adapters
+        # of the default targets then reach the image at full latent resolution.
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         cross_attention_dim=32,
         attention_head_dim=8,
         norm_num_groups=32,
     )
     vae = _small_vae()
+    calibrate_vae(vae, with_shift=False)
     text_encoder = CLIPTextModel(_clip_config(vocab_size))
     scheduler = DDPMScheduler(
         beta_start=0.00085,
@@ -196,7 +234,8 @@ def build_tiny_sdxl(out_dir: Path, *, seed: int = 0) -> Path:
         cross_attention_dim=64,
         norm_num_groups=1,
     )
-    vae = _small_vae(scaling_factor=0.13025)
+    vae = _small_vae()
+    calibrate_vae(vae, with_shift=False)
     scheduler = EulerDiscreteScheduler(
         beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", timestep_spacing="leading", steps_offset=1
     )
@@ -262,9 +301,8 @@ def build_tiny_flux(out_dir: Path, *, seed: int = 0, kontext: bool = False) -> P
         latent_channels=16,
         use_quant_conv=False,
         use_post_quant_conv=False,
-        shift_factor=0.0609,
-        scaling_factor=1.5035,
     )
+    calibrate_vae(vae, with_shift=True)
     pipeline_class = FluxKontextPipeline if kontext else FluxPipeline
     pipeline = pipeline_class(
         transformer=transformer,
@@ -273,7 +311,15 @@ def build_tiny_flux(out_dir: Path, *, seed: int = 0, kontext: bool = False) -> P
         text_encoder_2=t5,
         tokenizer=CLIPTokenizer.from_pretrained(str(staging / "tokenizer")),
         tokenizer_2=T5TokenizerFast.from_pretrained(str(staging / "tokenizer_2")),
-        scheduler=FlowMatchEulerDiscreteScheduler(),
+        # FLUX.1-dev's own schedule: the shift grows with the image's token count.
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            shift=3.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+        ),
     )
     pipeline.save_pretrained(str(staging), safe_serialization=True)
     staging.rename(out_dir)

@@ -1,26 +1,33 @@
 """The training loop shared by every family, in the order of the method: prepare the dataset, cache
 latents and embeddings, add the adapter, then noise / predict / loss / step, with checkpoints,
-samples and export along the way."""
+validation, samples and export along the way."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import math
 import random
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F  # noqa: N812
 
+from training.engine.adapters import adapter_config
 from training.engine.base_models import resolve_family
 from training.engine.checkpoints import latest_valid_checkpoint, load_checkpoint, save_checkpoint
 from training.engine.data import (
+    EpochSampler,
     PreparedItem,
+    alpha_mask,
     apply_transforms,
+    bucket_crop,
     caption_for,
     dataset_fingerprint,
     decode_min_side,
@@ -34,19 +41,28 @@ from training.engine.data import (
     with_trigger,
 )
 from training.engine.errors import EngineError, TrainingCancelled
-from training.engine.export import (
-    FULL_WEIGHTS_NAME,
-    KOHYA_WEIGHTS_NAME,
-    LORA_WEIGHTS_NAME,
-    add_metadata,
-    write_kohya,
-)
+from training.engine.export import export_weights
 from training.engine.families import Family, family_class
+from training.engine.families.base import NoiseSettings
 from training.engine.generate import load_pipeline, pick_device, run_pipeline
-from training.engine.spec import LR_SCHEDULERS, TRAINING_TYPES, TrainingCallbacks, TrainingResult, TrainingSpec
+from training.engine.spec import (
+    LORA_TARGETS,
+    LORA_TYPES,
+    LOSS_TYPES,
+    LR_SCHEDULERS,
+    TIMESTEP_SAMPLINGS,
+    TRAINING_TYPES,
+    TrainingCallbacks,
+    TrainingResult,
+    TrainingSpec,
+)
 from training.engine.speed import SpeedOptions, apply_after_adapter, apply_before_adapter, resolve_speed
 
 MAX_GRAD_NORM = 1.0
+LOSS_SMOOTHING = 0.05  # weight of the newest step in the reported smoothed loss
+# Validation measures each held-out image at these noise levels (0 clean, 1 pure noise), each with
+# noise fixed by the run's seed, so that two measurements differ only by what the model learned.
+VALIDATION_LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 @dataclass
@@ -59,9 +75,23 @@ class Cache:
     flipped_stds: list[torch.Tensor] | None
     source_means: list[torch.Tensor] | None
     flipped_source_means: list[torch.Tensor] | None
-    prompts: dict[str, torch.Tensor]  # row 0 is the empty caption, used for caption dropout
+    prompts: dict[str, torch.Tensor]  # row 0 is the unconditional input, used for caption dropout
     caption_rows: list[int]
     buckets: list[tuple[int, int]]
+    masks: list[torch.Tensor] | None = None  # (1, h, w) loss weights at latent size (masked loss)
+    flipped_masks: list[torch.Tensor] | None = None
+    time_ids: list[torch.Tensor] | None = None  # SDXL: original size, crop and target size per image
+    flipped_time_ids: list[torch.Tensor] | None = None
+    class_rows: list[int] | None = None  # prior preservation: each caption with the class word for the trigger
+
+
+@dataclass
+class Batch:
+    latents: torch.Tensor
+    conditioning: dict[str, torch.Tensor]
+    source: torch.Tensor | None = None
+    mask: torch.Tensor | None = None
+    class_conditioning: dict[str, torch.Tensor] | None = None
 
 
 def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
@@ -74,15 +104,21 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
     resolution = spec.resolution or family.default_resolution()
     if resolution % family.size_multiple():
         raise EngineError(f"resolution {resolution} must be a multiple of {family.size_multiple()} for this model")
+    if family.is_flow and (spec.min_snr_gamma or spec.noise_offset):
+        raise EngineError(
+            f"min_snr_gamma and noise_offset apply to noise-prediction models (SD 1.5, SDXL), not {family.name}; "
+            "flow models are shaped with timestep_sampling and timestep_shift"
+        )
     spec.output_dir.mkdir(parents=True, exist_ok=True)
 
     # Preprocess, then cache: each image and caption is encoded once, not once per step.
     items = prepare_items(spec, family, resolution, transforms, callbacks)
+    held_out = validation_indices(spec, items)
     fingerprint = dataset_fingerprint(spec, family_name, resolution)
     cache = load_or_build_cache(spec, family, items, fingerprint, flip_probability(transforms) > 0, callbacks)
     check_cancel(callbacks)
 
-    # The denoiser: frozen base with trainable LoRA adapters, or (FULL) entirely trainable.
+    # The denoiser: frozen base with trainable adapters, or (FULL) entirely trainable.
     torch.manual_seed(spec.seed)
     generator = torch.Generator(device="cpu").manual_seed(spec.seed)
     callbacks.on_stage("loading", 0, 1)
@@ -96,27 +132,35 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
     scheduler = get_scheduler(
         spec.lr_scheduler, optimizer, num_warmup_steps=spec.lr_warmup_steps, num_training_steps=spec.steps
     )
+    ema = make_ema(spec, trainable)
 
     run_fingerprint = run_config_fingerprint(spec, fingerprint)
     start_step = 0
+    smoothed: torch.Tensor | None = None
     if spec.resume:
         found = latest_valid_checkpoint(spec.checkpoint_dir, run_fingerprint)
         if found is not None:
             path, start_step = found
-            load_checkpoint(path, parameters=trainable, optimizer=optimizer, scheduler=scheduler, generator=generator)
+            state = load_checkpoint(
+                path, parameters=trainable, optimizer=optimizer, scheduler=scheduler, generator=generator
+            )
+            if ema is not None:
+                restore_ema(ema, trainable, state)
+            if state.get("smoothed_loss") is not None:
+                smoothed = torch.tensor(float(state["smoothed_loss"]), device=device)
             callbacks.on_log(f"resumed from the checkpoint at step {start_step} ({path.name})")
 
-    by_bucket = bucket_members(cache)
+    repeats = [0 if index in held_out else item.repeats * spec.repeats for index, item in enumerate(items)]
+    sampler = EpochSampler(cache.buckets, repeats, spec.batch_size, spec.seed)
+    callbacks.on_log(
+        f"{len(items) - len(held_out)} training images ({len(held_out)} held out for validation), "
+        f"{sampler.batches_per_epoch} batches per epoch, "
+        f"{math.ceil(spec.steps * max(1, spec.gradient_accumulation) / sampler.batches_per_epoch)} epochs"
+    )
     flip_p = flip_probability(transforms)
     if device.type != "cpu":
         cache = cache_on(cache, device)  # the whole dataset's latents and embeddings: drawn from in place
     denoiser.train()
-    options = {"guidance_scale": spec.guidance_scale, "bypass_guidance_embedding": spec.bypass_guidance_embedding}
-    callbacks.on_stage("training", start_step, spec.steps)
-    started = time.monotonic()
-    last_report = 0.0
-    loss_value: float | None = None
-    samples: list[Path] = []
     context = StepContext(
         spec=spec,
         family=family,
@@ -128,17 +172,28 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
         generator=generator,
         noise=noise_generator(generator, device),
         device=device,
-        by_bucket=by_bucket,
+        sampler=sampler,
         flip_p=flip_p,
-        options=options,
+        settings=noise_settings(spec),
         speed=speed,
+        ema=ema,
     )
+    validation = sorted(held_out)
+    if validation and start_step == 0:
+        callbacks.on_validation(0, validation_loss(context, validation))
+    callbacks.on_stage("training", start_step, spec.steps)
+    started = time.monotonic()
+    last_report = 0.0
+    last_snapshot_time, last_snapshot_step = started, start_step
+    loss_value: float | None = None
+    samples: list[Path] = []
     for step in range(start_step + 1, spec.steps + 1):
         step_loss = train_step(context, step)
+        # Smoothed on the device: reading every step's loss back would make the host wait for it.
+        smoothed = step_loss if smoothed is None else torch.lerp(smoothed, step_loss, LOSS_SMOOTHING)
 
         now = time.monotonic()
         if step == spec.steps or now - last_report >= spec.progress_interval_seconds:
-            # Reading the loss back syncs with the device, so it happens at the reporting rate only.
             loss_value = float(step_loss)
             if not math.isfinite(loss_value):
                 raise EngineError(
@@ -146,9 +201,20 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
                     "lower the learning_rate or check the images"
                 )
             done = step - start_step
-            callbacks.on_progress(progress(step, spec.steps, loss_value, scheduler, now - started, done))
+            callbacks.on_progress(
+                progress(step, spec.steps, loss_value, float(smoothed), scheduler, now - started, done)
+            )
             last_report = now
-        if step < spec.steps and spec.save_every and step % spec.save_every == 0:
+        user_checkpoint = step < spec.steps and spec.save_every and step % spec.save_every == 0
+        if user_checkpoint or (
+            step < spec.steps
+            and (
+                step - last_snapshot_step >= spec.snapshot_every_steps
+                or now - last_snapshot_time >= spec.snapshot_every_seconds
+            )
+        ):
+            # The worker's own snapshot, whatever save_every says: a crash loses at most its cadence.
+            kind = "step" if user_checkpoint else "snapshot"
             path = save_checkpoint(
                 spec.checkpoint_dir,
                 step=step,
@@ -157,64 +223,51 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
                 scheduler=scheduler,
                 generator=generator,
                 fingerprint=run_fingerprint,
-                keep=spec.max_step_saves_to_keep,
+                keep=spec.max_step_saves_to_keep if user_checkpoint else 1,
+                kind=kind,
+                ema=ema_weights(ema, trainable),
+                state={"smoothed_loss": float(smoothed), "ema_step": ema.optimization_step if ema else 0},
             )
-            callbacks.on_checkpoint(step, path)
-        if spec.sample_prompts and (step % spec.sample_every == 0 or step == spec.steps):
-            samples += take_samples(spec, family, denoiser, items, step, resolution, callbacks)
+            (callbacks.on_checkpoint if user_checkpoint else callbacks.on_snapshot)(step, path)
+            last_snapshot_time, last_snapshot_step = time.monotonic(), step
+        if step % spec.sample_every == 0 or step == spec.steps:
+            if validation:
+                callbacks.on_validation(step, validation_loss(context, validation))
+            if spec.sample_prompts:
+                samples += take_samples(spec, family, denoiser, items, step, resolution, callbacks)
         if step < spec.steps:
             check_cancel(callbacks)
 
     callbacks.on_stage("exporting", 0, 1)
-    metadata = {
-        "base_model": spec.base_model,
-        "family": family_name,
-        "trigger_word": spec.trigger_word,
-        "training_type": spec.training_type,
-        "rank": str(spec.rank),
-        "alpha": str(alpha),
-        "steps": str(spec.steps),
-        "resolution": str(resolution),
-        "learning_rate": str(spec.learning_rate),
-        "dataset_hash": fingerprint,
-    }
-    kohya_path = None
-    if spec.training_type == "LORA":
-        from peft.utils import get_peft_model_state_dict
-
-        lora_state = get_peft_model_state_dict(denoiser)
-        adapter_metadata = denoiser.peft_config["default"].to_dict()
-        adapter_metadata["target_modules"] = sorted(adapter_metadata["target_modules"])
-        family.save_lora(lora_state, str(spec.output_dir), LORA_WEIGHTS_NAME, adapter_metadata)
-        weights_path = spec.output_dir / LORA_WEIGHTS_NAME
-        add_metadata(weights_path, {**metadata, "layout": "diffusers"})
-        kohya_path = write_kohya(weights_path, spec.output_dir / KOHYA_WEIGHTS_NAME, alpha=alpha, metadata=metadata)
-    else:
-        from safetensors.torch import save_file
-
-        weights_path = spec.output_dir / FULL_WEIGHTS_NAME
-        state = {
-            name: tensor.detach().to("cpu", weight_dtype).contiguous() for name, tensor in denoiser.state_dict().items()
-        }
-        save_file(state, str(weights_path), metadata={**metadata, "format": "pt", "component": family.denoiser_key})
+    if ema is not None:
+        ema.copy_to(trainable.values())  # the averaged weights are the result
+    exported = export_weights(
+        spec=spec,
+        family=family,
+        denoiser=denoiser,
+        alpha=alpha,
+        resolution=resolution,
+        dataset_hash=fingerprint,
+        weight_dtype=weight_dtype,
+    )
     callbacks.on_stage("exporting", 1, 1)
     return TrainingResult(
         family=family_name,
-        weights_path=weights_path,
-        kohya_path=kohya_path,
+        weights_path=exported.weights_path,
+        kohya_path=exported.kohya_path,
         steps_done=spec.steps,
         final_loss=loss_value,
         resumed_from_step=start_step,
         captions={item.name: item.caption for item in items},
         samples=samples,
-        metadata=metadata,
+        metadata=exported.metadata,
     )
 
 
 def prepare_denoiser(
     spec: TrainingSpec, family: Family, denoiser: torch.nn.Module, device: torch.device, *, alpha: float
 ) -> SpeedOptions:
-    """Make the loaded denoiser trainable as the spec says: speed options, then LoRA adapters (frozen
+    """Make the loaded denoiser trainable as the spec says: speed options, then adapters (frozen
     base) or every weight trainable (FULL), then compilation. Shared with bench/'s real-size runs."""
     speed = resolve_speed(
         compile_mode=spec.compile,
@@ -229,17 +282,8 @@ def prepare_denoiser(
     )
     apply_before_adapter(denoiser, speed)
     if spec.training_type == "LORA":
-        from peft import LoraConfig
-
         denoiser.requires_grad_(False)
-        denoiser.add_adapter(
-            LoraConfig(
-                r=spec.rank,
-                lora_alpha=alpha,
-                init_lora_weights="gaussian",
-                target_modules=family.lora_target_modules,
-            )
-        )
+        denoiser.add_adapter(adapter_config(spec, family, alpha=alpha))
         for parameter in denoiser.parameters():
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()  # adapters train in fp32 on a bf16 base
@@ -265,10 +309,25 @@ class StepContext:
     generator: torch.Generator
     noise: torch.Generator  # the run's generator on a CPU; on a GPU one of its own, reseeded each step
     device: torch.device
-    by_bucket: dict[tuple[int, int], list[int]]
+    sampler: EpochSampler
     flip_p: float
-    options: dict[str, Any]
+    settings: NoiseSettings
     speed: SpeedOptions
+    ema: Any = None  # diffusers' EMAModel over the trained parameters, when `ema` is on
+
+
+def noise_settings(spec: TrainingSpec) -> NoiseSettings:
+    return NoiseSettings(
+        noise_offset=spec.noise_offset,
+        min_snr_gamma=spec.min_snr_gamma,
+        timestep_sampling=spec.timestep_sampling,
+        logit_mean=spec.logit_mean,
+        logit_std=spec.logit_std,
+        sigmoid_scale=spec.sigmoid_scale,
+        timestep_shift=spec.timestep_shift,
+        guidance_scale=spec.guidance_scale,
+        bypass_guidance_embedding=spec.bypass_guidance_embedding,
+    )
 
 
 def noise_generator(generator: torch.Generator, device: torch.device) -> torch.Generator:
@@ -283,58 +342,177 @@ def train_step(context: StepContext, step: int) -> torch.Tensor:
         # Seeded from the run's seed and the step: reproducible, and a resumed run draws the same noise.
         context.noise.manual_seed((context.spec.seed * 1_000_003 + step) % 2**63)
     accumulation = max(1, context.spec.gradient_accumulation)
-    autocast = (
-        torch.autocast(device_type=context.device.type, dtype=torch.bfloat16)
-        if context.speed.mixed_precision == "bf16"
-        else _no_autocast()
-    )
     step_loss = torch.zeros((), device=context.device)
-    for _ in range(accumulation):
-        latents, conditioning, source = draw_batch(
-            context.cache,
-            context.spec,
-            context.family,
-            context.generator,
-            context.device,
-            by_bucket=context.by_bucket,
-            flip_p=context.flip_p,
-            noise=context.noise,
-        )
-        with autocast:
-            loss = context.family.loss(
-                context.denoiser,
-                latents,
-                conditioning,
-                context.noise,
-                source_latents=source,
-                options=context.options,
-            )
+    for micro in range(accumulation):
+        batch = draw_batch(context, (step - 1) * accumulation + micro)
+        with autocast(context):
+            loss = compute_loss(context, batch)
         (loss / accumulation).backward()
         step_loss += loss.detach() / accumulation
     torch.nn.utils.clip_grad_norm_(context.trainable.values(), MAX_GRAD_NORM)
     context.optimizer.step()
     context.scheduler.step()
     context.optimizer.zero_grad(set_to_none=True)
+    if context.ema is not None:
+        context.ema.step(context.trainable.values())
     return step_loss
 
 
-class _no_autocast:  # noqa: N801 - used like torch.autocast
-    def __enter__(self) -> None:
-        return None
+def autocast(context: StepContext) -> contextlib.AbstractContextManager[Any]:
+    if context.speed.mixed_precision == "bf16":
+        return torch.autocast(device_type=context.device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
-    def __exit__(self, *args: object) -> None:
+
+def compute_loss(context: StepContext, batch: Batch) -> torch.Tensor:
+    """Noise, predict, compare: the family's objective with the spec's loss type, per-sample
+    weighting (min-SNR), mask and prior preservation."""
+    family, spec, settings = context.family, context.spec, context.settings
+    noised = family.add_noise(batch.latents, context.noise, settings)
+    prediction = family.predict(context.denoiser, noised, batch.conditioning, settings, source_latents=batch.source)
+    loss = reduce_loss(
+        elementwise_loss(prediction, noised.target, spec.loss_type, spec.huber_delta),
+        mask=batch.mask,
+        weights=noised.weights,
+    )
+    if batch.class_conditioning is not None:
+        # Prior preservation: for the class prompt ("a person" instead of "zxq person"), the adapted
+        # model must still predict what the base model predicts, so the LoRA stays on its subject.
+        with torch.no_grad(), adapters_disabled(context.denoiser):
+            base = family.predict(
+                context.denoiser, noised, batch.class_conditioning, settings, source_latents=batch.source
+            )
+        held = family.predict(context.denoiser, noised, batch.class_conditioning, settings, source_latents=batch.source)
+        loss = loss + spec.prior_preservation_weight * F.mse_loss(held.float(), base.float())
+    return loss
+
+
+def elementwise_loss(prediction: torch.Tensor, target: torch.Tensor, loss_type: str, delta: float) -> torch.Tensor:
+    prediction, target = prediction.float(), target.float()
+    if loss_type == "huber":
+        return F.huber_loss(prediction, target, reduction="none", delta=delta)
+    if loss_type == "smooth_l1":
+        return F.smooth_l1_loss(prediction, target, reduction="none", beta=delta)
+    return F.mse_loss(prediction, target, reduction="none")
+
+
+def reduce_loss(
+    errors: torch.Tensor, *, mask: torch.Tensor | None = None, weights: torch.Tensor | None = None
+) -> torch.Tensor:
+    """(B, C, H, W) errors to one number: the mean over each sample's (masked) pixels, weighted per sample."""
+    if mask is None:
+        per_sample = errors.mean(dim=(1, 2, 3))
+    else:
+        mask = mask.to(errors.dtype)
+        covered = (mask.sum(dim=(1, 2, 3)) * errors.shape[1]).clamp(min=1e-6)
+        per_sample = (errors * mask).sum(dim=(1, 2, 3)) / covered
+    if weights is not None:
+        per_sample = per_sample * weights.to(per_sample.dtype)
+    return per_sample.mean()
+
+
+@contextlib.contextmanager
+def adapters_disabled(denoiser: torch.nn.Module) -> Iterator[None]:
+    denoiser.disable_adapters()  # type: ignore[operator]
+    try:
+        yield
+    finally:
+        denoiser.enable_adapters()  # type: ignore[operator]
+
+
+@torch.no_grad()
+def validation_loss(context: StepContext, indices: list[int]) -> float:
+    """The held-out images' loss at fixed noise levels and fixed noise: comparable across steps and
+    runs (no sampling noise), so a drop means the model learned something that generalises."""
+    cache, family = context.cache, context.family
+    was_training = context.denoiser.training
+    context.denoiser.eval()
+    total, count = 0.0, 0
+    for index in indices:
+        latents = family.scale_latents(cache.means[index].unsqueeze(0)).to(context.device)
+        row = cache.caption_rows[index]
+        conditioning = {key: value[row : row + 1].to(context.device) for key, value in cache.prompts.items()}
+        if cache.time_ids is not None:
+            conditioning["time_ids"] = cache.time_ids[index].unsqueeze(0).to(context.device)
+        source = None
+        if cache.source_means is not None:
+            source = family.scale_latents(cache.source_means[index].unsqueeze(0)).to(context.device)
+        fixed = torch.Generator(device="cpu").manual_seed(context.spec.seed + 7919 * index)
+        for level in VALIDATION_LEVELS:
+            noise = torch.randn(latents.shape, generator=fixed).to(context.device)
+            noised = family.add_noise(
+                latents, fixed, context.settings, levels=torch.tensor([level], device=context.device), noise=noise
+            )
+            with autocast(context):
+                prediction = family.predict(
+                    context.denoiser, noised, conditioning, context.settings, source_latents=source
+                )
+            total += float(F.mse_loss(prediction.float(), noised.target.float()))
+            count += 1
+    if was_training:
+        context.denoiser.train()
+    return total / max(1, count)
+
+
+def validation_indices(spec: TrainingSpec, items: list[PreparedItem]) -> set[int]:
+    """The images held out: those marked `validation`, plus a seeded `validation_split` share of the rest."""
+    marked = {index for index, item in enumerate(items) if item.validation}
+    rest = [index for index in range(len(items)) if index not in marked]
+    count = math.ceil(len(rest) * spec.validation_split) if spec.validation_split > 0 else 0
+    chosen = marked | set(random.Random(spec.seed).sample(rest, min(count, len(rest))))
+    if len(chosen) >= len(items):
+        raise EngineError(
+            f"validation would hold out all {len(items)} images; lower validation_split or mark fewer images"
+        )
+    return chosen
+
+
+def make_ema(spec: TrainingSpec, trainable: dict[str, torch.nn.Parameter]) -> Any:
+    if not spec.ema:
         return None
+    from diffusers.training_utils import EMAModel
+
+    return EMAModel(list(trainable.values()), decay=spec.ema_decay, update_after_step=spec.ema_start_step, foreach=True)
+
+
+def ema_weights(ema: Any, trainable: dict[str, torch.nn.Parameter]) -> dict[str, torch.Tensor] | None:
+    if ema is None:
+        return None
+    return dict(zip(trainable, ema.shadow_params, strict=True))
+
+
+def restore_ema(ema: Any, trainable: dict[str, torch.nn.Parameter], state: dict[str, Any]) -> None:
+    weights = state.get("ema")
+    if weights is None:
+        raise EngineError("the checkpoint was written without EMA weights; it cannot resume an EMA run")
+    ema.shadow_params = [weights[name].to(p.device, p.dtype) for name, p in trainable.items()]
+    ema.optimization_step = int(state.get("ema_step", 0))
 
 
 def check_spec(spec: TrainingSpec) -> None:
-    if spec.training_type not in TRAINING_TYPES:
-        raise EngineError(f"training_type {spec.training_type!r} is unknown; choose {' or '.join(TRAINING_TYPES)}")
-    if spec.lr_scheduler not in LR_SCHEDULERS:
-        raise EngineError(f"lr_scheduler {spec.lr_scheduler!r} is unknown; choose one of {', '.join(LR_SCHEDULERS)}")
-    if spec.steps < 1 or spec.batch_size < 1 or spec.rank < 1:
-        raise EngineError("steps, batch_size and rank must be at least 1")
+    choices = {
+        "training_type": (spec.training_type, TRAINING_TYPES),
+        "lr_scheduler": (spec.lr_scheduler, LR_SCHEDULERS),
+        "lora_type": (spec.lora_type, LORA_TYPES),
+        "lora_targets": (spec.lora_targets, LORA_TARGETS),
+        "loss_type": (spec.loss_type, LOSS_TYPES),
+        "timestep_sampling": (spec.timestep_sampling, TIMESTEP_SAMPLINGS),
+    }
+    for name, (value, allowed) in choices.items():
+        if value not in allowed:
+            raise EngineError(f"{name} {value!r} is unknown; choose one of {', '.join(allowed)}")
+    if spec.steps < 1 or spec.batch_size < 1 or spec.rank < 1 or spec.repeats < 1:
+        raise EngineError("steps, batch_size, rank and repeats must be at least 1")
     if not 0 <= spec.caption_dropout_rate < 1:
         raise EngineError("caption_dropout_rate must be at least 0 and below 1")
+    if not 0 <= spec.validation_split < 1:
+        raise EngineError("validation_split must be at least 0 and below 1")
+    if spec.ema and not 0 < spec.ema_decay < 1:
+        raise EngineError("ema_decay must be between 0 and 1")
+    if spec.prior_preservation_class and spec.training_type != "LORA":
+        raise EngineError("prior preservation compares the LoRA with the base model, so it needs training_type LORA")
+    if spec.train_text_encoder:
+        raise EngineError("train_text_encoder is not available in this engine yet")
 
 
 def check_cancel(callbacks: TrainingCallbacks) -> None:
@@ -342,7 +520,7 @@ def check_cancel(callbacks: TrainingCallbacks) -> None:
         raise TrainingCancelled()
 
 
-def progress(step: int, total: int, loss: float, scheduler: Any, elapsed: float, done: int) -> Any:
+def progress(step: int, total: int, loss: float, smoothed: float, scheduler: Any, elapsed: float, done: int) -> Any:
     from training.engine.spec import Progress
 
     remaining = (total - step) * elapsed / max(1, done)
@@ -351,6 +529,7 @@ def progress(step: int, total: int, loss: float, scheduler: Any, elapsed: float,
         step=step,
         total_steps=total,
         loss=loss,
+        smoothed_loss=smoothed,
         learning_rate=float(scheduler.get_last_lr()[0]),
         elapsed_seconds=elapsed,
         eta_seconds=math.ceil(remaining),
@@ -372,41 +551,51 @@ def prepare_items(
             raise EngineError("the dataset has no images")
         total = len(spec.images)
     decode_side = decode_min_side(resolution, transforms)
+    mode = "RGBA" if spec.masked_loss else "RGB"
     items: list[PreparedItem] = []
+    unmasked = 0
     for index in range(total):
         callbacks.on_stage("preprocessing", index, total)
         if family.uses_pairs:
             pair = spec.pairs[index]
-            target = apply_transforms(open_upright(pair.target, min_side=decode_side), transforms, rng)
+            target = apply_transforms(open_upright(pair.target, min_side=decode_side, mode=mode), transforms, rng)
             bucket = nearest_bucket(target.width, target.height, buckets)
             source = fit_to_bucket(open_upright(pair.source, min_side=decode_side), bucket)
             caption = with_trigger(pair.instruction, spec.trigger_word)
-            items.append(
-                PreparedItem(
-                    name=pair.target.name,
-                    caption=caption,
-                    bucket=bucket,
-                    pixels=to_tensor_array(fit_to_bucket(target, bucket)),
-                    source_pixels=to_tensor_array(source),
-                )
+            name, picture, validation, repeats = pair.target.name, target, pair.target.validation, 1
+            source_pixels: np.ndarray | None = to_tensor_array(source)
+        else:
+            image = spec.images[index]
+            picture = apply_transforms(open_upright(image, min_side=decode_side, mode=mode), transforms, rng)
+            bucket = nearest_bucket(picture.width, picture.height, buckets)
+            caption = caption_for(
+                image,
+                strategy=spec.captioning_strategy,
+                trigger_word=spec.trigger_word,
+                captioner=spec.captioner,
+                prompt=spec.captioning_prompt,
+                picture=picture.convert("RGB"),
             )
-            continue
-        image = spec.images[index]
-        picture = apply_transforms(open_upright(image, min_side=decode_side), transforms, rng)
-        bucket = nearest_bucket(picture.width, picture.height, buckets)
-        caption = caption_for(
-            image,
-            strategy=spec.captioning_strategy,
-            trigger_word=spec.trigger_word,
-            captioner=spec.captioner,
-            prompt=spec.captioning_prompt,
-            picture=picture,
-        )
+            name, validation, repeats, source_pixels = image.name, image.validation, image.repeats, None
+        fitted = fit_to_bucket(picture, bucket)
+        mask = alpha_mask(fitted) if spec.masked_loss else None
+        unmasked += spec.masked_loss and mask is None
         items.append(
             PreparedItem(
-                name=image.name, caption=caption, bucket=bucket, pixels=to_tensor_array(fit_to_bucket(picture, bucket))
+                name=name,
+                caption=caption,
+                bucket=bucket,
+                pixels=to_tensor_array(fitted.convert("RGB")),
+                source_pixels=source_pixels,
+                mask=mask,
+                original_size=(picture.height, picture.width),
+                crop_top_left=bucket_crop(picture.size, bucket),
+                repeats=repeats,
+                validation=validation,
             )
         )
+    if unmasked:
+        callbacks.on_log(f"masked_loss: {unmasked} of {total} images have no transparency; they are learned whole")
     callbacks.on_stage("preprocessing", total, total)
     return items
 
@@ -434,27 +623,58 @@ def load_or_build_cache(
         mean, std = family.encode_pixels(torch.from_numpy(array).unsqueeze(0))
         return mean[0], std[0]
 
+    def latent_mask(mask: np.ndarray | None) -> torch.Tensor:
+        if mask is None:
+            return torch.ones(1, means[-1].shape[-2], means[-1].shape[-1])
+        return F.adaptive_avg_pool2d(torch.from_numpy(mask.copy())[None, None], means[-1].shape[-2:])[0]
+
     means, stds, flipped_means, flipped_stds, source_means, flipped_source = [], [], [], [], [], []
+    masks, flipped_masks, time_ids, flipped_time_ids = [], [], [], []
     for index, item in enumerate(items):
         mean, std = encode(item.pixels)
         means.append(mean)
         stds.append(std)
+        masks.append(latent_mask(item.mask))
+        top, left = item.crop_top_left
+        height, width = item.bucket[1], item.bucket[0]
+        time_ids.append(torch.tensor([*item.original_size, top, left, height, width], dtype=torch.float32))
+        # A flipped image's crop is mirrored: the same distance from the other edge.
+        mirrored = round(item.original_size[1] * max(width / item.original_size[1], height / item.original_size[0]))
+        flipped_time_ids.append(
+            torch.tensor(
+                [*item.original_size, top, max(0, mirrored - width - left), height, width], dtype=torch.float32
+            )
+        )
         if with_flips:
             mean, std = encode(item.pixels[:, :, ::-1].copy())
             flipped_means.append(mean)
             flipped_stds.append(std)
+            flipped_masks.append(masks[-1].flip(-1))
         if item.source_pixels is not None:
             source_means.append(encode(item.source_pixels)[0])
             if with_flips:
                 flipped_source.append(encode(item.source_pixels[:, :, ::-1].copy())[0])
         callbacks.on_stage("caching", index + 1, len(items))
-    captions = ["", *sorted({item.caption for item in items})]
+    item_captions = sorted({item.caption for item in items})
+    class_captions = {}
+    if spec.prior_preservation_class:
+        class_captions = {caption: class_caption(caption, spec) for caption in item_captions}
+    captions = ["", *sorted(set(item_captions) | set(class_captions.values()))]
     rows = {caption: row for row, caption in enumerate(captions)}
+    for prompt, count, limit in family.long_prompts(captions):
+        callbacks.on_log(
+            f"caption longer than the text encoder reads ({count} tokens, {limit} read; the rest is ignored, "
+            f"as at generation): {prompt[:80]!r}"
+        )
     encoded: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(captions), 8):
         for key, tensor in family.encode_prompts(captions[start : start + 8]).items():
             encoded.setdefault(key, []).append(tensor)
     family.release_encoders()
+    prompts = {key: torch.cat(parts) for key, parts in encoded.items()}
+    unconditional = family.unconditional({key: value[:1] for key, value in prompts.items()})
+    for key, value in unconditional.items():
+        prompts[key][:1] = value
     cache = Cache(
         means=means,
         stds=stds,
@@ -462,15 +682,30 @@ def load_or_build_cache(
         flipped_stds=flipped_stds if with_flips else None,
         source_means=source_means or None,
         flipped_source_means=flipped_source or None,
-        prompts={key: torch.cat(parts) for key, parts in encoded.items()},
+        prompts=prompts,
         caption_rows=[rows[item.caption] for item in items],
         buckets=[item.bucket for item in items],
+        masks=masks if spec.masked_loss else None,
+        flipped_masks=flipped_masks if spec.masked_loss and with_flips else None,
+        time_ids=time_ids if family.name == "sdxl" else None,
+        flipped_time_ids=flipped_time_ids if family.name == "sdxl" else None,
+        class_rows=[rows[class_captions[item.caption]] for item in items] if class_captions else None,
     )
     spec.cache_dir.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
     torch.save(cache.__dict__, partial)
     partial.replace(path)
     return cache
+
+
+def class_caption(caption: str, spec: TrainingSpec) -> str:
+    """The caption with the trigger word replaced by the class word: what the base model already knows."""
+    import re
+
+    if not spec.trigger_word:
+        return caption
+    replaced = re.sub(rf"\b{re.escape(spec.trigger_word)}\b", spec.prior_preservation_class or "", caption)
+    return " ".join(replaced.replace(" ,", ",").split()).strip(", ")
 
 
 def cache_on(cache: Cache, device: torch.device) -> Cache:
@@ -489,52 +724,53 @@ def cache_on(cache: Cache, device: torch.device) -> Cache:
         prompts={key: value.to(device) for key, value in cache.prompts.items()},
         caption_rows=cache.caption_rows,
         buckets=cache.buckets,
+        masks=move(cache.masks),
+        flipped_masks=move(cache.flipped_masks),
+        time_ids=move(cache.time_ids),
+        flipped_time_ids=move(cache.flipped_time_ids),
+        class_rows=cache.class_rows,
     )
 
 
-def bucket_members(cache: Cache) -> dict[tuple[int, int], list[int]]:
-    members: dict[tuple[int, int], list[int]] = {}
-    for index, bucket in enumerate(cache.buckets):
-        members.setdefault(tuple(bucket), []).append(index)  # type: ignore[arg-type]
-    return members
-
-
-def draw_batch(
-    cache: Cache,
-    spec: TrainingSpec,
-    family: Family,
-    generator: torch.Generator,
-    device: torch.device,
-    *,
-    by_bucket: dict[tuple[int, int], list[int]],
-    flip_p: float,
-    noise: torch.Generator | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor | None]:
-    """A batch from one bucket: the images, flips and caption dropout drawn on the host from `generator`;
-    the latent samples from `noise`, on the device the cache is on."""
-    noise = noise or generator
-    count = len(cache.means)
-    first = int(torch.randint(0, count, (1,), generator=generator))
-    members = by_bucket[tuple(cache.buckets[first])]  # type: ignore[index]
-    chosen = [first] + [
-        members[int(torch.randint(0, len(members), (1,), generator=generator))] for _ in range(spec.batch_size - 1)
-    ]
-    latents, sources, rows = [], [], []
+def draw_batch(context: StepContext, number: int) -> Batch:
+    """Micro-batch `number`: its images from the epoch sampler; flips and caption dropout drawn on the
+    host from the run's generator; the latent samples from the noise generator, on the cache's device."""
+    cache, spec, generator = context.cache, context.spec, context.generator
+    noise = context.noise
+    chosen = context.sampler.batch(number)
+    latents, sources, rows, masks, time_ids, class_rows = [], [], [], [], [], []
     for index in chosen:
-        flip = cache.flipped_means is not None and float(torch.rand((), generator=generator)) < flip_p
+        flip = cache.flipped_means is not None and float(torch.rand((), generator=generator)) < context.flip_p
         mean = (cache.flipped_means if flip else cache.means)[index]  # type: ignore[index]
         std = (cache.flipped_stds if flip else cache.stds)[index]  # type: ignore[index]
         latents.append(mean + std * torch.randn(mean.shape, generator=noise, device=noise.device))
         if cache.source_means is not None:
             sources.append((cache.flipped_source_means if flip else cache.source_means)[index])  # type: ignore[index]
+        if cache.masks is not None:
+            masks.append((cache.flipped_masks if flip else cache.masks)[index])  # type: ignore[index]
+        if cache.time_ids is not None:
+            time_ids.append((cache.flipped_time_ids if flip else cache.time_ids)[index])  # type: ignore[index]
         dropped = (
             spec.caption_dropout_rate > 0 and float(torch.rand((), generator=generator)) < spec.caption_dropout_rate
         )
         rows.append(0 if dropped else cache.caption_rows[index])
-    conditioning = {key: torch.stack([value[row] for row in rows]).to(device) for key, value in cache.prompts.items()}
-    batch = family.scale_latents(torch.stack(latents)).to(device)
-    source = family.scale_latents(torch.stack(sources)).to(device) if sources else None
-    return batch, conditioning, source
+        if cache.class_rows is not None:
+            class_rows.append(cache.class_rows[index])
+    device = context.device
+
+    def conditioning_for(selected: list[int]) -> dict[str, torch.Tensor]:
+        values = {key: torch.stack([value[row] for row in selected]).to(device) for key, value in cache.prompts.items()}
+        if time_ids:
+            values["time_ids"] = torch.stack(time_ids).to(device)
+        return values
+
+    return Batch(
+        latents=context.family.scale_latents(torch.stack(latents)).to(device),
+        conditioning=conditioning_for(rows),
+        source=context.family.scale_latents(torch.stack(sources)).to(device) if sources else None,
+        mask=torch.stack(masks).to(device) if masks else None,
+        class_conditioning=conditioning_for(class_rows) if class_rows else None,
+    )
 
 
 def take_samples(
@@ -578,24 +814,23 @@ def take_samples(
     return paths
 
 
+# Settings that do not change the weights a run reaches (speed, reporting, cadence of saves).
+NOT_IN_FINGERPRINT = {
+    "base_model", "output_dir", "images", "pairs", "captioner", "save_every", "max_step_saves_to_keep",
+    "sample_every", "sample_steps", "sample_prompts", "resume", "device", "progress_interval_seconds",
+    "compile", "channels_last", "attention", "fused_optimizer", "snapshot_every_seconds", "snapshot_every_steps",
+}  # fmt: skip
+
+
 def run_config_fingerprint(spec: TrainingSpec, dataset: str) -> str:
     """Checkpoints resume only a run with the same data and the same settings that shape the weights."""
+    from dataclasses import fields
+
     settings = {
-        "dataset": dataset,
-        "type": spec.training_type,
-        "rank": spec.rank,
-        "alpha": spec.lora_alpha,
-        "steps": spec.steps,
-        "lr": spec.learning_rate,
-        "scheduler": spec.lr_scheduler,
-        "warmup": spec.lr_warmup_steps,
-        "batch": spec.batch_size,
-        "accumulation": spec.gradient_accumulation,
-        "optimizer": spec.optimizer,
-        "seed": spec.seed,
-        "dropout": spec.caption_dropout_rate,
-        "resolution": spec.resolution,
+        field.name: repr(getattr(spec, field.name)) for field in fields(spec) if field.name not in NOT_IN_FINGERPRINT
     }
+    settings["dataset"] = dataset
+    settings["images"] = repr(sorted((image.name, image.repeats, image.validation) for image in spec.images))
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -621,5 +856,20 @@ def make_optimizer(
             from prodigyopt import Prodigy
         except ImportError as exc:
             raise EngineError("optimizer prodigy needs the prodigyopt package, which is not installed") from exc
-        return Prodigy(params, lr=spec.learning_rate)
+        if spec.learning_rate < 0.1:
+            callbacks.on_log(
+                f"prodigy finds its own step size and is meant to run at learning_rate 1.0; "
+                f"{spec.learning_rate} scales it down"
+            )
+        # The settings its authors recommend for diffusion fine-tuning.
+        return Prodigy(
+            params,
+            lr=spec.learning_rate,
+            betas=(0.9, 0.99),
+            weight_decay=0.01,
+            decouple=True,
+            use_bias_correction=True,
+            safeguard_warmup=True,
+            d_coef=1.0,
+        )
     raise EngineError(f"optimizer {spec.optimizer!r} is unknown; choose adamw8bit, adamw or prodigy")

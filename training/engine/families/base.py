@@ -1,19 +1,57 @@
-"""What every family adapter provides to the generic training loop."""
+"""What every family adapter provides to the generic training loop.
+
+A family knows its encoders, how to noise a batch of latents for its objective (epsilon / v
+prediction, rectified flow) and how its denoiser is called. The loss itself (its type, weighting,
+mask and prior preservation) is computed once, in the trainer, for every family."""
 
 from __future__ import annotations
 
 import gc
+import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from training.engine.errors import EngineError
+
+
+@dataclass(frozen=True)
+class NoiseSettings:
+    """How training noise and timesteps are drawn (see TrainingSpec for each field's meaning)."""
+
+    noise_offset: float = 0.0
+    min_snr_gamma: float | None = None
+    timestep_sampling: str = "logit_normal"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    sigmoid_scale: float = 1.0
+    timestep_shift: float | None = None
+    guidance_scale: float = 1.0
+    bypass_guidance_embedding: bool = False
+
+
+@dataclass
+class NoisedBatch:
+    """A batch at its drawn noise level: what the denoiser sees and what it should predict."""
+
+    noisy: torch.Tensor  # (B, C, H, W), the denoiser's latent space
+    timesteps: torch.Tensor  # (B,), in the units the denoiser takes
+    target: torch.Tensor  # (B, C, H, W)
+    weights: torch.Tensor | None = None  # (B,) per-sample loss weights (min-SNR), or None for equal
 
 
 class Family(ABC):
     name: str
     denoiser_key: str  # the pipeline component trained: "unet" or "transformer"
-    lora_target_modules: list[str]
     uses_pairs = False
+    is_flow = False  # rectified flow (sigma in [0, 1]) rather than a DDPM noise schedule
+    # Module names (peft's suffix match) inside the denoiser's blocks, by `lora_targets` preset.
+    lora_targets_attention: tuple[str, ...] = ()
+    lora_targets_linear: tuple[str, ...] = ()  # added to the attention ones for "all_linear"
+    lora_targets_conv: tuple[str, ...] = ()  # added for "all_linear+conv" (UNets)
+    block_prefixes: tuple[str, ...] = ()  # the denoiser's repeated blocks, where adapters go
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         self.base_model = base_model
@@ -29,6 +67,26 @@ class Family(ABC):
     def size_multiple(self) -> int:
         """Image sides must be multiples of this (VAE downsampling times the denoiser's own)."""
 
+    @abstractmethod
+    def vae_scale(self) -> int:
+        """Pixels per latent pixel along a side."""
+
+    # -- adapters --
+    def lora_target_pattern(self, preset: str) -> str:
+        """A regular expression (peft matches it against whole module names) for the preset's modules."""
+        names = list(self.lora_targets_attention)
+        if preset in ("all_linear", "all_linear+conv"):
+            names += self.lora_targets_linear
+        if preset == "all_linear+conv":
+            if not self.lora_targets_conv:
+                raise EngineError(f"lora_targets all_linear+conv is for UNet models; {self.name} has no convolutions")
+            names += self.lora_targets_conv
+        elif preset not in ("attention", "all_linear"):
+            raise EngineError(f"lora_targets {preset!r} is unknown; choose attention, all_linear or all_linear+conv")
+        blocks = "|".join(re.escape(prefix) for prefix in self.block_prefixes)
+        modules = "|".join(re.escape(name) for name in names)
+        return rf"^(?:{blocks})\.(?:.*\.)?(?:{modules})$"
+
     # -- encoders (used once, while caching) --
     @abstractmethod
     def load_encoders(self) -> None: ...
@@ -42,6 +100,25 @@ class Family(ABC):
     @abstractmethod
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Conditioning tensors, first dimension one row per prompt."""
+
+    def unconditional(self, encoded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """What the pipeline feeds for "no prompt" (caption dropout trains on it), given the empty
+        caption's encoding: that encoding itself unless the pipeline uses zeros instead."""
+        return encoded
+
+    def long_prompts(self, prompts: list[str]) -> list[tuple[str, int, int]]:
+        """(prompt, its token count, the limit) for each prompt its text encoders would cut."""
+        cut = []
+        for tokenizer in (getattr(self, "tokenizer", None), getattr(self, "tokenizer_2", None)):
+            if tokenizer is None:
+                continue
+            limit = int(getattr(self, "max_sequence_length", 0)) if "T5" in type(tokenizer).__name__ else 0
+            limit = limit or int(tokenizer.model_max_length)
+            for prompt in prompts:
+                count = len(tokenizer(prompt, truncation=False).input_ids)
+                if count > limit:
+                    cut.append((prompt, count, limit))
+        return cut
 
     def release_encoders(self) -> None:
         for name in self.encoder_attributes():
@@ -64,16 +141,29 @@ class Family(ABC):
         """Raw VAE latents to the denoiser's latent space."""
 
     @abstractmethod
-    def loss(
+    def add_noise(
+        self,
+        latents: torch.Tensor,
+        generator: torch.Generator,
+        settings: NoiseSettings,
+        *,
+        levels: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> NoisedBatch:
+        """Noise the latents at drawn levels (or the given `levels` in [0, 1], 0 clean, 1 pure noise,
+        and the given `noise`: validation uses fixed ones)."""
+
+    @abstractmethod
+    def predict(
         self,
         denoiser: torch.nn.Module,
-        latents: torch.Tensor,
+        batch: NoisedBatch,
         conditioning: dict[str, torch.Tensor],
-        generator: torch.Generator,
+        settings: NoiseSettings,
         *,
         source_latents: torch.Tensor | None = None,
-        options: dict[str, Any] | None = None,
-    ) -> torch.Tensor: ...
+    ) -> torch.Tensor:
+        """The denoiser's prediction for the noised batch, shaped like `batch.target`."""
 
     @abstractmethod
     def save_lora(

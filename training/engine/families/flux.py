@@ -7,20 +7,22 @@ without it. The Kontext variant learns edits: the source image's latents ride al
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 
-from training.engine.families.base import Family, randn
+from training.engine.families.base import Family, NoisedBatch, NoiseSettings, randn
 from training.engine.families.sd import _vae_config
 
 
 class FluxFamily(Family):
     name = "flux"
     denoiser_key = "transformer"
-    lora_target_modules = [
+    is_flow = True
+    block_prefixes = ("transformer_blocks", "single_transformer_blocks")
+    lora_targets_attention = (
         "attn.to_q",
         "attn.to_k",
         "attn.to_v",
@@ -29,19 +31,29 @@ class FluxFamily(Family):
         "attn.add_k_proj",
         "attn.add_v_proj",
         "attn.to_add_out",
+    )
+    # Every other linear of the blocks: feed-forward, the single blocks' fused MLP and output, and
+    # the modulation (AdaLN) projections of both kinds of block.
+    lora_targets_linear = (
         "ff.net.0.proj",
         "ff.net.2",
         "ff_context.net.0.proj",
         "ff_context.net.2",
-    ]
+        "norm1.linear",
+        "norm1_context.linear",
+        "norm.linear",
+        "proj_mlp",
+        "proj_out",
+    )
     max_sequence_length = 512
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
-        from diffusers import FluxTransformer2DModel
+        from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
 
         self.vae_config = _vae_config(base_model)
         self.transformer_config = FluxTransformer2DModel.load_config(base_model, subfolder="transformer")
+        self.scheduler_config = dict(FlowMatchEulerDiscreteScheduler.load_config(base_model, subfolder="scheduler"))
         self.ids_cache: dict[tuple[int, int, bool], torch.Tensor] = {}
 
     def vae_scale(self) -> int:
@@ -75,6 +87,7 @@ class FluxFamily(Family):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        # CLIP gives the pooled vector from its first 77 tokens, as the pipeline does; T5 reads up to 512.
         clip_ids = self.tokenizer(
             prompts,
             padding="max_length",
@@ -89,6 +102,12 @@ class FluxFamily(Family):
         prompt_embeds = self.text_encoder_2(t5_ids, output_hidden_states=False)[0]
         return {"prompt_embeds": prompt_embeds.float().cpu(), "pooled_prompt_embeds": pooled.float().cpu()}
 
+    def long_prompts(self, prompts: list[str]) -> list[tuple[str, int, int]]:
+        # Only T5 carries the prompt's content; CLIP's cut only trims the pooled summary vector.
+        count = [len(self.tokenizer_2(prompt, truncation=False).input_ids) for prompt in prompts]
+        limit = self.max_sequence_length
+        return [(prompt, n, limit) for prompt, n in zip(prompts, count, strict=True) if n > limit]
+
     def load_denoiser(self) -> torch.nn.Module:
         from diffusers import FluxTransformer2DModel
 
@@ -96,43 +115,84 @@ class FluxFamily(Family):
             self.base_model, subfolder="transformer", torch_dtype=self.weight_dtype
         ).to(self.device)
 
-    def loss(
+    def timestep_shift(self, settings: NoiseSettings, latent_height: int, latent_width: int) -> float:
+        """How far sigmas are pushed towards noise: the user's value, or what the model's own
+        scheduler uses at this image size (FLUX: grows with the token count, as in its pipeline)."""
+        if settings.timestep_shift is not None:
+            return float(settings.timestep_shift)
+        config = self.scheduler_config
+        if not config.get("use_dynamic_shifting"):
+            return float(config.get("shift", 1.0))
+        tokens = (latent_height // 2) * (latent_width // 2)
+        low, high = float(config.get("base_image_seq_len", 256)), float(config.get("max_image_seq_len", 4096))
+        base, top = float(config.get("base_shift", 0.5)), float(config.get("max_shift", 1.15))
+        mu = base + (top - base) * (tokens - low) / (high - low)
+        return math.exp(mu)
+
+    def sample_sigmas(self, batch: int, generator: torch.Generator, settings: NoiseSettings) -> torch.Tensor:
+        shape = (batch,)
+        if settings.timestep_sampling == "uniform":
+            return torch.rand(shape, generator=generator, device=generator.device)
+        if settings.timestep_sampling == "sigmoid":
+            return torch.sigmoid(
+                settings.sigmoid_scale * torch.randn(shape, generator=generator, device=generator.device)
+            )
+        # Logit-normal (SD3's default): the middle of the path, the hardest part, is seen most.
+        normal = torch.randn(shape, generator=generator, device=generator.device)
+        return torch.sigmoid(settings.logit_mean + settings.logit_std * normal)
+
+    def add_noise(
+        self,
+        latents: torch.Tensor,
+        generator: torch.Generator,
+        settings: NoiseSettings,
+        *,
+        levels: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> NoisedBatch:
+        # A point on the straight path from the image (sigma 0) to pure noise (sigma 1).
+        batch = latents.shape[0]
+        if noise is None:
+            noise = randn(latents.shape, generator, self.device)
+        if levels is None:
+            sigmas = self.sample_sigmas(batch, generator, settings).to(self.device)
+            shift = self.timestep_shift(settings, latents.shape[-2], latents.shape[-1])
+            if shift != 1.0:
+                sigmas = shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
+        else:
+            sigmas = levels.to(self.device, torch.float32)
+        sigma = sigmas.view(-1, 1, 1, 1)
+        noisy = (1.0 - sigma) * latents + sigma * noise
+        return NoisedBatch(noisy=noisy, timesteps=sigmas, target=noise - latents)
+
+    def predict(
         self,
         denoiser: torch.nn.Module,
-        latents: torch.Tensor,
+        batch: NoisedBatch,
         conditioning: dict[str, torch.Tensor],
-        generator: torch.Generator,
+        settings: NoiseSettings,
         *,
         source_latents: torch.Tensor | None = None,
-        options: dict[str, Any] | None = None,
     ) -> torch.Tensor:
         from diffusers import FluxPipeline
 
-        options = options or {}
-        batch, channels, height, width = latents.shape
-        # Noise: a point on the straight path from the image (sigma 0) to pure noise (sigma 1),
-        # sigmas drawn logit-normally so the middle of the path, the hardest part, is seen most.
-        noise = randn(latents.shape, generator, self.device)
-        sigmas = torch.sigmoid(torch.randn((batch,), generator=generator, device=generator.device)).to(self.device)
-        noisy = (1.0 - sigmas.view(-1, 1, 1, 1)) * latents + sigmas.view(-1, 1, 1, 1) * noise
-        target = noise - latents
-
-        tokens = FluxPipeline._pack_latents(noisy, batch, channels, height, width)
+        size, channels, height, width = batch.noisy.shape
+        tokens = FluxPipeline._pack_latents(batch.noisy, size, channels, height, width)
         image_ids = self.position_ids(height, width, with_source=source_latents is not None)
         if source_latents is not None:
-            source_tokens = FluxPipeline._pack_latents(source_latents, batch, channels, height, width)
+            source_tokens = FluxPipeline._pack_latents(source_latents, size, channels, height, width)
             tokens = torch.cat([tokens, source_tokens], dim=1)
         prompt_embeds = conditioning["prompt_embeds"].to(self.device, self.weight_dtype)
         text_ids = torch.zeros(prompt_embeds.shape[1], 3, device=self.device, dtype=self.weight_dtype)
         guidance = None
         if self.transformer_config.get("guidance_embeds"):
-            guidance = torch.full((batch,), float(options.get("guidance_scale", 1.0)), device=self.device)
+            guidance = torch.full((size,), float(settings.guidance_scale), device=self.device)
 
-        # Predict the velocity, and compare with the path's true direction.
-        with bypass_guidance(denoiser, enabled=bool(options.get("bypass_guidance_embedding"))):
+        # Predict the velocity along the path.
+        with bypass_guidance(denoiser, enabled=settings.bypass_guidance_embedding):
             prediction = denoiser(
                 hidden_states=tokens.to(self.weight_dtype),
-                timestep=sigmas.to(self.weight_dtype),
+                timestep=batch.timesteps.to(self.weight_dtype),
                 guidance=guidance,
                 pooled_projections=conditioning["pooled_prompt_embeds"].to(self.device, self.weight_dtype),
                 encoder_hidden_states=prompt_embeds,
@@ -142,8 +202,7 @@ class FluxFamily(Family):
             )[0]
         prediction = prediction[:, : (height // 2) * (width // 2)]
         scale = self.vae_scale()
-        prediction = FluxPipeline._unpack_latents(prediction, height * scale, width * scale, scale)
-        return F.mse_loss(prediction.float(), target.float())
+        return FluxPipeline._unpack_latents(prediction, height * scale, width * scale, scale)
 
     def position_ids(self, height: int, width: int, *, with_source: bool) -> torch.Tensor:
         """The image tokens' rotary position ids, made once per bucket (no copy from the host per step)."""

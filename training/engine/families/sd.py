@@ -2,18 +2,22 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 
-from training.engine.families.base import Family, randn
+from training.engine.families.base import Family, NoisedBatch, NoiseSettings, randn
 
 
 class SD15Family(Family):
     name = "sd15"
     denoiser_key = "unet"
-    lora_target_modules = ["to_q", "to_k", "to_v", "to_out.0"]
+    block_prefixes = ("down_blocks", "mid_block", "up_blocks")
+    lora_targets_attention = ("to_q", "to_k", "to_v", "to_out.0")
+    lora_targets_linear = ("ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+    lora_targets_conv = ("conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv")
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
@@ -22,6 +26,7 @@ class SD15Family(Family):
         self.unet_config = UNet2DConditionModel.load_config(base_model, subfolder="unet")
         self.vae_config = _vae_config(base_model)
         self.noise_scheduler = DDPMScheduler.from_pretrained(base_model, subfolder="scheduler")
+        self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(device)
 
     def vae_scale(self) -> int:
         return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
@@ -51,6 +56,7 @@ class SD15Family(Family):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        # Cut at the encoder's 77 tokens as the pipeline does; the trainer warns about each cut caption.
         ids = self.tokenizer(
             prompts,
             padding="max_length",
@@ -70,35 +76,55 @@ class SD15Family(Family):
     def added_conditioning(self, conditioning: dict[str, torch.Tensor], latents: torch.Tensor) -> dict[str, Any] | None:
         return None
 
-    def loss(
+    def add_noise(
+        self,
+        latents: torch.Tensor,
+        generator: torch.Generator,
+        settings: NoiseSettings,
+        *,
+        levels: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> NoisedBatch:
+        batch = latents.shape[0]
+        steps = int(self.noise_scheduler.config.num_train_timesteps)
+        if noise is None:
+            noise = randn(latents.shape, generator, self.device)
+            if settings.noise_offset:
+                # Offset noise: a per-image, per-channel constant shifts the mean brightness the model
+                # must learn to remove, so it can make images darker or brighter than average.
+                offset = randn((batch, latents.shape[1], 1, 1), generator, self.device)
+                noise = noise + settings.noise_offset * offset
+        if levels is None:
+            timesteps = torch.randint(0, steps, (batch,), generator=generator, device=generator.device).to(self.device)
+        else:
+            timesteps = (levels.to(self.device) * (steps - 1)).round().long()
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        v_prediction = self.noise_scheduler.config.prediction_type == "v_prediction"
+        target = self.noise_scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
+        weights = None
+        if settings.min_snr_gamma:
+            # Min-SNR-gamma (Hang et al. 2023): easy, low-noise timesteps stop dominating the loss.
+            alpha_bar = self.alphas_cumprod[timesteps].float()
+            snr = alpha_bar / (1.0 - alpha_bar)
+            clipped = torch.clamp(snr, max=settings.min_snr_gamma)
+            weights = clipped / (snr + 1.0) if v_prediction else clipped / snr
+        return NoisedBatch(noisy=noisy, timesteps=timesteps, target=target, weights=weights)
+
+    def predict(
         self,
         denoiser: torch.nn.Module,
-        latents: torch.Tensor,
+        batch: NoisedBatch,
         conditioning: dict[str, torch.Tensor],
-        generator: torch.Generator,
+        settings: NoiseSettings,
         *,
         source_latents: torch.Tensor | None = None,
-        options: dict[str, Any] | None = None,
     ) -> torch.Tensor:
-        # Noise: pick a timestep per sample and noise the latents to it.
-        batch = latents.shape[0]
-        noise = randn(latents.shape, generator, self.device)
-        timesteps = torch.randint(
-            0, self.noise_scheduler.config.num_train_timesteps, (batch,), generator=generator, device=generator.device
-        ).to(self.device)
-        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        # Predict, and compare with what was added.
-        prediction = denoiser(
-            noisy.to(self.weight_dtype),
-            timesteps,
+        return denoiser(
+            batch.noisy.to(self.weight_dtype),
+            batch.timesteps,
             encoder_hidden_states=conditioning["prompt_embeds"].to(self.weight_dtype),
-            added_cond_kwargs=self.added_conditioning(conditioning, latents),
+            added_cond_kwargs=self.added_conditioning(conditioning, batch.noisy),
         ).sample
-        return F.mse_loss(prediction.float(), target.float())
 
     def save_lora(
         self, state_dict: dict[str, torch.Tensor], directory: str, weight_name: str, adapter_metadata: dict[str, Any]
@@ -116,6 +142,9 @@ class SDXLFamily(SD15Family):
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
         self.time_ids: dict[tuple[int, int, int], torch.Tensor] = {}
+        index = _model_index(base_model)
+        # SDXL base feeds zeros, not the empty prompt's encoding, as its unconditional input.
+        self.zeros_for_empty_prompt = bool(index.get("force_zeros_for_empty_prompt", True))
 
     def load_encoders(self) -> None:
         from diffusers import AutoencoderKL
@@ -158,16 +187,24 @@ class SDXLFamily(SD15Family):
             "pooled_prompt_embeds": pooled.float().cpu(),  # type: ignore[union-attr]
         }
 
+    def unconditional(self, encoded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        if not self.zeros_for_empty_prompt:
+            return encoded
+        return {key: torch.zeros_like(value) for key, value in encoded.items()}
+
     def added_conditioning(self, conditioning: dict[str, torch.Tensor], latents: torch.Tensor) -> dict[str, Any]:
-        # Original size, crop offset and target size: the bucket's size, uncropped.
-        height, width = latents.shape[-2] * self.vae_scale(), latents.shape[-1] * self.vae_scale()
-        key = (height, width, latents.shape[0])
-        if key not in self.time_ids:  # made once per bucket: no copy from the host in the loop
-            rows = [[height, width, 0, 0, height, width]] * latents.shape[0]
-            self.time_ids[key] = torch.tensor(rows, dtype=self.weight_dtype).to(self.device)
+        time_ids = conditioning.get("time_ids")
+        if time_ids is None:
+            # No per-image sizes given (benchmarks): the bucket's size, uncropped, made once per bucket.
+            height, width = latents.shape[-2] * self.vae_scale(), latents.shape[-1] * self.vae_scale()
+            key = (height, width, latents.shape[0])
+            if key not in self.time_ids:
+                rows = [[height, width, 0, 0, height, width]] * latents.shape[0]
+                self.time_ids[key] = torch.tensor(rows, dtype=self.weight_dtype).to(self.device)
+            time_ids = self.time_ids[key]
         return {
             "text_embeds": conditioning["pooled_prompt_embeds"].to(self.device, self.weight_dtype),
-            "time_ids": self.time_ids[key],
+            "time_ids": time_ids.to(self.device, self.weight_dtype),
         }
 
     def save_lora(
@@ -184,3 +221,12 @@ def _vae_config(base_model: str) -> dict[str, Any]:
     from diffusers import AutoencoderKL
 
     return dict(AutoencoderKL.load_config(base_model, subfolder="vae"))
+
+
+def _model_index(base_model: str) -> dict[str, Any]:
+    local = Path(base_model) / "model_index.json"
+    if local.is_file():
+        return dict(json.loads(local.read_text(encoding="utf-8")))
+    from huggingface_hub import hf_hub_download
+
+    return dict(json.loads(Path(hf_hub_download(base_model, "model_index.json")).read_text(encoding="utf-8")))

@@ -1,0 +1,455 @@
+"""Checks of tests/training/comfyui_keys.py against facts: published model configs, the real diffusers
+module trees (built on the meta device, so no memory and no download) and correspondences read in
+ComfyUI's comfy/utils.py tables and comfy/model_detection.py."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+import torch
+from torch import nn
+
+from tests.training.comfyui_keys import (
+    ADAPTER_SUFFIXES,
+    ComfyTarget,
+    comfyui_flux_diffusers_to_bfl,
+    comfyui_flux_key_map,
+    comfyui_flux_lora_names,
+    comfyui_unet_diffusers_to_ldm,
+    comfyui_unet_key_map,
+    comfyui_unet_layout,
+    comfyui_unet_lora_names,
+    split_adapter_key,
+    unmapped_kohya_modules,
+)
+from training.engine.export import to_kohya
+
+# Published diffusers configs (the fields that shape the module tree).
+SD15_UNET = {  # stable-diffusion-v1-5 unet/config.json
+    "attention_head_dim": 8,
+    "block_out_channels": [320, 640, 1280, 1280],
+    "cross_attention_dim": 768,
+    "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "norm_num_groups": 32,
+    "out_channels": 4,
+    "sample_size": 64,
+    "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+}
+SDXL_UNET = {  # stable-diffusion-xl-base-1.0 unet/config.json
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 256,
+    "attention_head_dim": [5, 10, 20],
+    "block_out_channels": [320, 640, 1280],
+    "cross_attention_dim": 2048,
+    "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+    "in_channels": 4,
+    "layers_per_block": 2,
+    "mid_block_type": "UNetMidBlock2DCrossAttn",
+    "out_channels": 4,
+    "projection_class_embeddings_input_dim": 2816,
+    "sample_size": 128,
+    "transformer_layers_per_block": [1, 2, 10],
+    "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+    "use_linear_projection": True,
+}
+FLUX_DEV_TRANSFORMER = {  # FLUX.1-dev transformer/config.json
+    "attention_head_dim": 128,
+    "guidance_embeds": True,
+    "in_channels": 64,
+    "joint_attention_dim": 4096,
+    "num_attention_heads": 24,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "patch_size": 1,
+    "pooled_projection_dim": 768,
+}
+# The tiny test models of training/engine/tiny.py.
+TINY_SD15_UNET = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 2,
+    "sample_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "cross_attention_dim": 32,
+    "attention_head_dim": 8,
+    "norm_num_groups": 32,
+}
+TINY_SDXL_UNET = {
+    "block_out_channels": (32, 64),
+    "layers_per_block": 2,
+    "sample_size": 32,
+    "in_channels": 4,
+    "out_channels": 4,
+    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "attention_head_dim": (2, 4),
+    "use_linear_projection": True,
+    "addition_embed_type": "text_time",
+    "addition_time_embed_dim": 8,
+    "transformer_layers_per_block": (1, 2),
+    "projection_class_embeddings_input_dim": 32 + 6 * 8,
+    "cross_attention_dim": 64,
+    "norm_num_groups": 1,
+}
+TINY_FLUX_TRANSFORMER = {
+    "patch_size": 1,
+    "in_channels": 64,
+    "num_layers": 1,
+    "num_single_layers": 1,
+    "attention_head_dim": 16,
+    "num_attention_heads": 2,
+    "joint_attention_dim": 32,
+    "pooled_projection_dim": 32,
+    "guidance_embeds": True,
+    "axes_dims_rope": (4, 6, 6),
+}
+UNET_CONFIGS = {"sd15": SD15_UNET, "sdxl": SDXL_UNET, "tiny-sd15": TINY_SD15_UNET, "tiny-sdxl": TINY_SDXL_UNET}
+FLUX_CONFIGS = {"flux-dev": FLUX_DEV_TRANSFORMER, "tiny-flux": TINY_FLUX_TRANSFORMER}
+
+# The leaves a LoRA may target: attention blocks and resnets of a UNet, every Linear of FLUX's blocks.
+UNET_ATTENTION_LEAVES = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
+UNET_RESNET_LEAVES = ("conv1", "conv2", "time_emb_proj", "conv_shortcut")
+FLUX_BLOCK_LEAVES = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "ff_context.net.0.proj",
+    "ff_context.net.2",
+    "norm1.linear",
+    "norm1_context.linear",
+    "norm.linear",
+    "proj_mlp",
+    "proj_out",
+)
+
+
+def build_unet(config: dict) -> nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    with torch.device("meta"):
+        return UNet2DConditionModel(**config)
+
+
+def build_flux(config: dict) -> nn.Module:
+    from diffusers import FluxTransformer2DModel
+
+    with torch.device("meta"):
+        return FluxTransformer2DModel(**config)
+
+
+def layers(model: nn.Module) -> list[str]:
+    return [name for name, module in model.named_modules() if isinstance(module, nn.Linear | nn.Conv2d)]
+
+
+def exported_keys(component: str, module_names: list[str]) -> list[str]:
+    """The keys our exporter writes for a LoRA on `module_names` (shapes do not matter to the names)."""
+    tensor = torch.zeros(1)
+    state = {}
+    for name in module_names:
+        state[f"{component}.{name}.lora_A.weight"] = tensor
+        state[f"{component}.{name}.lora_B.weight"] = tensor
+    return list(to_kohya(state, alpha=4.0))
+
+
+# --- The derived ComfyUI layout equals what ComfyUI publishes -------------------------------------------
+
+
+def test_sd15_layout_is_comfyuis():
+    # comfy/model_detection.py, unet_config_from_diffusers_unet: the SD15 entry.
+    assert comfyui_unet_layout(SD15_UNET) == {
+        "num_res_blocks": [2, 2, 2, 2],
+        "channel_mult": [1, 2, 4, 4],
+        "transformer_depth": [1, 1, 1, 1, 1, 1, 0, 0],
+        "transformer_depth_output": [1, 1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0],
+        "transformer_depth_middle": 1,
+    }
+
+
+def test_sdxl_layout_is_comfyuis():
+    # comfy/model_detection.py, unet_config_from_diffusers_unet: the SDXL entry.
+    assert comfyui_unet_layout(SDXL_UNET) == {
+        "num_res_blocks": [2, 2, 2],
+        "channel_mult": [1, 2, 4],
+        "transformer_depth": [0, 0, 2, 2, 10, 10],
+        "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+        "transformer_depth_middle": 10,
+    }
+
+
+def test_tiny_sdxl_layout():
+    assert comfyui_unet_layout(TINY_SDXL_UNET) == {
+        "num_res_blocks": [2, 2],
+        "channel_mult": [1, 2],
+        "transformer_depth": [0, 0, 2, 2],
+        "transformer_depth_output": [0, 0, 0, 2, 2, 2],
+        "transformer_depth_middle": 2,
+    }
+
+
+def test_a_comfyui_layout_config_gives_the_same_names():
+    comfy_sdxl = {
+        "num_res_blocks": [2, 2, 2],
+        "channel_mult": [1, 2, 4],
+        "transformer_depth": [0, 0, 2, 2, 10, 10],
+        "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10],
+        "transformer_depth_middle": 10,
+    }
+    assert comfyui_unet_key_map(comfy_sdxl) == comfyui_unet_key_map(SDXL_UNET)
+
+
+# --- Every layer of the real module trees maps ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", list(UNET_CONFIGS))
+def test_every_unet_layer_is_mapped(family: str):
+    unet = build_unet(UNET_CONFIGS[family])
+    names = layers(unet)
+    # The collection really holds the attention and resnet leaves a LoRA targets.
+    for leaf in UNET_ATTENTION_LEAVES + UNET_RESNET_LEAVES:
+        assert any(name.endswith("." + leaf) for name in names), leaf
+    known = comfyui_unet_lora_names(dict(unet.config))
+    assert unmapped_kohya_modules(exported_keys("unet", names), known) == []
+    # The plain published dict (without diffusers' defaults filled in) gives the same names.
+    assert comfyui_unet_lora_names(UNET_CONFIGS[family]) == known
+
+
+# What ComfyUI's map names beyond a model's modules, by construction of unet_to_diffusers.
+UNET_ROUTED_BUT_ABSENT = re.compile(
+    r"^(.*\.conv_shortcut"
+    r"|down_blocks\.\d+\.downsamplers\.0\.conv"
+    r"|up_blocks\.\d+\.upsamplers\.0\.conv"
+    r"|(class|add)_embedding\.linear_[12])$"
+)
+
+
+@pytest.mark.parametrize("family", list(UNET_CONFIGS))
+def test_unet_map_has_no_phantom_blocks(family: str):
+    """A wrong depth or block type would route attention names the model does not have."""
+    unet = build_unet(UNET_CONFIGS[family])
+    modules = {name for name, _ in unet.named_modules()}
+    absent = [name for name in comfyui_unet_diffusers_to_ldm(dict(unet.config)) if name not in modules]
+    assert [name for name in absent if not UNET_ROUTED_BUT_ABSENT.match(name)] == []
+
+
+@pytest.mark.parametrize("family", list(FLUX_CONFIGS))
+def test_every_flux_linear_is_mapped(family: str):
+    transformer = build_flux(FLUX_CONFIGS[family])
+    names = layers(transformer)
+    blocks = [n for n in names if n.startswith(("transformer_blocks.", "single_transformer_blocks."))]
+    for leaf in FLUX_BLOCK_LEAVES:
+        assert any(name.endswith("." + leaf) for name in blocks), leaf
+    known = comfyui_flux_lora_names(dict(transformer.config))
+    assert unmapped_kohya_modules(exported_keys("transformer", names), known) == []
+    assert all(key.startswith("lora_transformer_") for key in exported_keys("transformer", names))
+    assert comfyui_flux_lora_names(FLUX_CONFIGS[family]) == known
+
+
+# Aliases ComfyUI routes for other tools or FLUX.2, absent from a FLUX.1 diffusers model.
+FLUX_ROUTED_BUT_ABSENT = re.compile(
+    r"^(.*\.ff(_context)?\.linear_(in|out)"
+    r"|single_transformer_blocks\.\d+\.attn\.(to_qkv_mlp_proj|to_out)"
+    r"|controlnet_x_embedder)$"
+)
+
+
+@pytest.mark.parametrize("family", list(FLUX_CONFIGS))
+def test_flux_map_has_no_phantom_blocks(family: str):
+    transformer = build_flux(FLUX_CONFIGS[family])
+    modules = {name for name, _ in transformer.named_modules()}
+    absent = [name for name in comfyui_flux_diffusers_to_bfl(dict(transformer.config)) if name not in modules]
+    assert [name for name in absent if not FLUX_ROUTED_BUT_ABSENT.match(name)] == []
+
+
+def test_flux_dev_has_its_published_block_counts():
+    known = comfyui_flux_lora_names(FLUX_DEV_TRANSFORMER)
+    assert "lora_transformer_transformer_blocks_18_attn_to_q" in known
+    assert "lora_transformer_transformer_blocks_19_attn_to_q" not in known
+    assert "lora_transformer_single_transformer_blocks_37_proj_mlp" in known
+    assert "lora_transformer_single_transformer_blocks_38_proj_mlp" not in known
+
+
+# --- Correspondences read in ComfyUI's tables ----------------------------------------------------------------
+
+
+def ldm(key: str) -> ComfyTarget:
+    return ComfyTarget(f"diffusion_model.{key}.weight")
+
+
+@pytest.mark.parametrize(
+    ("lora_name", "target"),
+    [
+        # input_blocks.0 is conv_in; level 1 starts at input_blocks.4 (n = 1 + 3 * level).
+        ("lora_unet_conv_in", ldm("input_blocks.0.0")),
+        ("lora_unet_down_blocks_0_attentions_1_proj_in", ldm("input_blocks.2.1.proj_in")),
+        (
+            "lora_unet_down_blocks_1_attentions_0_transformer_blocks_0_attn1_to_q",
+            ldm("input_blocks.4.1.transformer_blocks.0.attn1.to_q"),
+        ),
+        (
+            "lora_unet_down_blocks_1_attentions_1_transformer_blocks_0_attn2_to_out_0",
+            ldm("input_blocks.5.1.transformer_blocks.0.attn2.to_out.0"),
+        ),
+        ("lora_unet_down_blocks_0_downsamplers_0_conv", ldm("input_blocks.3.0.op")),
+        ("lora_unet_down_blocks_0_resnets_0_conv1", ldm("input_blocks.1.0.in_layers.2")),
+        ("lora_unet_down_blocks_1_resnets_0_time_emb_proj", ldm("input_blocks.4.0.emb_layers.1")),
+        ("lora_unet_down_blocks_1_resnets_0_conv2", ldm("input_blocks.4.0.out_layers.3")),
+        ("lora_unet_down_blocks_1_resnets_0_conv_shortcut", ldm("input_blocks.4.0.skip_connection")),
+        ("lora_unet_down_blocks_3_resnets_1_conv1", ldm("input_blocks.11.0.in_layers.2")),
+        ("lora_unet_mid_block_attentions_0_proj_out", ldm("middle_block.1.proj_out")),
+        ("lora_unet_mid_block_resnets_1_conv2", ldm("middle_block.2.out_layers.3")),
+        # up_blocks.0 (no attention in SD 1.5) is output_blocks 0-2; its upsampler sits in slot 1.
+        ("lora_unet_up_blocks_0_resnets_2_conv1", ldm("output_blocks.2.0.in_layers.2")),
+        ("lora_unet_up_blocks_0_upsamplers_0_conv", ldm("output_blocks.2.1.conv")),
+        # With attention, the upsampler moves to slot 2.
+        ("lora_unet_up_blocks_1_upsamplers_0_conv", ldm("output_blocks.5.2.conv")),
+        ("lora_unet_up_blocks_1_attentions_2_proj_in", ldm("output_blocks.5.1.proj_in")),
+        (
+            "lora_unet_up_blocks_3_attentions_2_transformer_blocks_0_ff_net_0_proj",
+            ldm("output_blocks.11.1.transformer_blocks.0.ff.net.0.proj"),
+        ),
+        ("lora_unet_time_embedding_linear_2", ldm("time_embed.2")),
+        ("lora_unet_conv_out", ldm("out.2")),
+    ],
+)
+def test_sd15_correspondences(lora_name: str, target: ComfyTarget):
+    assert comfyui_unet_key_map(SD15_UNET)[lora_name] == target
+
+
+@pytest.mark.parametrize(
+    ("lora_name", "target"),
+    [
+        ("lora_unet_down_blocks_1_attentions_0_proj_in", ldm("input_blocks.4.1.proj_in")),
+        (
+            "lora_unet_down_blocks_2_attentions_1_transformer_blocks_9_attn1_to_k",
+            ldm("input_blocks.8.1.transformer_blocks.9.attn1.to_k"),
+        ),
+        (
+            "lora_unet_mid_block_attentions_0_transformer_blocks_9_ff_net_2",
+            ldm("middle_block.1.transformer_blocks.9.ff.net.2"),
+        ),
+        (
+            "lora_unet_up_blocks_0_attentions_0_transformer_blocks_9_attn2_to_v",
+            ldm("output_blocks.0.1.transformer_blocks.9.attn2.to_v"),
+        ),
+        (
+            "lora_unet_up_blocks_1_attentions_2_transformer_blocks_1_attn1_to_out_0",
+            ldm("output_blocks.5.1.transformer_blocks.1.attn1.to_out.0"),
+        ),
+        ("lora_unet_up_blocks_1_upsamplers_0_conv", ldm("output_blocks.5.2.conv")),
+        ("lora_unet_add_embedding_linear_1", ldm("label_emb.0.0")),
+    ],
+)
+def test_sdxl_correspondences(lora_name: str, target: ComfyTarget):
+    assert comfyui_unet_key_map(SDXL_UNET)[lora_name] == target
+
+
+def test_sdxl_depths_bound_the_names():
+    known = comfyui_unet_lora_names(SDXL_UNET)
+    # Level 0 is DownBlock2D: no attention at all; level 1 has 2 transformer blocks, level 2 has 10.
+    assert not any(name.startswith("lora_unet_down_blocks_0_attentions") for name in known)
+    assert "lora_unet_down_blocks_1_attentions_1_transformer_blocks_1_attn1_to_q" in known
+    assert "lora_unet_down_blocks_1_attentions_1_transformer_blocks_2_attn1_to_q" not in known
+    assert "lora_unet_up_blocks_2_attentions_0_proj_in" not in known  # UpBlock2D
+
+
+@pytest.mark.parametrize(
+    ("lora_name", "target"),
+    [
+        (
+            "lora_transformer_transformer_blocks_0_attn_to_q",
+            ComfyTarget("diffusion_model.double_blocks.0.img_attn.qkv.weight", (0, 3072)),
+        ),
+        (
+            "lora_transformer_transformer_blocks_3_attn_add_k_proj",
+            ComfyTarget("diffusion_model.double_blocks.3.txt_attn.qkv.weight", (3072, 3072)),
+        ),
+        (
+            "lora_transformer_transformer_blocks_18_attn_to_v",
+            ComfyTarget("diffusion_model.double_blocks.18.img_attn.qkv.weight", (6144, 3072)),
+        ),
+        ("lora_transformer_transformer_blocks_0_attn_to_out_0", ldm("double_blocks.0.img_attn.proj")),
+        ("lora_transformer_transformer_blocks_0_attn_to_add_out", ldm("double_blocks.0.txt_attn.proj")),
+        ("lora_transformer_transformer_blocks_0_norm1_linear", ldm("double_blocks.0.img_mod.lin")),
+        ("lora_transformer_transformer_blocks_0_norm1_context_linear", ldm("double_blocks.0.txt_mod.lin")),
+        ("lora_transformer_transformer_blocks_0_ff_net_0_proj", ldm("double_blocks.0.img_mlp.0")),
+        ("lora_transformer_transformer_blocks_0_ff_context_net_2", ldm("double_blocks.0.txt_mlp.2")),
+        (
+            "lora_transformer_single_transformer_blocks_0_attn_to_k",
+            ComfyTarget("diffusion_model.single_blocks.0.linear1.weight", (3072, 3072)),
+        ),
+        (
+            "lora_transformer_single_transformer_blocks_37_proj_mlp",
+            ComfyTarget("diffusion_model.single_blocks.37.linear1.weight", (9216, 12288)),
+        ),
+        ("lora_transformer_single_transformer_blocks_0_proj_out", ldm("single_blocks.0.linear2")),
+        ("lora_transformer_single_transformer_blocks_0_norm_linear", ldm("single_blocks.0.modulation.lin")),
+        ("lora_transformer_x_embedder", ldm("img_in")),
+        ("lora_transformer_proj_out", ldm("final_layer.linear")),
+        (
+            "lora_transformer_norm_out_linear",
+            ComfyTarget("diffusion_model.final_layer.adaLN_modulation.1.weight", swap_scale_shift=True),
+        ),
+    ],
+)
+def test_flux_dev_correspondences(lora_name: str, target: ComfyTarget):
+    assert comfyui_flux_key_map(FLUX_DEV_TRANSFORMER)[lora_name] == target
+
+
+# --- Key parsing and the negative cases --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("suffix", ADAPTER_SUFFIXES)
+def test_every_adapter_suffix_is_stripped(suffix: str):
+    known = comfyui_unet_lora_names(TINY_SD15_UNET)
+    name = "lora_unet_up_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    assert split_adapter_key(name + suffix) == (name, suffix)
+    assert unmapped_kohya_modules([name + suffix], known) == []
+
+
+def test_longest_suffix_wins():
+    assert split_adapter_key("m.lora_A.default.weight") == ("m", ".lora_A.default.weight")
+    assert split_adapter_key("m.diff_b") == ("m", ".diff_b")
+    assert split_adapter_key("m.lokr_w1_b") == ("m", ".lokr_w1_b")
+
+
+def test_a_made_up_module_is_reported():
+    known = comfyui_unet_lora_names(SD15_UNET)
+    good = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn1_to_q"
+    made_up = "lora_unet_down_blocks_0_attentions_0_transformer_blocks_0_attn3_to_q"
+    keys = [f"{good}.lora_down.weight", f"{good}.lora_up.weight", f"{good}.alpha"]
+    keys += [f"{made_up}.lora_down.weight", f"{made_up}.lora_up.weight", f"{made_up}.alpha", f"{made_up}.dora_scale"]
+    assert unmapped_kohya_modules(keys, known) == [made_up]
+
+
+@pytest.mark.parametrize(
+    "key",
+    [
+        # One block too deep for SD 1.5, a DownBlock2D level with attention, the wrong prefix.
+        "lora_unet_down_blocks_0_attentions_0_transformer_blocks_1_attn1_to_q.lora_down.weight",
+        "lora_unet_down_blocks_3_attentions_0_proj_in.lora_down.weight",
+        "lora_transformer_down_blocks_0_resnets_0_conv1.lora_down.weight",
+        # A diffusers/PEFT-layout name is not a kohya name.
+        "unet.down_blocks.0.resnets.0.conv1.lora_A.weight",
+    ],
+)
+def test_names_comfyui_does_not_route_are_reported(key: str):
+    assert unmapped_kohya_modules([key], comfyui_unet_lora_names(SD15_UNET)) == [key.partition(".lora_")[0]]
+
+
+def test_a_key_without_an_adapter_suffix_is_reported_whole():
+    name = "lora_unet_conv_in"
+    assert unmapped_kohya_modules([f"{name}.lora_down.bias"], comfyui_unet_lora_names(SD15_UNET)) == [
+        f"{name}.lora_down.bias"
+    ]

@@ -1,0 +1,48 @@
+"""The trained adapter: which peft method (LoRA, DoRA, LoKr, LoHa) on which of the denoiser's modules."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from training.engine.families.base import Family
+from training.engine.spec import TrainingSpec
+
+
+def adapter_config(spec: TrainingSpec, family: Family, *, alpha: float) -> Any:
+    """The peft config for the spec's `lora_type` on the family's `lora_targets` preset."""
+    from peft import LoHaConfig, LoKrConfig, LoraConfig
+
+    targets = family.lora_target_pattern(spec.lora_targets)
+    if spec.lora_type == "lokr":
+        return LoKrConfig(r=spec.rank, alpha=alpha, target_modules=targets, module_dropout=spec.lora_dropout)
+    if spec.lora_type == "loha":
+        return LoHaConfig(r=spec.rank, alpha=alpha, target_modules=targets, module_dropout=spec.lora_dropout)
+    return LoraConfig(
+        r=spec.rank,
+        lora_alpha=alpha,
+        lora_dropout=spec.lora_dropout,
+        init_lora_weights="gaussian",
+        target_modules=targets,
+        use_dora=spec.lora_type == "dora",
+    )
+
+
+def adapter_state_dict(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """The adapter's trained tensors under peft's names (without the adapter name)."""
+    from peft.utils import get_peft_model_state_dict
+
+    return dict(get_peft_model_state_dict(denoiser))
+
+
+def adapter_metadata(denoiser: torch.nn.Module) -> dict[str, Any]:
+    """The adapter's config as a JSON-able dict (what diffusers stores beside LoRA weights)."""
+    config = denoiser.peft_config["default"].to_dict()  # type: ignore[index, operator]
+    targets = config.get("target_modules")
+    if isinstance(targets, (set, list, tuple)):
+        config["target_modules"] = sorted(targets)
+    for key, value in list(config.items()):
+        if isinstance(value, set):
+            config[key] = sorted(value)
+    return dict(config)
