@@ -453,6 +453,24 @@ def _kohya_lora_to_diffusers(pipeline: Any, state: Mapping[str, torch.Tensor]) -
     return converted
 
 
+def load_weights_file(pipeline: Any, path: Path) -> str:
+    """Apply a trained result to `pipeline`: a FULL fine-tune's denoiser weights replace the base's; an
+    adapter file is loaded as `load_adapter_file` says. Returns "full" or the adapter's kind."""
+    path = Path(path)
+    if not path.is_file():
+        raise EngineError(f"weights file {path} does not exist")
+    metadata = read_metadata(path)
+    if metadata.get("training_type") == "FULL":
+        component = metadata.get("component") or (
+            "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
+        )
+        denoiser = getattr(pipeline, component)
+        weights = load_file(str(path))
+        denoiser.load_state_dict({key: value.to(denoiser.dtype) for key, value in weights.items()})
+        return "full"
+    return load_adapter_file(pipeline, path)
+
+
 def load_adapter_file(pipeline: Any, path: Path) -> str:
     """Load a LoRA, DoRA, LoKr or LoHa file (diffusers/PEFT or kohya/LyCORIS layout) into `pipeline`;
     returns its kind. LoRA and DoRA go through diffusers' `load_lora_weights`; LoKr and LoHa, which

@@ -9,7 +9,7 @@ from typing import Any
 from PIL import Image
 
 from training.engine.errors import EngineError
-from training.engine.export import load_adapter_file
+from training.engine.export import load_weights_file
 from training.engine.families.flux import bypass_guidance
 
 
@@ -102,7 +102,7 @@ def generate(
     if lora_path is not None:
         # LoRA/DoRA through diffusers; LoKr/LoHa (which diffusers cannot load) through PEFT, from the
         # config recorded in the file's metadata. Either layout (diffusers/PEFT or kohya/LyCORIS).
-        load_adapter_file(pipeline, Path(lora_path))
+        load_weights_file(pipeline, Path(lora_path))
     return run_pipeline(
         pipeline,
         prompt=prompt,

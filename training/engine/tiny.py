@@ -132,7 +132,7 @@ def calibrate_vae(vae: object, *, with_shift: bool) -> None:
 def build_tiny_sd15(out_dir: Path, *, seed: int = 0) -> Path:
     """A Stable Diffusion 1.5-shaped pipeline (UNet, VAE, CLIP text encoder) of about 8 MB."""
     import torch
-    from diffusers import DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+    from diffusers import EulerDiscreteScheduler, StableDiffusionPipeline, UNet2DConditionModel
     from transformers import CLIPTextModel, CLIPTokenizer
 
     out_dir = Path(out_dir)
@@ -160,12 +160,13 @@ def build_tiny_sd15(out_dir: Path, *, seed: int = 0) -> Path:
     vae = _small_vae()
     calibrate_vae(vae, with_shift=False)
     text_encoder = CLIPTextModel(_clip_config(vocab_size))
-    scheduler = DDPMScheduler(
+    # Euler, as SDXL's: good images in few sampling steps, which the tests' generations use.
+    scheduler = EulerDiscreteScheduler(
         beta_start=0.00085,
         beta_end=0.012,
         beta_schedule="scaled_linear",
         num_train_timesteps=1000,
-        clip_sample=False,
+        timestep_spacing="leading",
         steps_offset=1,
     )
     pipeline = StableDiffusionPipeline(
@@ -274,8 +275,10 @@ def build_tiny_flux(out_dir: Path, *, seed: int = 0, kontext: bool = False) -> P
         in_channels=64,
         num_layers=1,
         num_single_layers=1,
+        # 4 x 16 = 64 wide, as wide as the 2x2-packed latents (16 x 4): a narrower model would squeeze
+        # every token through a random projection that no block adapter can undo.
         attention_head_dim=16,
-        num_attention_heads=2,
+        num_attention_heads=4,
         joint_attention_dim=32,
         pooled_projection_dim=32,
         guidance_embeds=True,

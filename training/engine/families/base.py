@@ -166,6 +166,10 @@ class Family(ABC):
         """The denoiser's prediction for the noised batch, shaped like `batch.target`."""
 
     @abstractmethod
+    def clean_estimate(self, batch: NoisedBatch, prediction: torch.Tensor) -> torch.Tensor:
+        """The clean latents the prediction implies (evaluation: what the model thinks the image is)."""
+
+    @abstractmethod
     def save_lora(
         self, state_dict: dict[str, torch.Tensor], directory: str, weight_name: str, adapter_metadata: dict[str, Any]
     ) -> None: ...

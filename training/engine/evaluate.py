@@ -1,0 +1,221 @@
+"""Measuring what a training changed: where a model's generations land relative to its training data.
+
+The measure is taken in the denoiser's latent space, where the tiny test models' random VAE decoders
+cannot blur it: the per-channel mean of the latents (the image's overall colour and tone). A LoRA that
+learned its data moves the generations' means towards the data's; `shift_towards` says by how much."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+
+from training.engine.generate import load_pipeline, pick_device
+
+
+@dataclass(frozen=True)
+class Shift:
+    without: float  # mean distance of the base model's generations to the data
+    with_adapter: float  # the same with the trained weights
+
+    @property
+    def closer(self) -> float:
+        """The share of the distance the training removed (0: none, 1: all of it)."""
+        return 1.0 - self.with_adapter / self.without if self.without else 0.0
+
+
+def data_features(base_model: str, paths: list[Path], *, size: int) -> torch.Tensor:
+    """(N, C): each image's per-channel latent mean, in the denoiser's latent space."""
+    pipeline = load_pipeline(base_model, device=pick_device("cpu"))
+    vae = pipeline.vae
+    shift = float(vae.config.get("shift_factor") or 0.0)
+    scale = float(vae.config.scaling_factor)
+    features = []
+    for path in paths:
+        with Image.open(path) as opened:
+            array = np.asarray(opened.convert("RGB").resize((size, size)), dtype=np.float32) / 127.5 - 1.0
+        pixels = torch.from_numpy(array).permute(2, 0, 1)[None]
+        with torch.no_grad():
+            latents = (vae.encode(pixels).latent_dist.mean - shift) * scale
+        features.append(latents.mean(dim=(2, 3))[0])
+    return torch.stack(features)
+
+
+def generated_features(
+    base_model: str,
+    *,
+    prompt: str,
+    seeds: list[int],
+    size: int,
+    adapter: Path | None = None,
+    image: Image.Image | None = None,
+    steps: int = 10,
+) -> torch.Tensor:
+    """(len(seeds), C): the per-channel latent mean of an image generated from each seed."""
+    from training.engine.export import load_weights_file
+
+    pipeline = load_pipeline(base_model, device=pick_device("cpu"))
+    if adapter is not None:
+        load_weights_file(pipeline, adapter)
+    features = []
+    for seed in seeds:
+        arguments: dict[str, Any] = {
+            "prompt": prompt,
+            "num_inference_steps": steps,
+            "width": size,
+            "height": size,
+            "generator": torch.Generator().manual_seed(seed),
+            "output_type": "latent",
+        }
+        if image is not None:
+            arguments.update(image=image, _auto_resize=False, max_area=size * size)
+        with torch.no_grad():
+            latents = pipeline(**arguments).images
+        if latents.dim() == 3:  # packed transformer tokens: back to (B, C, H, W)
+            latents = type(pipeline)._unpack_latents(latents, size, size, pipeline.vae_scale_factor)
+        features.append(latents.mean(dim=(2, 3))[0].float())
+    return torch.stack(features)
+
+
+def distance(features: torch.Tensor, reference: torch.Tensor) -> float:
+    """Mean distance of each feature row to the reference data's mean feature."""
+    return float((features - reference.mean(dim=0)).norm(dim=1).mean())
+
+
+def shift_towards(
+    base_model: str,
+    data: list[Path],
+    *,
+    adapter: Path,
+    prompt: str,
+    seeds: list[int],
+    size: int,
+    image: Image.Image | None = None,
+) -> Shift:
+    """How much closer to `data` the generations get with the trained `adapter` than without it."""
+    reference = data_features(base_model, data, size=size)
+    common: dict[str, Any] = {"prompt": prompt, "seeds": seeds, "size": size, "image": image}
+    return Shift(
+        without=distance(generated_features(base_model, **common), reference),
+        with_adapter=distance(generated_features(base_model, adapter=adapter, **common), reference),
+    )
+
+
+# Noise levels (0 clean, 1 pure noise) at which `denoising_loss` measures, as the trainer's validation.
+LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
+
+
+@torch.no_grad()
+def denoising_loss(
+    base_model: str,
+    images: list[Path],
+    caption: str,
+    *,
+    size: int,
+    weights: Path | None = None,
+    sources: list[Path] | None = None,
+    seed: int = 0,
+    levels: tuple[float, ...] = LEVELS,
+) -> float:
+    """The model's training loss on `images` captioned `caption`, at fixed noise levels and fixed noise:
+    how well it knows these images under this caption (lower is better). With `weights`, the trained
+    result is applied first; `sources` are an edit model's input images, one per image. Near pure noise
+    (`levels` close to 1) the image itself is hidden and the caption must say what it is."""
+    from training.engine.base_models import resolve_family
+    from training.engine.export import load_weights_file
+    from training.engine.families import family_class
+    from training.engine.families.base import NoiseSettings
+
+    device = pick_device("cpu")
+    family = family_class(resolve_family(base_model))(base_model, device, torch.float32)
+    pipeline = load_pipeline(base_model, device=device)
+    if weights is not None:
+        load_weights_file(pipeline, weights)
+    denoiser = getattr(pipeline, family.denoiser_key).eval()
+    family.load_encoders()
+    conditioning = family.encode_prompts([caption])
+
+    def latents_of(path: Path) -> torch.Tensor:
+        with Image.open(path) as opened:
+            array = np.asarray(opened.convert("RGB").resize((size, size)), dtype=np.float32) / 127.5 - 1.0
+        mean, _ = family.encode_pixels(torch.from_numpy(array).permute(2, 0, 1)[None])
+        return family.scale_latents(mean).to(device)
+
+    settings = NoiseSettings()
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for index, path in enumerate(images):
+        latents = latents_of(path)
+        source = latents_of(sources[index]) if sources else None
+        for level in levels:
+            noise = torch.randn(latents.shape, generator=generator)
+            noised = family.add_noise(latents, generator, settings, levels=torch.tensor([level]), noise=noise)
+            prediction = family.predict(denoiser, noised, conditioning, settings, source_latents=source)
+            total += float(torch.nn.functional.mse_loss(prediction.float(), noised.target.float()))
+            count += 1
+    family.release_encoders()
+    return total / max(1, count)
+
+
+@torch.no_grad()
+def caption_pull(
+    base_model: str,
+    caption: str,
+    other_caption: str,
+    towards: list[Path],
+    away_from: list[Path],
+    *,
+    size: int,
+    weights: Path | None = None,
+    level: float = 0.9,
+    samples: int = 8,
+    seed: int = 0,
+) -> float:
+    """How far `caption`, compared with `other_caption`, pulls the model's estimate of the clean image
+    from `away_from` images towards `towards` images: the two estimates' difference, from the same
+    noisy input, projected on the direction between the two image sets' mean latents, in units of
+    that distance (0: the caption makes no difference; 1: it alone moves the estimate all the way).
+    Measured at a high noise level, where the input no longer shows the image and the caption must."""
+    from training.engine.base_models import resolve_family
+    from training.engine.export import load_weights_file
+    from training.engine.families import family_class
+    from training.engine.families.base import NoiseSettings
+
+    device = pick_device("cpu")
+    family = family_class(resolve_family(base_model))(base_model, device, torch.float32)
+    pipeline = load_pipeline(base_model, device=device)
+    if weights is not None:
+        load_weights_file(pipeline, weights)
+    denoiser = getattr(pipeline, family.denoiser_key).eval()
+    family.load_encoders()
+    first, second = (family.encode_prompts([text]) for text in (caption, other_caption))
+
+    def mean_latents(paths: list[Path]) -> torch.Tensor:
+        latents = []
+        for path in paths:
+            with Image.open(path) as opened:
+                array = np.asarray(opened.convert("RGB").resize((size, size)), dtype=np.float32) / 127.5 - 1.0
+            mean, _ = family.encode_pixels(torch.from_numpy(array).permute(2, 0, 1)[None])
+            latents.append(family.scale_latents(mean))
+        return torch.cat(latents).mean(dim=0, keepdim=True)
+
+    target, other = mean_latents(towards), mean_latents(away_from)
+    direction = target - other
+    midpoint = (target + other) / 2
+    settings = NoiseSettings()
+    generator = torch.Generator().manual_seed(seed)
+    pulls = []
+    for _ in range(samples):
+        noise = torch.randn(midpoint.shape, generator=generator)
+        noised = family.add_noise(midpoint, generator, settings, levels=torch.tensor([level]), noise=noise)
+        estimates = [
+            family.clean_estimate(noised, family.predict(denoiser, noised, conditioning, settings))
+            for conditioning in (first, second)
+        ]
+        pulls.append(float(((estimates[0] - estimates[1]) * direction).sum() / direction.pow(2).sum()))
+    family.release_encoders()
+    return sum(pulls) / len(pulls)
