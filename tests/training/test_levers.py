@@ -1,0 +1,525 @@
+"""Each quality lever of the engine does what its name says: checked on the thing it changes (the
+modules adapted, the order of the data, the noise, the loss, the exported weights), not only that a run
+with it finishes."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import load_file
+
+from tests.training.comfyui_keys import comfyui_flux_lora_names, comfyui_unet_lora_names, unmapped_kohya_modules
+from training.demo_dataset import write_concept
+from training.engine import EngineError, SilentCallbacks, TrainingCancelled, TrainingSpec, train
+from training.engine.checkpoints import list_checkpoints
+from training.engine.data import EpochSampler, bucket_crop
+from training.engine.export import read_metadata
+from training.engine.families import family_class
+from training.engine.families.base import NoiseSettings
+from training.engine.generate import generate
+from training.engine.spec import DatasetImage
+from training.engine.trainer import Cache, class_caption, elementwise_loss, reduce_loss
+
+FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext")
+CPU = torch.device("cpu")
+
+
+def spec_for(base: Path, out: Path, images: list[DatasetImage], **overrides: Any) -> TrainingSpec:
+    values: dict[str, Any] = {
+        "base_model": str(base),
+        "output_dir": out,
+        "images": images,
+        "trigger_word": "zxq",
+        "rank": 4,
+        "steps": 4,
+        "learning_rate": 1e-3,
+        "batch_size": 2,
+        "optimizer": "adamw",
+        "captioning_strategy": "description",
+        "resolution": 32,
+        "progress_interval_seconds": 0.0,
+        "save_every": 100_000,
+        "compile": "off",
+    }
+    values.update(overrides)
+    return TrainingSpec(**values)
+
+
+@pytest.fixture
+def red(tmp_path: Path) -> list[DatasetImage]:
+    return write_concept(tmp_path / "red", 6, colour=(200, 30, 30), caption="zxq, a disc", size=32)
+
+
+class Recorder(SilentCallbacks):
+    def __init__(self, cancel_after: int | None = None) -> None:
+        self.logs: list[str] = []
+        self.steps: list[int] = []
+        self.smoothed: list[float] = []
+        self.losses: list[float] = []
+        self.snapshots: list[int] = []
+        self.checkpoints: list[int] = []
+        self.cancel_after = cancel_after
+
+    def on_log(self, message: str) -> None:
+        self.logs.append(message)
+
+    def on_progress(self, progress: Any) -> None:
+        self.steps.append(progress.step)
+        self.losses.append(progress.loss)
+        self.smoothed.append(progress.smoothed_loss)
+
+    def on_snapshot(self, step: int, path: Path) -> None:
+        self.snapshots.append(step)
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        self.checkpoints.append(step)
+
+    def should_cancel(self) -> bool:
+        return self.cancel_after is not None and bool(self.steps) and self.steps[-1] >= self.cancel_after
+
+
+# --- the tiny models ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tiny_models_see_captions_and_carry_signal_in_their_latents(
+    family: str, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    from transformers import AutoTokenizer
+
+    base = tiny_models[family]
+    for folder in ("tokenizer", "tokenizer_2"):
+        if not (base / folder).is_dir():
+            continue
+        tokenizer = AutoTokenizer.from_pretrained(str(base / folder))  # loaded back from what was saved
+        ids = [tuple(tokenizer(text).input_ids) for text in ("zxq a dog", "a photo of a dog", "red", "blue", "")]
+        assert len(set(ids)) == len(ids), (folder, ids)
+        tokenizer.save_pretrained(str(tmp_path / folder))
+        again = AutoTokenizer.from_pretrained(str(tmp_path / folder))
+        assert tuple(again("zxq a dog").input_ids) == ids[0]
+
+    # Scaled latents of ordinary images have roughly unit spread, and two colours are far apart.
+    engine_family = family_class(family)(str(base), CPU, torch.float32)
+    engine_family.load_encoders()
+
+    def latents(colour: tuple[int, int, int]) -> torch.Tensor:
+        pixels = torch.tensor(colour, dtype=torch.float32).view(1, 3, 1, 1).expand(1, 3, 32, 32) / 127.5 - 1
+        return engine_family.scale_latents(engine_family.encode_pixels(pixels)[0])
+
+    shapes = write_concept(tmp_path / "shapes", 4, colour=(40, 160, 90), caption="", size=32)
+    spread = torch.cat(
+        [
+            engine_family.scale_latents(
+                engine_family.encode_pixels(
+                    torch.from_numpy(np.asarray(Image.open(image.path), dtype=np.float32) / 127.5 - 1)
+                    .permute(2, 0, 1)
+                    .unsqueeze(0)
+                )[0]
+            )
+            for image in shapes
+        ]
+    ).std()
+    assert 0.4 < float(spread) < 2.5
+    assert float((latents((214, 48, 49)) - latents((41, 128, 185))).pow(2).mean()) > 0.1
+
+
+# --- adapter targets and types -----------------------------------------------------------------------
+
+
+def test_lora_target_presets_choose_the_documented_modules(tiny_models: dict[str, Path]) -> None:
+    family = family_class("sd15")(str(tiny_models["sd15"]), CPU, torch.float32)
+    names = [name for name, _ in family.load_denoiser().named_modules()]
+
+    def chosen(preset: str) -> set[str]:  # the kinds of module chosen, by the end of their names
+        pattern = re.compile(family.lora_target_pattern(preset))
+        kinds = ("to_q", "to_k", "to_v", "to_out.0", "ff.net.0.proj", "ff.net.2", "proj_in", "proj_out",
+                 "conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv")  # fmt: skip
+        picked = [name for name in names if pattern.match(name)]
+        assert all(name.endswith(kinds) for name in picked)
+        return {kind for kind in kinds if any(name.endswith(kind) for name in picked)}
+
+    assert chosen("attention") == {"to_q", "to_k", "to_v", "to_out.0"}
+    assert chosen("all_linear") == {
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out.0",
+        "ff.net.0.proj",
+        "ff.net.2",
+        "proj_in",
+        "proj_out",
+    }
+    assert chosen("all_linear+conv") >= chosen("all_linear") | {
+        "conv1",
+        "conv2",
+        "time_emb_proj",
+        "downsamplers.0.conv",
+    }
+    assert not re.match(family.lora_target_pattern("all_linear+conv"), "conv_in")  # outside the blocks
+    flux = family_class("flux")(str(tiny_models["flux"]), CPU, torch.float32)
+    with pytest.raises(EngineError, match="UNet"):
+        flux.lora_target_pattern("all_linear+conv")
+
+
+def test_on_real_flux_dev_the_default_targets_cover_every_block_linear() -> None:
+    from diffusers import FluxTransformer2DModel
+
+    with torch.device("meta"):
+        model = FluxTransformer2DModel(
+            in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+            joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
+        )  # fmt: skip
+    block_linears = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+        and name.startswith(("transformer_blocks.", "single_transformer_blocks."))
+    ]
+    assert len(block_linears) == 494
+    flux = family_class("flux")
+    pattern = re.compile(flux.lora_target_pattern(flux, "all_linear"))  # type: ignore[arg-type]  # class attributes only
+    assert all(pattern.match(name) for name in block_linears)
+    assert not pattern.match("proj_out") and not pattern.match("x_embedder")  # outside the blocks
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("lora_type", ["lora", "dora", "lokr", "loha"])
+def test_every_adapter_type_trains_exports_for_comfyui_and_generates(
+    family: str, lora_type: str, tiny_models: dict[str, Path], tmp_path: Path, red: list[DatasetImage]
+) -> None:
+    from training.engine import DatasetPair
+
+    base = tiny_models[family]
+    pairs = [DatasetPair(source=red[i], target=red[i + 1], instruction="move the disc") for i in range(3)]
+    targets = "all_linear+conv" if family == "sd15" and lora_type == "lora" else "all_linear"
+    result = train(
+        spec_for(
+            base,
+            tmp_path / "out",
+            red,
+            pairs=pairs,
+            steps=3,
+            learning_rate=1e-2,
+            lora_type=lora_type,
+            lora_targets=targets,
+        ),
+        SilentCallbacks(),
+    )
+    # Every module of the kohya/LyCORIS file is one ComfyUI maps onto the model.
+    kohya = load_file(result.kohya_path)
+    config = json.loads((base / ("unet" if family in ("sd15", "sdxl") else "transformer") / "config.json").read_text())
+    known = comfyui_unet_lora_names(config) if family in ("sd15", "sdxl") else comfyui_flux_lora_names(config)
+    assert unmapped_kohya_modules(kohya, known) == []
+    metadata = read_metadata(result.kohya_path)
+    assert metadata["ss_network_dim"] == "4" and metadata["modelspec.trigger_phrase"] == "zxq"
+    assert metadata["modelspec.architecture"].endswith("/lora") and metadata["base_model"] == base.name
+    assert metadata["lora_type"] == lora_type
+
+    # Both files load for generation and change the output the same way.
+    common: dict[str, Any] = {
+        "base_model": str(base),
+        "prompt": "zxq, a disc",
+        "steps": 2,
+        "seed": 3,
+        "width": 32,
+        "height": 32,
+    }
+    if family == "flux-kontext":
+        common["image"] = Image.open(red[0].path).convert("RGB")
+    plain = np.asarray(generate(**common)[0], dtype=np.float32)
+    tuned = np.asarray(generate(**common, lora_path=result.weights_path)[0], dtype=np.float32)
+    from_kohya = np.asarray(generate(**common, lora_path=result.kohya_path)[0], dtype=np.float32)
+    assert np.abs(plain - tuned).mean() > 0.01
+    if lora_type == "dora":
+        # The kohya layout stores DoRA's magnitude as `dora_scale`, which readers apply against the base
+        # weight's norm: close to the PEFT result, not identical.
+        assert np.abs(tuned - from_kohya).mean() < np.abs(plain - tuned).mean()
+    else:
+        assert np.abs(tuned - from_kohya).mean() < 0.5
+
+
+# --- data order --------------------------------------------------------------------------------------
+
+
+def test_epochs_visit_every_image_its_repeats_once_shuffled_one_bucket_per_batch() -> None:
+    buckets = [(32, 32)] * 5 + [(48, 24)] * 3
+    repeats = [1, 1, 1, 2, 1, 1, 1, 0]  # the last one is held out
+    sampler = EpochSampler(buckets, repeats, batch_size=2, seed=7)
+    epoch = [sampler.batch(number) for number in range(sampler.batches_per_epoch)]
+    seen = Counter(index for batch in epoch for index in batch)
+    for index, count in enumerate(repeats):
+        if count == 0:
+            assert index not in seen
+        else:
+            assert seen[index] >= count  # a short last batch of a bucket is filled from its start
+    assert sum(seen.values()) == sampler.batches_per_epoch * 2 <= sum(repeats) + 2 * len(set(buckets))
+    assert all(len({buckets[index] for index in batch}) == 1 for batch in epoch)
+    second = [sampler.batch(number) for number in range(sampler.batches_per_epoch, 2 * sampler.batches_per_epoch)]
+    assert second != epoch  # reshuffled each epoch
+    # Stateless: a fresh sampler (a resumed run) gives the same batch for the same number.
+    assert EpochSampler(buckets, repeats, batch_size=2, seed=7).batch(sampler.batches_per_epoch + 1) == second[1]
+
+
+@pytest.mark.slow
+def test_repeats_lengthen_an_epoch(tiny_models: dict[str, Path], tmp_path: Path, red: list[DatasetImage]) -> None:
+    recorder = Recorder()
+    train(spec_for(tiny_models["sd15"], tmp_path / "out", red, steps=1, repeats=3), recorder)
+    assert any("6 training images (0 held out for validation), 9 batches per epoch" in log for log in recorder.logs)
+
+
+# --- crash safety ------------------------------------------------------------------------------------
+
+
+def test_the_default_snapshot_cadence_is_inside_a_default_run() -> None:
+    spec = TrainingSpec(base_model="x", output_dir=Path("x"), images=[], trigger_word="")
+    assert spec.snapshot_every_steps < spec.steps < spec.save_every  # the user's saves alone would never come
+    assert spec.snapshot_every_seconds <= 600
+
+
+@pytest.mark.slow
+def test_snapshots_are_taken_whatever_save_every_says_and_resume_bit_exactly(
+    tiny_models: dict[str, Path], tmp_path: Path, red: list[DatasetImage]
+) -> None:
+    options = {"steps": 8, "snapshot_every_steps": 3, "ema": True, "ema_decay": 0.9, "caption_dropout_rate": 0.3}
+    whole = load_file(
+        train(spec_for(tiny_models["sd15"], tmp_path / "whole", red, **options), SilentCallbacks()).weights_path
+    )
+    spec = spec_for(tiny_models["sd15"], tmp_path / "parts", red, **options)
+    interrupted = Recorder(cancel_after=7)
+    with pytest.raises(TrainingCancelled):
+        train(spec, interrupted)
+    assert interrupted.snapshots == [3, 6] and interrupted.checkpoints == []
+    assert [p.name for p in list_checkpoints(spec.checkpoint_dir, kind=None)] == ["snapshot-0000006"]  # newest only
+    resumed = Recorder()
+    result = train(spec, resumed)
+    assert result.resumed_from_step == 6 and resumed.steps[0] == 7
+    finished = load_file(result.weights_path)
+    assert all(torch.equal(finished[key], whole[key]) for key in whole)
+
+
+# --- loss and noise ----------------------------------------------------------------------------------
+
+
+def test_min_snr_gamma_weights_down_easy_timesteps(tiny_models: dict[str, Path]) -> None:
+    family = family_class("sd15")(str(tiny_models["sd15"]), CPU, torch.float32)
+    latents = torch.randn(2, 4, 8, 8)
+    levels = torch.tensor([0.02, 0.95])  # nearly clean (high SNR), nearly pure noise (low SNR)
+    plain = family.add_noise(latents, torch.Generator().manual_seed(0), NoiseSettings(), levels=levels)
+    weighted = family.add_noise(
+        latents, torch.Generator().manual_seed(0), NoiseSettings(min_snr_gamma=5.0), levels=levels
+    )
+    assert plain.weights is None and weighted.weights is not None
+    assert float(weighted.weights[0]) < 0.2  # SNR far above 5: weight 5 / SNR
+    assert float(weighted.weights[1]) == pytest.approx(1.0)  # SNR below 5: weight 1
+    assert torch.equal(plain.noisy, weighted.noisy)
+
+
+def test_noise_offset_shifts_each_channel_of_the_noise(tiny_models: dict[str, Path]) -> None:
+    family = family_class("sd15")(str(tiny_models["sd15"]), CPU, torch.float32)
+    latents = torch.zeros(256, 4, 16, 16)
+
+    def channel_mean_spread(offset: float) -> float:
+        noised = family.add_noise(latents, torch.Generator().manual_seed(1), NoiseSettings(noise_offset=offset))
+        return float(noised.target.mean(dim=(2, 3)).std())
+
+    assert channel_mean_spread(0.0) < 0.1  # white noise: channel means near 0 (1/16 spread)
+    assert channel_mean_spread(0.3) == pytest.approx(0.3, rel=0.25)
+
+
+def test_flow_timestep_sampling_and_shift(tiny_models: dict[str, Path]) -> None:
+    family = family_class("flux")(str(tiny_models["flux"]), CPU, torch.float32)
+
+    def sigmas(settings: NoiseSettings, side: int = 8) -> torch.Tensor:
+        latents = torch.zeros(4000, 16, side, side)
+        return family.add_noise(latents, torch.Generator().manual_seed(2), settings).timesteps
+
+    uniform = sigmas(NoiseSettings(timestep_sampling="uniform", timestep_shift=1.0))
+    assert float(uniform.mean()) == pytest.approx(0.5, abs=0.02) and float(uniform.std()) == pytest.approx(
+        0.289, abs=0.02
+    )
+    late = sigmas(NoiseSettings(timestep_sampling="logit_normal", logit_mean=1.0, timestep_shift=1.0))
+    assert float(late.median()) == pytest.approx(float(torch.sigmoid(torch.tensor(1.0))), abs=0.02)
+    narrow = sigmas(NoiseSettings(timestep_sampling="sigmoid", sigmoid_scale=0.3, timestep_shift=1.0))
+    assert float(narrow.std()) < float(sigmas(NoiseSettings(timestep_sampling="sigmoid", timestep_shift=1.0)).std())
+    shifted = sigmas(NoiseSettings(timestep_sampling="uniform", timestep_shift=3.0))
+    assert float(shifted.median()) == pytest.approx(0.75, abs=0.02)  # 3s / (1 + 2s) at s = 0.5
+    # Automatic: FLUX's resolution-dependent shift, larger for larger images.
+    assert family.timestep_shift(NoiseSettings(), 128, 128) == pytest.approx(np.exp(1.15), rel=1e-3)  # 4096 tokens
+    assert family.timestep_shift(NoiseSettings(), 8, 8) < family.timestep_shift(NoiseSettings(), 32, 32)
+    assert float(sigmas(NoiseSettings(), side=32).median()) > float(sigmas(NoiseSettings(), side=8).median())
+
+
+def test_loss_types_and_masks() -> None:
+    prediction = torch.zeros(1, 1, 2, 2)
+    target = torch.tensor([[[[0.0, 0.0], [0.0, 4.0]]]])
+    mse = reduce_loss(elementwise_loss(prediction, target, "mse", 0.1))
+    huber = reduce_loss(elementwise_loss(prediction, target, "huber", 0.1))
+    smooth = reduce_loss(elementwise_loss(prediction, target, "smooth_l1", 0.1))
+    assert float(mse) == pytest.approx(16 / 4)
+    assert float(huber) == pytest.approx(0.1 * (4 - 0.05) / 4)  # linear beyond delta: an outlier weighs little
+    assert float(smooth) == pytest.approx((4 - 0.05) / 4)
+    mask = torch.tensor([[[[1.0, 1.0], [1.0, 0.0]]]])  # the outlier is masked out
+    assert float(reduce_loss(elementwise_loss(prediction, target, "mse", 0.1), mask=mask)) == 0.0
+    weights = torch.tensor([0.25])
+    assert float(reduce_loss(elementwise_loss(prediction, target, "mse", 0.1), weights=weights)) == pytest.approx(1.0)
+
+
+@pytest.mark.slow
+def test_masked_loss_reads_the_alpha_channel(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    images = []
+    for index in range(4):
+        image = Image.new("RGBA", (32, 32), (200, 30, 30, 255))
+        image.paste((0, 0, 0, 0), (0, 0, 16, 32))  # the left half is transparent
+        path = tmp_path / f"{index}.png"
+        image.save(path)
+        images.append(DatasetImage(path=path, name=path.name, caption="zxq"))
+    spec = spec_for(tiny_models["sd15"], tmp_path / "out", images, steps=2, masked_loss=True)
+    train(spec, SilentCallbacks())
+    cache = Cache(**torch.load(next(spec.cache_dir.glob("*.pt")), weights_only=False))
+    assert cache.masks is not None
+    mask = cache.masks[0][0]
+    assert float(mask[:, :6].max()) == 0.0 and float(mask[:, 10:].min()) == 1.0
+
+
+# --- exported weights ---------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_ema_exports_the_averaged_weights(
+    tiny_models: dict[str, Path], tmp_path: Path, red: list[DatasetImage]
+) -> None:
+    live = load_file(
+        train(spec_for(tiny_models["sd15"], tmp_path / "live", red, steps=6), SilentCallbacks()).weights_path
+    )
+    averaged = load_file(
+        train(
+            spec_for(tiny_models["sd15"], tmp_path / "ema", red, steps=6, ema=True, ema_decay=0.9), SilentCallbacks()
+        ).weights_path
+    )
+    ups = [key for key in live if "lora_B" in key]
+    # LoRA "up" weights start at zero and grow: their average over the run lags behind the live ones.
+    live_norm = sum(float(live[key].norm()) for key in ups)
+    averaged_norm = sum(float(averaged[key].norm()) for key in ups)
+    assert 0 < averaged_norm < live_norm
+
+
+@pytest.mark.slow
+def test_prior_preservation_keeps_the_class_prompt_close_to_the_base(
+    tiny_models: dict[str, Path], tmp_path: Path, red: list[DatasetImage]
+) -> None:
+    from training.engine.evaluate import denoising_loss
+
+    base = str(tiny_models["sd15"])
+    options = {"steps": 30, "learning_rate": 3e-3}
+    free = train(spec_for(tiny_models["sd15"], tmp_path / "free", red, **options), SilentCallbacks())
+    held = train(
+        spec_for(
+            tiny_models["sd15"],
+            tmp_path / "held",
+            red,
+            prior_preservation_class="thing",
+            prior_preservation_weight=5.0,
+            **options,
+        ),
+        SilentCallbacks(),
+    )
+    paths = [image.path for image in red]
+
+    def change(weights: Path) -> float:  # how much the class prompt's behaviour moved from the base's
+        base_loss = denoising_loss(base, paths, "thing, a disc", size=32)
+        return abs(denoising_loss(base, paths, "thing, a disc", size=32, weights=weights) - base_loss)
+
+    assert change(held.weights_path) < change(free.weights_path)
+    assert (
+        class_caption("zxq, a disc", spec_for(Path("x"), Path("x"), [], prior_preservation_class="thing"))
+        == "thing, a disc"
+    )
+
+
+# --- correctness details ------------------------------------------------------------------------------
+
+
+def test_sdxl_size_conditioning_records_the_original_size_and_crop() -> None:
+    # A 200x100 image is resized to 128x64 to cover the 64x64 bucket, then 32 columns are cut on each side.
+    assert bucket_crop((200, 100), (64, 64)) == (0, 32)
+    assert bucket_crop((100, 200), (64, 64)) == (32, 0)
+
+
+@pytest.mark.slow
+def test_sdxl_caches_per_image_time_ids_and_zeros_for_dropped_captions(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    wide = Image.new("RGB", (96, 48), (10, 200, 30))
+    path = tmp_path / "wide.png"
+    wide.save(path)
+    images = [DatasetImage(path=path, name="wide.png", caption="zxq")]
+    spec = spec_for(tiny_models["sdxl"], tmp_path / "out", images, steps=1, batch_size=1)
+    train(spec, SilentCallbacks())
+    cache = Cache(**torch.load(next(spec.cache_dir.glob("*.pt")), weights_only=False))
+    width, height = cache.buckets[0]
+    assert cache.time_ids is not None
+    assert cache.time_ids[0].tolist() == [48, 96, *bucket_crop((96, 48), (width, height)), height, width]
+    # SDXL's pipeline feeds zeros, not the empty caption's encoding, as "no prompt".
+    assert all(float(value[0].abs().max()) == 0.0 for value in cache.prompts.values())
+
+
+@pytest.mark.slow
+def test_long_captions_are_reported_not_silently_cut(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    long = "zxq, " + "a very detailed red disc " * 10
+    images = write_concept(tmp_path / "d", 2, colour=(200, 30, 30), caption=long, size=32)
+    recorder = Recorder()
+    train(spec_for(tiny_models["sd15"], tmp_path / "out", images, steps=1, batch_size=1), recorder)
+    assert any("caption longer than the text encoder reads" in log and "77 read" in log for log in recorder.logs)
+
+
+@pytest.mark.slow
+def test_prodigy_runs_at_its_usual_settings(
+    tiny_models: dict[str, Path], tmp_path: Path, red: list[DatasetImage]
+) -> None:
+    recorder = Recorder()
+    result = train(
+        spec_for(tiny_models["sd15"], tmp_path / "out", red, optimizer="prodigy", learning_rate=1.0), recorder
+    )
+    weights = load_file(result.weights_path)
+    assert any(float(tensor.abs().max()) > 0 for key, tensor in weights.items() if "lora_B" in key)
+    assert not any("prodigy finds its own step size" in log for log in recorder.logs)
+
+
+@pytest.mark.slow
+def test_progress_reports_a_smoothed_loss(
+    tiny_models: dict[str, Path], tmp_path: Path, red: list[DatasetImage]
+) -> None:
+    recorder = Recorder()
+    train(spec_for(tiny_models["sd15"], tmp_path / "out", red, steps=12), recorder)
+    assert recorder.smoothed[0] == recorder.losses[0]
+    assert all(
+        low <= value <= high
+        for value, low, high in zip(
+            recorder.smoothed, [min(recorder.losses)] * 12, [max(recorder.losses)] * 12, strict=True
+        )
+    )
+    assert recorder.smoothed[-1] != recorder.losses[-1]
+
+
+def test_validation_split_holds_out_a_share_and_never_everything(
+    tiny_models: dict[str, Path], tmp_path: Path, red: list[DatasetImage]
+) -> None:
+    from training.engine.data import PreparedItem
+    from training.engine.trainer import validation_indices
+
+    items = [PreparedItem(name=str(i), caption="", bucket=(32, 32), pixels=np.zeros(1)) for i in range(10)]
+    spec = spec_for(Path("x"), tmp_path, [], validation_split=0.2)
+    held = validation_indices(spec, items)
+    assert len(held) == 2 and held == validation_indices(spec, items)  # seeded
+    everything = [PreparedItem(name="a", caption="", bucket=(32, 32), pixels=np.zeros(1), validation=True)]
+    with pytest.raises(EngineError, match="hold out all"):
+        validation_indices(spec, everything)
