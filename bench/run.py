@@ -1,9 +1,11 @@
 """Every benchmark of the platform: prints a table of figures against their targets and writes JSON.
 
-    python bench/run.py [--only train,preprocess,queue,api,e2e,gpu] [--quick] [--out bench/results/run.json]
+    python bench/run.py [--only train,learning,preprocess,queue,api,e2e,gpu] [--quick] [--out bench/results/run.json]
 
 - train: our trainer against a diffusers-example reference loop on this machine's CPU, and each
   optimisation switched on/off (bench/train.py);
+- learning: per family, held-out loss before/after a LoRA and how far generations move towards the
+  training data with it (bench/learning.py);
 - preprocess: 20 camera-sized JPEGs verified, oriented and resized (bench/preprocess.py);
 - queue, api, e2e: start-to-pickup latency with a real qcluster, API throughput under gunicorn with
   PostgreSQL, and a 15-image 1000-step training from the start call to `ready` (bench/service.py);
@@ -25,7 +27,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SECTIONS = ("train", "preprocess", "queue", "api", "e2e", "gpu")
+SECTIONS = ("train", "learning", "preprocess", "queue", "api", "e2e", "gpu")
 TARGETS = {
     "train_speedup": 1.5,
     "preprocess_seconds": 5.0,
@@ -170,6 +172,23 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
                         target = f"<= {FLUX_QUANTIZED_MEMORY_TARGET_GB:.0f} GB"
                         met = row.get("peak_memory_gb", 1e9) <= FLUX_QUANTIZED_MEMORY_TARGET_GB
                     rows.append((f"{name} {row['resolution']} px, {label}", measured, target, met))
+    for family, row in results.get("learning", {}).items():
+        rows.append(
+            (
+                f"learning {family}: held-out loss ({row['steps']} steps)",
+                f"{row['heldout_loss_before']} -> {row['heldout_loss_after']} (-{row['heldout_loss_drop']:.0%})",
+                f">= -{row['target_loss_drop']:.0%}",
+                row["heldout_loss_drop"] >= row["target_loss_drop"],
+            )
+        )
+        rows.append(
+            (
+                f"learning {family}: generations nearer the data",
+                f"{row['generation_distance_without']} -> {row['generation_distance_with']} ({row['generation_closer']:.0%} closer)",
+                f">= {row['target_closer']:.0%}",
+                row["generation_closer"] >= row["target_closer"],
+            )
+        )
     return rows  # fmt: skip
 
 
@@ -208,6 +227,10 @@ def main() -> None:
 
             results["train"] = train.run(scratch / "train", base, steps=steps, ablations=not args.quick)
             results["train"]["target_speedup"] = TARGETS["train_speedup"]
+        if "learning" in sections:
+            from bench import learning
+
+            results["learning"] = learning.run(scratch / "learning", quick=args.quick)
         if "preprocess" in sections:
             from bench import preprocess
 

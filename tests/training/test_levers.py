@@ -523,3 +523,98 @@ def test_validation_split_holds_out_a_share_and_never_everything(
     everything = [PreparedItem(name="a", caption="", bucket=(32, 32), pixels=np.zeros(1), validation=True)]
     with pytest.raises(EngineError, match="hold out all"):
         validation_indices(spec, everything)
+
+
+# --- text encoder adapters ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["sd15", "sdxl"])
+def test_text_encoder_lora_trains_at_its_own_rate_and_exports_in_both_layouts(
+    family: str, tiny_models: dict[str, Path], tmp_path: Path, red: list[DatasetImage]
+) -> None:
+    from training.engine.export import from_kohya
+
+    base = tiny_models[family]
+    spec = spec_for(
+        base, tmp_path / "out", red, steps=4, learning_rate=1e-2, train_text_encoder=True,
+        text_encoder_learning_rate=0.0, caption_dropout_rate=0.5,
+    )  # fmt: skip
+    frozen = train(spec, SilentCallbacks())
+    state = load_file(frozen.weights_path)
+    encoders = ["text_encoder"] if family == "sd15" else ["text_encoder", "text_encoder_2"]
+    assert {key.split(".", 1)[0] for key in state} == {"unet", *encoders}
+    # A text-encoder learning rate of 0 leaves its LoRA "up" weights at their initial zeros.
+    assert all(float(t.abs().max()) == 0 for k, t in state.items() if k.startswith("text_encoder") and "lora_B" in k)
+
+    moving = train(
+        spec_for(base, tmp_path / "moving", red, steps=4, learning_rate=1e-2, train_text_encoder=True),
+        SilentCallbacks(),
+    )
+    state = load_file(moving.weights_path)
+    assert any(float(t.abs().max()) > 0 for k, t in state.items() if k.startswith("text_encoder") and "lora_B" in k)
+    kohya = load_file(moving.kohya_path)
+    prefixes = ["lora_te_"] if family == "sd15" else ["lora_te1_", "lora_te2_"]
+    for prefix in prefixes:  # the names ComfyUI's CLIP key map reads
+        names = {key.split(".")[0] for key in kohya if key.startswith(prefix)}
+        assert names and all(
+            re.fullmatch(rf"{prefix}text_model_encoder_layers_\d+_(self_attn_(q|k|v|out)_proj|mlp_fc[12])", name)
+            for name in names
+        )
+    modules = {}
+    for key in state:
+        component, rest = key.split(".", 1)
+        modules.setdefault(component, set()).add(rest.rsplit(".lora_", 1)[0])
+    restored = from_kohya(kohya, {component: sorted(names) for component, names in modules.items()}, rank=4)
+    assert restored.keys() == state.keys() and all(torch.equal(restored[k], state[k]) for k in state)
+
+    common: dict[str, Any] = {
+        "base_model": str(base),
+        "prompt": "zxq",
+        "steps": 2,
+        "seed": 1,
+        "width": 32,
+        "height": 32,
+    }
+    unet_only = {k: v for k, v in state.items() if k.startswith("unet.")}
+    from safetensors.torch import save_file
+
+    save_file(unet_only, str(tmp_path / "unet_only.safetensors"))
+    with_encoders = np.asarray(generate(**common, lora_path=moving.weights_path)[0], dtype=np.float32)
+    without = np.asarray(generate(**common, lora_path=tmp_path / "unet_only.safetensors")[0], dtype=np.float32)
+    assert np.abs(with_encoders - without).mean() > 0.01  # the text encoders' adapters are loaded and act
+
+
+@pytest.mark.slow
+def test_a_text_encoder_run_resumes_bit_exactly(
+    tiny_models: dict[str, Path], tmp_path: Path, red: list[DatasetImage]
+) -> None:
+    options = {"steps": 6, "save_every": 3, "train_text_encoder": True, "caption_dropout_rate": 0.3}
+    whole = load_file(
+        train(spec_for(tiny_models["sdxl"], tmp_path / "whole", red, **options), SilentCallbacks()).weights_path
+    )
+    spec = spec_for(tiny_models["sdxl"], tmp_path / "parts", red, **options)
+    with pytest.raises(TrainingCancelled):
+        train(spec, Recorder(cancel_after=4))
+    result = train(spec, SilentCallbacks())
+    assert result.resumed_from_step == 3
+    finished = load_file(result.weights_path)
+    assert all(torch.equal(finished[key], whole[key]) for key in whole)
+
+
+def test_text_encoder_training_is_refused_where_it_cannot_run(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match="text encoders"):
+        train(
+            spec_for(
+                tiny_models["flux"],
+                tmp_path / "f",
+                write_concept(tmp_path / "d", 2, colour=(1, 2, 3), caption="x"),
+                train_text_encoder=True,
+            ),
+            SilentCallbacks(),
+        )
+    with pytest.raises(EngineError, match="LORA"):
+        train(
+            spec_for(tiny_models["sd15"], tmp_path / "s", [], train_text_encoder=True, training_type="FULL"),
+            SilentCallbacks(),
+        )

@@ -245,7 +245,9 @@ def dataset_fingerprint(spec: TrainingSpec, family: str, resolution: int) -> str
     digest = hashlib.sha256()
     digest.update(f"{family}|{spec.base_model}|{resolution}|{spec.captioning_strategy}|{spec.trigger_word}".encode())
     digest.update(repr(spec.transforms).encode())
-    digest.update(f"|mask={spec.masked_loss}|class={spec.prior_preservation_class}".encode())
+    digest.update(
+        f"|mask={spec.masked_loss}|class={spec.prior_preservation_class}|tokens={spec.train_text_encoder}".encode()
+    )
     for image in spec.images:
         digest.update(image.name.encode() + b"\0" + image.caption.encode() + b"\0")
         digest.update(hashlib.sha256(Path(image.path).read_bytes()).digest())

@@ -300,6 +300,9 @@ def to_kohya(
     two_text_encoders = any(component == "text_encoder_2" for component, _ in modules)
     converted: dict[str, torch.Tensor] = {}
     for (component, module), parts in modules.items():
+        if component.startswith("text_encoder") and module.startswith("encoder."):
+            # transformers 5 dropped CLIP's `text_model.` level; kohya names (and ComfyUI's map) keep it.
+            module = "text_model." + module
         name = _kohya_prefix(component, two_text_encoders=two_text_encoders) + module.replace(".", "_")
         kind = _adapter_kind(parts, f"{component}.{module}")
         for suffix, tensor in parts.items():
@@ -336,6 +339,8 @@ def from_kohya(
         for prefix in prefixes:
             for name in names:
                 by_flat[prefix + name.replace(".", "_")] = (owner, name)
+                if owner.startswith("text_encoder") and name.startswith("encoder."):
+                    by_flat[prefix + "text_model_" + name.replace(".", "_")] = (owner, name)  # see to_kohya
     grouped: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in kohya_state.items():
         flat, _, suffix = key.partition(".")
@@ -554,14 +559,20 @@ def export_weights(
     resolution: int,
     dataset_hash: str,
     weight_dtype: torch.dtype,
+    text_encoders: dict[str, torch.nn.Module] | None = None,
 ) -> Exported:
-    """The result files of a run: the adapter in diffusers/PEFT layout and in kohya/LyCORIS layout, or
-    (FULL) the denoiser's weights, each with the run's metadata."""
+    """The result files of a run: the adapter in diffusers/PEFT layout and in kohya/LyCORIS layout (with
+    the text encoders' adapters when those were trained), or (FULL) the denoiser's weights, each with
+    the run's metadata."""
     from training.engine.adapters import adapter_metadata, adapter_state_dict
 
     extra: dict[str, str] = {}
     if spec.training_type == "LORA":
         extra[ADAPTER_CONFIG_KEY] = json.dumps(adapter_metadata(denoiser))
+        extra["ss_network_train_unet_only"] = str(not text_encoders)
+        if text_encoders:
+            rate = spec.learning_rate if spec.text_encoder_learning_rate is None else spec.text_encoder_learning_rate
+            extra["ss_text_encoder_lr"] = str(rate)
     metadata = lora_metadata(
         family=family.name,
         base_model=spec.base_model,
@@ -586,7 +597,17 @@ def export_weights(
     state = adapter_state_dict(denoiser)
     weights_path = spec.output_dir / LORA_WEIGHTS_NAME
     if spec.lora_type in ("lora", "dora"):
-        family.save_lora(state, str(spec.output_dir), LORA_WEIGHTS_NAME, json.loads(extra[ADAPTER_CONFIG_KEY]))
+        encoders = {
+            component: (adapter_state_dict(encoder), adapter_metadata(encoder))
+            for component, encoder in (text_encoders or {}).items()
+        }
+        family.save_lora(
+            state,
+            str(spec.output_dir),
+            LORA_WEIGHTS_NAME,
+            json.loads(extra[ADAPTER_CONFIG_KEY]),
+            text_encoders=encoders,
+        )
     else:
         # diffusers has no writer for LoKr/LoHa: PEFT's own tensor names under the component's prefix.
         prefixed = {

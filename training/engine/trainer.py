@@ -83,12 +83,13 @@ class Cache:
     time_ids: list[torch.Tensor] | None = None  # SDXL: original size, crop and target size per image
     flipped_time_ids: list[torch.Tensor] | None = None
     class_rows: list[int] | None = None  # prior preservation: each caption with the class word for the trigger
+    prompt_tokens: dict[str, torch.Tensor] | None = None  # token ids per text encoder, when those are trained
 
 
 @dataclass
 class Batch:
     latents: torch.Tensor
-    conditioning: dict[str, torch.Tensor]
+    conditioning: dict[str, torch.Tensor]  # encoded captions (through trained text encoders when those train)
     source: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     class_conditioning: dict[str, torch.Tensor] | None = None
@@ -109,6 +110,8 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
             f"min_snr_gamma and noise_offset apply to noise-prediction models (SD 1.5, SDXL), not {family.name}; "
             "flow models are shaped with timestep_sampling and timestep_shift"
         )
+    if spec.train_text_encoder and not family.text_encoder_tokenizers:
+        raise EngineError(f"train_text_encoder: the {family.name} family's text encoders cannot be trained here")
     spec.output_dir.mkdir(parents=True, exist_ok=True)
 
     # Preprocess, then cache: each image and caption is encoded once, not once per step.
@@ -126,7 +129,20 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
     alpha = spec.lora_alpha if spec.lora_alpha is not None else float(spec.rank)
     speed = prepare_denoiser(spec, family, denoiser, device, alpha=alpha)
     trainable = {name: p for name, p in denoiser.named_parameters() if p.requires_grad}
-    optimizer = make_optimizer(spec, list(trainable.values()), device, callbacks)
+    groups = [{"params": list(trainable.values()), "lr": spec.learning_rate}]
+    text_encoders = prepare_text_encoders(spec, family, alpha=alpha) if spec.train_text_encoder else None
+    for component, encoder in (text_encoders or {}).items():
+        parameters = {f"{component}.{name}": p for name, p in encoder.named_parameters() if p.requires_grad}
+        trainable.update(parameters)
+        groups.append(
+            {
+                "params": list(parameters.values()),
+                "lr": spec.learning_rate
+                if spec.text_encoder_learning_rate is None
+                else spec.text_encoder_learning_rate,
+            }
+        )
+    optimizer = make_optimizer(spec, groups, device, callbacks)
     from diffusers.optimization import get_scheduler
 
     scheduler = get_scheduler(
@@ -177,6 +193,7 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
         settings=noise_settings(spec),
         speed=speed,
         ema=ema,
+        text_encoders=text_encoders,
     )
     validation = sorted(held_out)
     if validation and start_step == 0:
@@ -234,7 +251,7 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
             if validation:
                 callbacks.on_validation(step, validation_loss(context, validation))
             if spec.sample_prompts:
-                samples += take_samples(spec, family, denoiser, items, step, resolution, callbacks)
+                samples += take_samples(spec, family, denoiser, items, step, resolution, callbacks, text_encoders)
         if step < spec.steps:
             check_cancel(callbacks)
 
@@ -249,6 +266,7 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
         resolution=resolution,
         dataset_hash=fingerprint,
         weight_dtype=weight_dtype,
+        text_encoders=text_encoders,
     )
     callbacks.on_stage("exporting", 1, 1)
     return TrainingResult(
@@ -295,6 +313,39 @@ def prepare_denoiser(
     return speed
 
 
+TEXT_ENCODER_TARGETS = {  # CLIP text encoder modules per `lora_targets` preset
+    "attention": r"^(text_model\.)?encoder\.layers\.\d+\.self_attn\.(q|k|v|out)_proj$",
+    "all_linear": r"^(text_model\.)?encoder\.layers\.\d+\.(self_attn\.(q|k|v|out)_proj|mlp\.fc[12])$",
+}
+
+
+def prepare_text_encoders(spec: TrainingSpec, family: Family, *, alpha: float) -> dict[str, torch.nn.Module]:
+    """The family's text encoders with trainable adapters of the spec's rank on a frozen base (fp32)."""
+    from peft import LoraConfig
+
+    if not family.text_encoder_tokenizers:
+        raise EngineError(f"train_text_encoder: the {family.name} family's text encoders cannot be trained here")
+    targets = TEXT_ENCODER_TARGETS["attention" if spec.lora_targets == "attention" else "all_linear"]
+    encoders = family.load_text_encoders()
+    for encoder in encoders.values():
+        encoder.requires_grad_(False)
+        encoder.add_adapter(
+            LoraConfig(
+                r=spec.rank,
+                lora_alpha=alpha,
+                lora_dropout=spec.lora_dropout,
+                init_lora_weights="gaussian",
+                target_modules=targets,
+                use_dora=spec.lora_type == "dora",
+            )
+        )
+        for parameter in encoder.parameters():
+            if parameter.requires_grad:
+                parameter.data = parameter.data.float()
+        encoder.train()
+    return encoders
+
+
 @dataclass
 class StepContext:
     """Everything one optimisation step touches."""
@@ -314,6 +365,7 @@ class StepContext:
     settings: NoiseSettings
     speed: SpeedOptions
     ema: Any = None  # diffusers' EMAModel over the trained parameters, when `ema` is on
+    text_encoders: dict[str, torch.nn.Module] | None = None  # with trained adapters (train_text_encoder)
 
 
 def noise_settings(spec: TrainingSpec) -> NoiseSettings:
@@ -344,8 +396,8 @@ def train_step(context: StepContext, step: int) -> torch.Tensor:
     accumulation = max(1, context.spec.gradient_accumulation)
     step_loss = torch.zeros((), device=context.device)
     for micro in range(accumulation):
-        batch = draw_batch(context, (step - 1) * accumulation + micro)
         with autocast(context):
+            batch = draw_batch(context, (step - 1) * accumulation + micro)
             loss = compute_loss(context, batch)
         (loss / accumulation).backward()
         step_loss += loss.detach() / accumulation
@@ -430,8 +482,7 @@ def validation_loss(context: StepContext, indices: list[int]) -> float:
     total, count = 0.0, 0
     for index in indices:
         latents = family.scale_latents(cache.means[index].unsqueeze(0)).to(context.device)
-        row = cache.caption_rows[index]
-        conditioning = {key: value[row : row + 1].to(context.device) for key, value in cache.prompts.items()}
+        conditioning = caption_conditioning(context, [cache.caption_rows[index]])
         if cache.time_ids is not None:
             conditioning["time_ids"] = cache.time_ids[index].unsqueeze(0).to(context.device)
         source = None
@@ -511,8 +562,8 @@ def check_spec(spec: TrainingSpec) -> None:
         raise EngineError("ema_decay must be between 0 and 1")
     if spec.prior_preservation_class and spec.training_type != "LORA":
         raise EngineError("prior preservation compares the LoRA with the base model, so it needs training_type LORA")
-    if spec.train_text_encoder:
-        raise EngineError("train_text_encoder is not available in this engine yet")
+    if spec.train_text_encoder and (spec.training_type != "LORA" or spec.lora_type not in ("lora", "dora")):
+        raise EngineError("train_text_encoder trains a LoRA or DoRA on the text encoders: it needs training_type LORA")
 
 
 def check_cancel(callbacks: TrainingCallbacks) -> None:
@@ -666,6 +717,7 @@ def load_or_build_cache(
             f"caption longer than the text encoder reads ({count} tokens, {limit} read; the rest is ignored, "
             f"as at generation): {prompt[:80]!r}"
         )
+    tokens = family.tokenize(captions) if spec.train_text_encoder else None
     encoded: dict[str, list[torch.Tensor]] = {}
     for start in range(0, len(captions), 8):
         for key, tensor in family.encode_prompts(captions[start : start + 8]).items():
@@ -690,6 +742,7 @@ def load_or_build_cache(
         time_ids=time_ids if family.name == "sdxl" else None,
         flipped_time_ids=flipped_time_ids if family.name == "sdxl" else None,
         class_rows=[rows[class_captions[item.caption]] for item in items] if class_captions else None,
+        prompt_tokens=tokens,
     )
     spec.cache_dir.mkdir(parents=True, exist_ok=True)
     partial = path.with_suffix(".partial")
@@ -729,7 +782,29 @@ def cache_on(cache: Cache, device: torch.device) -> Cache:
         time_ids=move(cache.time_ids),
         flipped_time_ids=move(cache.flipped_time_ids),
         class_rows=cache.class_rows,
+        prompt_tokens=None
+        if cache.prompt_tokens is None
+        else {k: v.to(device) for k, v in cache.prompt_tokens.items()},
     )
+
+
+def caption_conditioning(context: StepContext, rows: list[int]) -> dict[str, torch.Tensor]:
+    """The encoded captions of these prompt rows (row 0: the unconditional input), on the device: from
+    the cache, or, while the text encoders train, through them, so their adapters get gradients."""
+    cache, device = context.cache, context.device
+    if context.text_encoders is None or cache.prompt_tokens is None:
+        return {key: torch.stack([value[row] for row in rows]).to(device) for key, value in cache.prompts.items()}
+    index = torch.tensor(rows)
+    encoded = context.family.encode_tokens(
+        {key: value[index.to(value.device)] for key, value in cache.prompt_tokens.items()}, context.text_encoders
+    )
+    if context.family.zeros_for_empty_prompt:
+        # The pipeline feeds zeros, not the encoded empty caption, for "no prompt" (SDXL).
+        keep = (index != 0).to(device)
+        encoded = {
+            key: value * keep.to(value.dtype).view(-1, *[1] * (value.dim() - 1)) for key, value in encoded.items()
+        }
+    return encoded
 
 
 def draw_batch(context: StepContext, number: int) -> Batch:
@@ -759,7 +834,7 @@ def draw_batch(context: StepContext, number: int) -> Batch:
     device = context.device
 
     def conditioning_for(selected: list[int]) -> dict[str, torch.Tensor]:
-        values = {key: torch.stack([value[row] for row in selected]).to(device) for key, value in cache.prompts.items()}
+        values = caption_conditioning(context, selected)
         if time_ids:
             values["time_ids"] = torch.stack(time_ids).to(device)
         return values
@@ -781,12 +856,16 @@ def take_samples(
     step: int,
     resolution: int,
     callbacks: TrainingCallbacks,
+    text_encoders: dict[str, torch.nn.Module] | None = None,
 ) -> list[Path]:
     """Images for the sample prompts, through the same pipeline code as the API's generations."""
     from PIL import Image
 
     denoiser.eval()
-    pipeline = load_pipeline(spec.base_model, device=family.device, components={family.denoiser_key: denoiser})
+    components: dict[str, Any] = {family.denoiser_key: denoiser, **(text_encoders or {})}
+    for encoder in (text_encoders or {}).values():
+        encoder.eval()
+    pipeline = load_pipeline(spec.base_model, device=family.device, components=components)
     folder = spec.output_dir / "samples"
     folder.mkdir(parents=True, exist_ok=True)
     source = None
@@ -811,6 +890,8 @@ def take_samples(
         callbacks.on_sample(step, prompt, path)
     del pipeline
     denoiser.train()
+    for encoder in (text_encoders or {}).values():
+        encoder.train()
     return paths
 
 
@@ -835,8 +916,9 @@ def run_config_fingerprint(spec: TrainingSpec, dataset: str) -> str:
 
 
 def make_optimizer(
-    spec: TrainingSpec, params: list[torch.nn.Parameter], device: torch.device, callbacks: TrainingCallbacks
+    spec: TrainingSpec, params: list[Any], device: torch.device, callbacks: TrainingCallbacks
 ) -> torch.optim.Optimizer:
+    """The spec's optimizer over `params`: tensors, or parameter groups with their own learning rates."""
     name = spec.optimizer.lower()
     if name in ("adamw8bit", "adamw_8bit"):
         if device.type == "cuda":

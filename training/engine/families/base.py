@@ -46,7 +46,9 @@ class Family(ABC):
     name: str
     denoiser_key: str  # the pipeline component trained: "unet" or "transformer"
     uses_pairs = False
-    is_flow = False  # rectified flow (sigma in [0, 1]) rather than a DDPM noise schedule
+    is_flow = False
+    # Text encoders a LoRA can be trained on (train_text_encoder): pipeline component -> its tokenizer.
+    text_encoder_tokenizers: dict[str, str] = {}  # rectified flow (sigma in [0, 1]) rather than a DDPM noise schedule
     # Module names (peft's suffix match) inside the denoiser's blocks, by `lora_targets` preset.
     lora_targets_attention: tuple[str, ...] = ()
     lora_targets_linear: tuple[str, ...] = ()  # added to the attention ones for "all_linear"
@@ -101,9 +103,13 @@ class Family(ABC):
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Conditioning tensors, first dimension one row per prompt."""
 
+    zeros_for_empty_prompt = False  # the pipeline feeds zeros, not the empty caption's encoding, as "no prompt"
+
     def unconditional(self, encoded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """What the pipeline feeds for "no prompt" (caption dropout trains on it), given the empty
         caption's encoding: that encoding itself unless the pipeline uses zeros instead."""
+        if self.zeros_for_empty_prompt:
+            return {key: torch.zeros_like(value) for key, value in encoded.items()}
         return encoded
 
     def long_prompts(self, prompts: list[str]) -> list[tuple[str, int, int]]:
@@ -169,9 +175,26 @@ class Family(ABC):
     def clean_estimate(self, batch: NoisedBatch, prediction: torch.Tensor) -> torch.Tensor:
         """The clean latents the prediction implies (evaluation: what the model thinks the image is)."""
 
+    # -- text encoder adapters (families that have `text_encoder_tokenizers`) --
+    def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        raise EngineError(f"{self.name} cannot train its text encoders")
+
+    def encode_tokens(
+        self, ids: dict[str, torch.Tensor], encoders: dict[str, torch.nn.Module]
+    ) -> dict[str, torch.Tensor]:
+        raise EngineError(f"{self.name} cannot train its text encoders")
+
+    def load_text_encoders(self) -> dict[str, torch.nn.Module]:
+        raise EngineError(f"{self.name} cannot train its text encoders")
+
     @abstractmethod
     def save_lora(
-        self, state_dict: dict[str, torch.Tensor], directory: str, weight_name: str, adapter_metadata: dict[str, Any]
+        self,
+        state_dict: dict[str, torch.Tensor],
+        directory: str,
+        weight_name: str,
+        adapter_metadata: dict[str, Any],
+        text_encoders: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
     ) -> None: ...
 
 

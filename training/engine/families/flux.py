@@ -223,7 +223,12 @@ class FluxFamily(Family):
         return self.ids_cache[key]
 
     def save_lora(
-        self, state_dict: dict[str, torch.Tensor], directory: str, weight_name: str, adapter_metadata: dict[str, Any]
+        self,
+        state_dict: dict[str, torch.Tensor],
+        directory: str,
+        weight_name: str,
+        adapter_metadata: dict[str, Any],
+        text_encoders: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
     ) -> None:
         from diffusers import FluxPipeline
 

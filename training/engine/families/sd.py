@@ -54,17 +54,49 @@ class SD15Family(Family):
         shift = self.vae_config.get("shift_factor") or 0.0
         return (latents - shift) * float(self.vae_config["scaling_factor"])
 
+    # Text encoders a LoRA can be trained on (train_text_encoder): pipeline component -> its tokenizer.
+    text_encoder_tokenizers = {"text_encoder": "tokenizer"}
+
+    def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        """Token ids per text encoder, cut at the encoder's 77 tokens as the pipeline does (the trainer
+        warns about each cut caption)."""
+        ids = {}
+        for component, tokenizer_name in self.text_encoder_tokenizers.items():
+            tokenizer = getattr(self, tokenizer_name)
+            ids[component] = tokenizer(
+                prompts,
+                padding="max_length",
+                max_length=tokenizer.model_max_length,
+                truncation=True,
+                return_tensors="pt",
+            ).input_ids
+        return ids
+
+    def encode_tokens(
+        self, ids: dict[str, torch.Tensor], encoders: dict[str, torch.nn.Module]
+    ) -> dict[str, torch.Tensor]:
+        """Conditioning from token ids through `encoders` (the frozen ones while caching, the ones
+        with trained adapters while training the text encoder)."""
+        encoder = encoders["text_encoder"]
+        return {"prompt_embeds": encoder(ids["text_encoder"].to(self.device))[0]}
+
+    def text_encoders(self) -> dict[str, torch.nn.Module]:
+        return {component: getattr(self, component) for component in self.text_encoder_tokenizers}
+
+    def load_text_encoders(self) -> dict[str, torch.nn.Module]:
+        """The text encoders alone, for training adapters on them."""
+        from transformers import CLIPTextModel
+
+        return {
+            "text_encoder": CLIPTextModel.from_pretrained(
+                self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
+            ).to(self.device)
+        }
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
-        # Cut at the encoder's 77 tokens as the pipeline does; the trainer warns about each cut caption.
-        ids = self.tokenizer(
-            prompts,
-            padding="max_length",
-            max_length=self.tokenizer.model_max_length,
-            truncation=True,
-            return_tensors="pt",
-        ).input_ids.to(self.device)
-        return {"prompt_embeds": self.text_encoder(ids)[0].float().cpu()}
+        encoded = self.encode_tokens(self.tokenize(prompts), self.text_encoders())
+        return {key: value.float().cpu() for key, value in encoded.items()}
 
     def load_denoiser(self) -> torch.nn.Module:
         from diffusers import UNet2DConditionModel
@@ -134,12 +166,21 @@ class SD15Family(Family):
         return (noisy - (1 - alpha_bar).sqrt() * prediction) / alpha_bar.sqrt()
 
     def save_lora(
-        self, state_dict: dict[str, torch.Tensor], directory: str, weight_name: str, adapter_metadata: dict[str, Any]
+        self,
+        state_dict: dict[str, torch.Tensor],
+        directory: str,
+        weight_name: str,
+        adapter_metadata: dict[str, Any],
+        text_encoders: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
     ) -> None:
         from diffusers import StableDiffusionPipeline
 
         StableDiffusionPipeline.save_lora_weights(
-            directory, unet_lora_layers=state_dict, weight_name=weight_name, unet_lora_adapter_metadata=adapter_metadata
+            directory,
+            unet_lora_layers=state_dict,
+            weight_name=weight_name,
+            unet_lora_adapter_metadata=adapter_metadata,
+            **_text_encoder_arguments(text_encoders),
         )
 
 
@@ -174,30 +215,30 @@ class SDXLFamily(SD15Family):
         dist = self.vae.encode(pixels.to(self.device, torch.float32)).latent_dist
         return dist.mean.float().cpu(), dist.std.float().cpu()
 
-    @torch.no_grad()
-    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+    text_encoder_tokenizers = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
+
+    def encode_tokens(
+        self, ids: dict[str, torch.Tensor], encoders: dict[str, torch.nn.Module]
+    ) -> dict[str, torch.Tensor]:
         hidden_states = []
         pooled = None
-        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
-            ids = tokenizer(
-                prompts,
-                padding="max_length",
-                max_length=tokenizer.model_max_length,
-                truncation=True,
-                return_tensors="pt",
-            ).input_ids.to(self.device)
-            output = encoder(ids, output_hidden_states=True)
+        for component in ("text_encoder", "text_encoder_2"):
+            output = encoders[component](ids[component].to(self.device), output_hidden_states=True)
             hidden_states.append(output.hidden_states[-2])  # SDXL conditions on the penultimate layer
             pooled = output[0]  # the second encoder's projected pooled output
-        return {
-            "prompt_embeds": torch.cat(hidden_states, dim=-1).float().cpu(),
-            "pooled_prompt_embeds": pooled.float().cpu(),  # type: ignore[union-attr]
-        }
+        return {"prompt_embeds": torch.cat(hidden_states, dim=-1), "pooled_prompt_embeds": pooled}  # type: ignore[dict-item]
 
-    def unconditional(self, encoded: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        if not self.zeros_for_empty_prompt:
-            return encoded
-        return {key: torch.zeros_like(value) for key, value in encoded.items()}
+    def load_text_encoders(self) -> dict[str, torch.nn.Module]:
+        from transformers import CLIPTextModel, CLIPTextModelWithProjection
+
+        return {
+            "text_encoder": CLIPTextModel.from_pretrained(
+                self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
+            ).to(self.device),
+            "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(
+                self.base_model, subfolder="text_encoder_2", dtype=self.weight_dtype
+            ).to(self.device),
+        }
 
     def added_conditioning(self, conditioning: dict[str, torch.Tensor], latents: torch.Tensor) -> dict[str, Any]:
         time_ids = conditioning.get("time_ids")
@@ -215,13 +256,33 @@ class SDXLFamily(SD15Family):
         }
 
     def save_lora(
-        self, state_dict: dict[str, torch.Tensor], directory: str, weight_name: str, adapter_metadata: dict[str, Any]
+        self,
+        state_dict: dict[str, torch.Tensor],
+        directory: str,
+        weight_name: str,
+        adapter_metadata: dict[str, Any],
+        text_encoders: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
     ) -> None:
         from diffusers import StableDiffusionXLPipeline
 
         StableDiffusionXLPipeline.save_lora_weights(
-            directory, unet_lora_layers=state_dict, weight_name=weight_name, unet_lora_adapter_metadata=adapter_metadata
+            directory,
+            unet_lora_layers=state_dict,
+            weight_name=weight_name,
+            unet_lora_adapter_metadata=adapter_metadata,
+            **_text_encoder_arguments(text_encoders),
         )
+
+
+def _text_encoder_arguments(
+    text_encoders: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None,
+) -> dict[str, Any]:
+    """diffusers' `save_lora_weights` keywords for trained text encoder adapters (state, config)."""
+    arguments: dict[str, Any] = {}
+    for component, (state, config) in (text_encoders or {}).items():
+        arguments[f"{component}_lora_layers"] = state
+        arguments[f"{component}_lora_adapter_metadata"] = config
+    return arguments
 
 
 def _vae_config(base_model: str) -> dict[str, Any]:

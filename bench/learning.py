@@ -1,0 +1,119 @@
+"""Does the trainer learn what it is given? Per family, the longer version of tests/training/test_learning.py:
+a LoRA with the default settings on 12 images of one colour (3 held out), then
+
+- the held-out images' loss at fixed noise before and after training (lower: it generalised), and
+- how much nearer to the training data generations from fixed seeds land with the LoRA than without it
+  (the share of the distance removed, in the denoiser's latent space).
+
+Targets: the held-out loss drops by at least `LOSS_DROP` of its start (a flow model's velocity loss
+has a higher floor: `FLOW_LOSS_DROP`), and generations close at least `CLOSER` of the distance.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+LOSS_DROP = 0.15
+FLOW_LOSS_DROP = 0.08
+CLOSER = 0.2
+SIZE = 32
+RUNS: dict[str, dict[str, Any]] = {  # steps and learning rate per family (batch 2, rank 4)
+    "sd15": {"steps": 400, "learning_rate": 3e-3},
+    "sdxl": {"steps": 400, "learning_rate": 3e-3},
+    "flux": {"steps": 300, "learning_rate": 2e-3},
+    "flux-kontext": {"steps": 300, "learning_rate": 2e-3},
+}
+
+
+class Validation:
+    def __init__(self) -> None:
+        self.losses: dict[int, float] = {}
+
+    def on_stage(self, stage: str, processed: int, total: int) -> None:
+        return None
+
+    def on_progress(self, progress: Any) -> None:
+        return None
+
+    def on_log(self, message: str) -> None:
+        return None
+
+    def on_sample(self, step: int, prompt: str, path: Path) -> None:
+        return None
+
+    def on_checkpoint(self, step: int, path: Path) -> None:
+        return None
+
+    def on_snapshot(self, step: int, path: Path) -> None:
+        return None
+
+    def on_validation(self, step: int, loss: float) -> None:
+        self.losses[step] = loss
+
+    def should_cancel(self) -> bool:
+        return False
+
+
+def run_family(family: str, folder: Path, *, quick: bool) -> dict[str, Any]:
+    from PIL import Image
+
+    from training.demo_dataset import write_concept
+    from training.engine import DatasetPair, TrainingSpec, train
+    from training.engine.evaluate import shift_towards
+    from training.engine.tiny import build_tiny_model
+
+    base = build_tiny_model(family, folder / "base")
+    red = write_concept(folder / "red", 12, colour=(200, 30, 30), caption="zxq, a disc", held_out=3, size=SIZE)
+    settings = dict(RUNS[family])
+    if quick:
+        settings["steps"] = settings["steps"] // 4
+    pairs: list[DatasetPair] = []
+    image = None
+    prompt = "zxq, a disc"
+    if family == "flux-kontext":
+        blue = write_concept(folder / "blue", 12, colour=(30, 40, 200), caption="", held_out=3, size=SIZE)
+        pairs = [
+            DatasetPair(source=s, target=t, instruction="make the background red")
+            for s, t in zip(blue, red, strict=True)
+        ]
+        image = Image.open(blue[-1].path).convert("RGB")
+        prompt = "zxq, make the background red"
+    recorder = Validation()
+    began = time.perf_counter()
+    result = train(
+        TrainingSpec(
+            base_model=str(base), output_dir=folder / "out", images=red, pairs=pairs, trigger_word="zxq", rank=4,
+            batch_size=2, optimizer="adamw", captioning_strategy="description", resolution=SIZE,
+            sample_every=settings["steps"], save_every=100_000, compile="off", **settings,
+        ),
+        recorder,  # type: ignore[arg-type]
+    )  # fmt: skip
+    seconds = time.perf_counter() - began
+    trained = [item.path for item in red if not item.validation]
+    shift = shift_towards(
+        str(base), trained, adapter=result.weights_path, prompt=prompt, seeds=[1, 2, 3, 4], size=SIZE, image=image
+    )
+    before, after = recorder.losses[0], recorder.losses[settings["steps"]]
+    target_drop = FLOW_LOSS_DROP if family.startswith("flux") else LOSS_DROP
+    return {
+        "steps": settings["steps"],
+        "train_seconds": round(seconds, 1),
+        "heldout_loss_before": round(before, 4),
+        "heldout_loss_after": round(after, 4),
+        "heldout_loss_drop": round(1 - after / before, 3),
+        "target_loss_drop": target_drop,
+        "generation_distance_without": round(shift.without, 4),
+        "generation_distance_with": round(shift.with_adapter, 4),
+        "generation_closer": round(shift.closer, 3),
+        "target_closer": CLOSER,
+    }
+
+
+def run(folder: Path, *, quick: bool = False) -> dict[str, Any]:
+    results = {}
+    for family in RUNS:
+        print(f"learning: {family} ...", flush=True)
+        results[family] = run_family(family, folder / family, quick=quick)
+    return results
