@@ -11,6 +11,8 @@ import torch
 
 from bench import gpu
 
+pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
+
 
 @pytest.mark.parametrize(
     ("name", "billions"),

@@ -25,6 +25,8 @@ from tests.training.comfyui_keys import (
 )
 from training.engine.export import to_kohya
 
+pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
+
 # Published diffusers configs (the fields that shape the module tree).
 SD15_UNET = {  # stable-diffusion-v1-5 unet/config.json
     "attention_head_dim": 8,

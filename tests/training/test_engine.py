@@ -26,6 +26,8 @@ from training.engine.data import caption_for, make_buckets, nearest_bucket, vali
 from training.engine.export import LORA_WEIGHTS_NAME, from_kohya, read_metadata
 from training.engine.generate import generate
 
+pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
+
 FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext")
 
 

@@ -17,7 +17,7 @@ from training.demo_dataset import write_concept
 from training.engine import DatasetPair, SilentCallbacks, TrainingSpec, train
 from training.engine.evaluate import shift_towards
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
 SIZE = 32  # pixels: the tiny models' latents are 16x16
 RED, BLUE = (200, 30, 30), (30, 40, 200)
@@ -59,14 +59,20 @@ def run(base: Path, out: Path, images: list, *, steps: int, **overrides: Any) ->
 # clear effect on a 2-core CPU in seconds. A flow model's loss (velocity) has a larger floor that no
 # model removes (the noise in a nearly clean image cannot be told apart), so its share is smaller; and
 # SDXL, like the real one, has no attention at its highest resolution, where the default targets act.
-FAMILY_RUNS = {"sd15": (150, 3e-3, 0.15), "sdxl": (150, 3e-3, 0.1), "flux": (150, 2e-3, 0.1)}
+# The share of the generations' distance to the data the LoRA must remove is smallest for SD 1.5,
+# whose random base drifts furthest from any data while sampling.
+FAMILY_RUNS = {
+    "sd15": (150, 3e-3, 0.15, 0.08),
+    "sdxl": (150, 3e-3, 0.1, 0.2),
+    "flux": (150, 2e-3, 0.1, 0.2),
+}
 
 
 @pytest.mark.parametrize("family", sorted(FAMILY_RUNS))
 def test_a_lora_with_the_default_targets_learns_its_data(
     family: str, tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    steps, rate, drop = FAMILY_RUNS[family]
+    steps, rate, drop, closer = FAMILY_RUNS[family]
     images = write_concept(tmp_path / "red", 12, colour=RED, caption="zxq, a disc", held_out=3, size=SIZE)
     result, validation = run(tiny_models[family], tmp_path / "out", images, steps=steps, learning_rate=rate)
 
@@ -79,7 +85,7 @@ def test_a_lora_with_the_default_targets_learns_its_data(
     shift = shift_towards(
         str(tiny_models[family]), trained, adapter=result.weights_path, prompt="zxq, a disc", seeds=SEEDS, size=SIZE
     )
-    assert shift.closer > 0.2, shift
+    assert shift.closer > closer, shift
 
 
 def test_full_fine_tuning_learns_its_data(tiny_models: dict[str, Path], tmp_path: Path) -> None:

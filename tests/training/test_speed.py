@@ -14,6 +14,8 @@ from tests.training.test_training_integration import assert_lora_changes_output
 from training.engine import EngineError, train
 from training.engine.speed import Float8Linear, quantize_linears, resolve_speed
 
+pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
+
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
 
