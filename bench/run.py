@@ -176,7 +176,8 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
         rows.append(
             (
                 f"learning {family}: held-out loss ({row['steps']} steps)",
-                f"{row['heldout_loss_before']} -> {row['heldout_loss_after']} (-{row['heldout_loss_drop']:.0%})",
+                f"{row['heldout_loss_before']} -> {row['heldout_loss_best']} at {row['heldout_loss_best_step']} "
+                f"(-{row['heldout_loss_drop']:.0%}), {row['heldout_loss_after']} at the end",
                 f">= -{row['target_loss_drop']:.0%}",
                 row["heldout_loss_drop"] >= row["target_loss_drop"],
             )
