@@ -442,10 +442,18 @@ def test_prior_preservation_keeps_the_class_prompt_close_to_the_base(
         return abs(denoising_loss(base, paths, "thing, a disc", size=32, weights=weights) - base_loss)
 
     assert change(held.weights_path) < change(free.weights_path)
-    assert (
-        class_caption("zxq, a disc", spec_for(Path("x"), Path("x"), [], prior_preservation_class="thing"))
-        == "thing, a disc"
-    )
+    spec = spec_for(Path("x"), Path("x"), [], prior_preservation_class="thing")
+    assert class_caption("zxq, a disc", spec) == "thing, a disc"
+    assert class_caption("Zxq on a beach", spec) == "thing on a beach"  # found in any case, as with_trigger does
+    odd = spec_for(Path("x"), Path("x"), [], trigger_word="<zxq>", prior_preservation_class="thing")
+    assert class_caption("a <zxq> disc", odd) == "a thing disc"
+    # Without a trigger word there is nothing to replace: refused before any work.
+    plain = write_concept(tmp_path / "plain", 2, colour=(1, 2, 3), caption="a disc")
+    with pytest.raises(EngineError, match="set a trigger word"):
+        train(
+            spec_for(tiny_models["sd15"], tmp_path / "bad2", plain, trigger_word="", prior_preservation_class="thing"),
+            SilentCallbacks(),
+        )
 
 
 # --- correctness details ------------------------------------------------------------------------------

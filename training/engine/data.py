@@ -240,8 +240,9 @@ class PreparedItem:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def dataset_fingerprint(spec: TrainingSpec, family: str, resolution: int) -> str:
-    """Identifies what the cache holds: the same files, captions and sizes give the same fingerprint."""
+def dataset_fingerprint(spec: TrainingSpec, family: str, resolution: int, items: list[PreparedItem]) -> str:
+    """Identifies what the cache holds: the same files, final captions, crops and sizes give the same
+    fingerprint (captions as written by the strategy: a sidecar file or a captioner may change them)."""
     digest = hashlib.sha256()
     digest.update(f"{family}|{spec.base_model}|{resolution}|{spec.captioning_strategy}|{spec.trigger_word}".encode())
     digest.update(repr(spec.transforms).encode())
@@ -255,6 +256,9 @@ def dataset_fingerprint(spec: TrainingSpec, family: str, resolution: int) -> str
         digest.update(pair.instruction.encode())
         for side in (pair.source, pair.target):
             digest.update(hashlib.sha256(Path(side.path).read_bytes()).digest())
+    for item in items:  # random crops depend on the seed; captions on sidecar files and captioners
+        digest.update(f"{item.caption}\0{item.bucket}{item.original_size}{item.crop_top_left}".encode())
+        digest.update(hashlib.sha256(item.pixels.tobytes()).digest())
     return digest.hexdigest()[:16]
 
 

@@ -540,6 +540,12 @@ def load_adapter_file(pipeline: Any, path: Path) -> str:
     return kind
 
 
+def _with_text_model_level(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """CLIP text encoder keys with the `text_model.` level every LoRA file has: transformers 5 dropped it
+    from the module names, and diffusers strips it again when loading into such a model."""
+    return {("text_model." + key if key.startswith("encoder.") else key): value for key, value in state.items()}
+
+
 # --- the run's result files ----------------------------------------------------------------------------
 
 
@@ -598,7 +604,7 @@ def export_weights(
     weights_path = spec.output_dir / LORA_WEIGHTS_NAME
     if spec.lora_type in ("lora", "dora"):
         encoders = {
-            component: (adapter_state_dict(encoder), adapter_metadata(encoder))
+            component: (_with_text_model_level(adapter_state_dict(encoder)), adapter_metadata(encoder))
             for component, encoder in (text_encoders or {}).items()
         }
         family.save_lora(

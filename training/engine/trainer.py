@@ -93,13 +93,18 @@ class Batch:
     source: torch.Tensor | None = None
     mask: torch.Tensor | None = None
     class_conditioning: dict[str, torch.Tensor] | None = None
+    # The class prompt as the untouched text encoders encode it: the base model's input (equal to
+    # class_conditioning unless the text encoders train).
+    class_base_conditioning: dict[str, torch.Tensor] | None = None
 
 
 def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
     check_spec(spec)
     family_name = resolve_family(spec.base_model)
     device = pick_device(spec.device)
-    weight_dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # bf16 base weights on a GPU; a FULL run without autocast trains and computes in fp32 throughout.
+    full_precision = spec.training_type == "FULL" and spec.mixed_precision == "no"
+    weight_dtype = torch.bfloat16 if device.type == "cuda" and not full_precision else torch.float32
     family = family_class(family_name)(spec.base_model, device, weight_dtype)
     transforms = validate_transforms(spec.transforms)
     resolution = spec.resolution or family.default_resolution()
@@ -117,7 +122,7 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
     # Preprocess, then cache: each image and caption is encoded once, not once per step.
     items = prepare_items(spec, family, resolution, transforms, callbacks)
     held_out = validation_indices(spec, items)
-    fingerprint = dataset_fingerprint(spec, family_name, resolution)
+    fingerprint = dataset_fingerprint(spec, family_name, resolution, items)
     cache = load_or_build_cache(spec, family, items, fingerprint, flip_probability(transforms) > 0, callbacks)
     check_cancel(callbacks)
 
@@ -197,7 +202,8 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
     )
     validation = sorted(held_out)
     if validation and start_step == 0:
-        callbacks.on_validation(0, validation_loss(context, validation))
+        with evaluation_weights(context):
+            callbacks.on_validation(0, validation_loss(context, validation))
     callbacks.on_stage("training", start_step, spec.steps)
     started = time.monotonic()
     last_report = 0.0
@@ -247,11 +253,12 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
             )
             (callbacks.on_checkpoint if user_checkpoint else callbacks.on_snapshot)(step, path)
             last_snapshot_time, last_snapshot_step = time.monotonic(), step
-        if step % spec.sample_every == 0 or step == spec.steps:
-            if validation:
-                callbacks.on_validation(step, validation_loss(context, validation))
-            if spec.sample_prompts:
-                samples += take_samples(spec, family, denoiser, items, step, resolution, callbacks, text_encoders)
+        if (step % spec.sample_every == 0 or step == spec.steps) and (validation or spec.sample_prompts):
+            with evaluation_weights(context):
+                if validation:
+                    callbacks.on_validation(step, validation_loss(context, validation))
+                if spec.sample_prompts:
+                    samples += take_samples(spec, family, denoiser, items, step, resolution, callbacks, text_encoders)
         if step < spec.steps:
             check_cancel(callbacks)
 
@@ -432,7 +439,11 @@ def compute_loss(context: StepContext, batch: Batch) -> torch.Tensor:
         # model must still predict what the base model predicts, so the LoRA stays on its subject.
         with torch.no_grad(), adapters_disabled(context.denoiser):
             base = family.predict(
-                context.denoiser, noised, batch.class_conditioning, settings, source_latents=batch.source
+                context.denoiser,
+                noised,
+                batch.class_base_conditioning or batch.class_conditioning,
+                settings,
+                source_latents=batch.source,
             )
         held = family.predict(context.denoiser, noised, batch.class_conditioning, settings, source_latents=batch.source)
         loss = loss + spec.prior_preservation_weight * F.mse_loss(held.float(), base.float())
@@ -470,6 +481,28 @@ def adapters_disabled(denoiser: torch.nn.Module) -> Iterator[None]:
         yield
     finally:
         denoiser.enable_adapters()  # type: ignore[operator]
+
+
+@contextlib.contextmanager
+def evaluation_weights(context: StepContext) -> Iterator[None]:
+    """For validation and samples: the weights the user will get (the EMA when on), every model in eval
+    mode, and the global random state left as it was, so that a run resumed from a checkpoint taken
+    at this step continues exactly as the uninterrupted one."""
+    devices = [context.device] if context.device.type == "cuda" else []
+    encoders = list((context.text_encoders or {}).values())
+    with torch.random.fork_rng(devices=devices):
+        if context.ema is not None:
+            context.ema.store(context.trainable.values())
+            context.ema.copy_to(context.trainable.values())
+        for encoder in encoders:
+            encoder.eval()
+        try:
+            yield
+        finally:
+            for encoder in encoders:
+                encoder.train()
+            if context.ema is not None:
+                context.ema.restore(context.trainable.values())
 
 
 @torch.no_grad()
@@ -560,6 +593,8 @@ def check_spec(spec: TrainingSpec) -> None:
         raise EngineError("validation_split must be at least 0 and below 1")
     if spec.ema and not 0 < spec.ema_decay < 1:
         raise EngineError("ema_decay must be between 0 and 1")
+    if spec.prior_preservation_class and not spec.trigger_word:
+        raise EngineError("prior preservation replaces the trigger word with the class word: set a trigger word")
     if spec.prior_preservation_class and spec.training_type != "LORA":
         raise EngineError("prior preservation compares the LoRA with the base model, so it needs training_type LORA")
     if spec.train_text_encoder and (spec.training_type != "LORA" or spec.lora_type not in ("lora", "dora")):
@@ -710,6 +745,13 @@ def load_or_build_cache(
     class_captions = {}
     if spec.prior_preservation_class:
         class_captions = {caption: class_caption(caption, spec) for caption in item_captions}
+        unchanged = [caption for caption, replaced in class_captions.items() if replaced == caption]
+        if unchanged:
+            # Holding the LoRA to the base on its own training caption would cancel the training.
+            raise EngineError(
+                f"prior preservation replaces the trigger word {spec.trigger_word!r} in each caption, "
+                f"but this caption has none: {unchanged[0][:80]!r}"
+            )
     captions = ["", *sorted(set(item_captions) | set(class_captions.values()))]
     rows = {caption: row for row, caption in enumerate(captions)}
     for prompt, count, limit in family.long_prompts(captions):
@@ -755,9 +797,9 @@ def class_caption(caption: str, spec: TrainingSpec) -> str:
     """The caption with the trigger word replaced by the class word: what the base model already knows."""
     import re
 
-    if not spec.trigger_word:
-        return caption
-    replaced = re.sub(rf"\b{re.escape(spec.trigger_word)}\b", spec.prior_preservation_class or "", caption)
+    # As `with_trigger` finds the word: any case, and a trigger such as "<zxq>" that \b cannot delimit.
+    word = rf"(?<!\w){re.escape(spec.trigger_word)}(?!\w)"
+    replaced = re.sub(word, spec.prior_preservation_class or "", caption, flags=re.IGNORECASE)
     return " ".join(replaced.replace(" ,", ",").split()).strip(", ")
 
 
@@ -788,11 +830,12 @@ def cache_on(cache: Cache, device: torch.device) -> Cache:
     )
 
 
-def caption_conditioning(context: StepContext, rows: list[int]) -> dict[str, torch.Tensor]:
+def caption_conditioning(context: StepContext, rows: list[int], *, frozen: bool = False) -> dict[str, torch.Tensor]:
     """The encoded captions of these prompt rows (row 0: the unconditional input), on the device: from
-    the cache, or, while the text encoders train, through them, so their adapters get gradients."""
+    the cache, or, while the text encoders train, through them, so their adapters get gradients
+    (`frozen`: from the cache all the same, as the untouched encoders encoded them)."""
     cache, device = context.cache, context.device
-    if context.text_encoders is None or cache.prompt_tokens is None:
+    if frozen or context.text_encoders is None or cache.prompt_tokens is None:
         return {key: torch.stack([value[row] for row in rows]).to(device) for key, value in cache.prompts.items()}
     index = torch.tensor(rows)
     encoded = context.family.encode_tokens(
@@ -833,8 +876,8 @@ def draw_batch(context: StepContext, number: int) -> Batch:
             class_rows.append(cache.class_rows[index])
     device = context.device
 
-    def conditioning_for(selected: list[int]) -> dict[str, torch.Tensor]:
-        values = caption_conditioning(context, selected)
+    def conditioning_for(selected: list[int], *, frozen: bool = False) -> dict[str, torch.Tensor]:
+        values = caption_conditioning(context, selected, frozen=frozen)
         if time_ids:
             values["time_ids"] = torch.stack(time_ids).to(device)
         return values
@@ -845,6 +888,7 @@ def draw_batch(context: StepContext, number: int) -> Batch:
         source=context.family.scale_latents(torch.stack(sources)).to(device) if sources else None,
         mask=torch.stack(masks).to(device) if masks else None,
         class_conditioning=conditioning_for(class_rows) if class_rows else None,
+        class_base_conditioning=conditioning_for(class_rows, frozen=True) if class_rows else None,
     )
 
 
