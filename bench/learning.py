@@ -30,33 +30,17 @@ RUNS: dict[str, dict[str, Any]] = {  # steps and learning rate per family (batch
 }
 
 
-class Validation:
-    def __init__(self) -> None:
-        self.losses: dict[int, float] = {}
+def validation_recorder() -> Any:
+    from training.engine import SilentCallbacks
 
-    def on_stage(self, stage: str, processed: int, total: int) -> None:
-        return None
+    class Validation(SilentCallbacks):
+        def __init__(self) -> None:
+            self.losses: dict[int, float] = {}
 
-    def on_progress(self, progress: Any) -> None:
-        return None
+        def on_validation(self, step: int, loss: float) -> None:
+            self.losses[step] = loss
 
-    def on_log(self, message: str) -> None:
-        return None
-
-    def on_sample(self, step: int, prompt: str, path: Path) -> None:
-        return None
-
-    def on_checkpoint(self, step: int, path: Path) -> None:
-        return None
-
-    def on_snapshot(self, step: int, path: Path) -> None:
-        return None
-
-    def on_validation(self, step: int, loss: float) -> None:
-        self.losses[step] = loss
-
-    def should_cancel(self) -> bool:
-        return False
+    return Validation()
 
 
 def run_family(family: str, folder: Path, *, quick: bool) -> dict[str, Any]:
@@ -83,7 +67,7 @@ def run_family(family: str, folder: Path, *, quick: bool) -> dict[str, Any]:
         ]
         image = Image.open(blue[-1].path).convert("RGB")
         prompt = "zxq, make the background red"
-    recorder = Validation()
+    recorder = validation_recorder()
     began = time.perf_counter()
     result = train(
         TrainingSpec(
@@ -91,7 +75,7 @@ def run_family(family: str, folder: Path, *, quick: bool) -> dict[str, Any]:
             batch_size=2, optimizer="adamw", captioning_strategy="description", resolution=SIZE,
             sample_every=max(1, settings["steps"] // 8), save_every=100_000, compile="off", **settings,
         ),
-        recorder,  # type: ignore[arg-type]
+        recorder,
     )  # fmt: skip
     seconds = time.perf_counter() - began
     trained = [item.path for item in red if not item.validation]

@@ -577,8 +577,7 @@ def export_weights(
         extra[ADAPTER_CONFIG_KEY] = json.dumps(adapter_metadata(denoiser))
         extra["ss_network_train_unet_only"] = str(not text_encoders)
         if text_encoders:
-            rate = spec.learning_rate if spec.text_encoder_learning_rate is None else spec.text_encoder_learning_rate
-            extra["ss_text_encoder_lr"] = str(rate)
+            extra["ss_text_encoder_lr"] = str(spec.text_encoder_rate)
     metadata = lora_metadata(
         family=family.name,
         base_model=spec.base_model,

@@ -116,6 +116,11 @@ class TrainingSpec:
     snapshot_every_steps: int = 500
 
     @property
+    def text_encoder_rate(self) -> float:
+        """The text encoders' learning rate: their own, or the denoiser's."""
+        return self.learning_rate if self.text_encoder_learning_rate is None else self.text_encoder_learning_rate
+
+    @property
     def checkpoint_dir(self) -> Path:
         return Path(self.output_dir) / "checkpoints"
 

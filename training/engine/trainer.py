@@ -142,9 +142,7 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
         groups.append(
             {
                 "params": list(parameters.values()),
-                "lr": spec.learning_rate
-                if spec.text_encoder_learning_rate is None
-                else spec.text_encoder_learning_rate,
+                "lr": spec.text_encoder_rate,
             }
         )
     optimizer = make_optimizer(spec, groups, device, callbacks)
@@ -745,13 +743,6 @@ def load_or_build_cache(
     class_captions = {}
     if spec.prior_preservation_class:
         class_captions = {caption: class_caption(caption, spec) for caption in item_captions}
-        unchanged = [caption for caption, replaced in class_captions.items() if replaced == caption]
-        if unchanged:
-            # Holding the LoRA to the base on its own training caption would cancel the training.
-            raise EngineError(
-                f"prior preservation replaces the trigger word {spec.trigger_word!r} in each caption, "
-                f"but this caption has none: {unchanged[0][:80]!r}"
-            )
     captions = ["", *sorted(set(item_captions) | set(class_captions.values()))]
     rows = {caption: row for row, caption in enumerate(captions)}
     for prompt, count, limit in family.long_prompts(captions):

@@ -171,10 +171,6 @@ class Family(ABC):
     ) -> torch.Tensor:
         """The denoiser's prediction for the noised batch, shaped like `batch.target`."""
 
-    @abstractmethod
-    def clean_estimate(self, batch: NoisedBatch, prediction: torch.Tensor) -> torch.Tensor:
-        """The clean latents the prediction implies (evaluation: what the model thinks the image is)."""
-
     # -- text encoder adapters (families that have `text_encoder_tokenizers`) --
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         raise EngineError(f"{self.name} cannot train its text encoders")

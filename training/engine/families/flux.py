@@ -204,10 +204,6 @@ class FluxFamily(Family):
         scale = self.vae_scale()
         return FluxPipeline._unpack_latents(prediction, height * scale, width * scale, scale)
 
-    def clean_estimate(self, batch: NoisedBatch, prediction: torch.Tensor) -> torch.Tensor:
-        # noisy = (1 - sigma) x0 + sigma noise and velocity = noise - x0, so x0 = noisy - sigma velocity.
-        return batch.noisy.float() - batch.timesteps.float().view(-1, 1, 1, 1) * prediction.float()
-
     def position_ids(self, height: int, width: int, *, with_source: bool) -> torch.Tensor:
         """The image tokens' rotary position ids, made once per bucket (no copy from the host per step)."""
         from diffusers import FluxPipeline

@@ -158,13 +158,6 @@ class SD15Family(Family):
             added_cond_kwargs=self.added_conditioning(conditioning, batch.noisy),
         ).sample
 
-    def clean_estimate(self, batch: NoisedBatch, prediction: torch.Tensor) -> torch.Tensor:
-        alpha_bar = self.alphas_cumprod[batch.timesteps].float().view(-1, 1, 1, 1)
-        noisy, prediction = batch.noisy.float(), prediction.float()
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            return alpha_bar.sqrt() * noisy - (1 - alpha_bar).sqrt() * prediction
-        return (noisy - (1 - alpha_bar).sqrt() * prediction) / alpha_bar.sqrt()
-
     def save_lora(
         self,
         state_dict: dict[str, torch.Tensor],
