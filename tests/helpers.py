@@ -88,17 +88,24 @@ def start_cluster(settings, name: str, **extra: str):
 
 
 def stop_cluster(process, *, kill: bool = False) -> None:
+    import contextlib
     import os
     import signal
     import subprocess
 
     if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL if kill else signal.SIGTERM)
+        if kill:
+            os.killpg(process.pid, signal.SIGKILL)
+        else:
+            os.kill(process.pid, signal.SIGTERM)  # as an operator would: the cluster stops its workers
         try:
-            process.wait(timeout=30)
+            process.wait(timeout=120)
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+    # Nothing of the cluster outlives the test, even a worker it failed to stop.
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(process.pid, signal.SIGKILL)
 
 
 def wait_for(predicate, *, timeout: float, interval: float = 0.3, what: str = "condition"):

@@ -11,6 +11,7 @@ import dataclasses
 import logging
 import os
 import shutil
+import signal
 import socket
 import threading
 import time
@@ -20,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import connection
+from django.db import DatabaseError, connection
 from django.utils import timezone
 
 from models_app.models import TrainingCheckpoint, TrainingImage, TrainingTask
@@ -38,6 +39,7 @@ from models_app.services.training import (
     training_task_fail,
     training_task_heartbeat,
     training_task_record_progress,
+    training_task_release,
 )
 from models_app.services.webhooks import webhook_emit
 from training import engine
@@ -48,6 +50,10 @@ logger = logging.getLogger(__name__)
 MAX_LOSS_POINTS = 500
 # How often the cancel flag is read when no progress write reads it anyway.
 CANCEL_CHECK_SECONDS = 1.0
+# Sent by our `qcluster` command to its worker processes when the cluster is asked to stop: a running
+# training saves a snapshot and hands its task back. Every process of the cluster ignores it otherwise.
+SHUTDOWN_SIGNAL = signal.SIGUSR1
+shutdown_requested = threading.Event()
 
 
 def worker_identity() -> str:
@@ -112,10 +118,19 @@ class TaskReporter:
         now = time.monotonic()
         if not force and now - self.last_write < settings.TRAINING_PROGRESS_WRITE_SECONDS:
             return
-        self.cancel_requested = (
-            training_task_record_progress(task_id=self.task_id, worker_id=self.worker_id, fields=self.drain())
-            or self.cancel_requested
-        )
+        fields = self.drain()
+        try:
+            cancel = training_task_record_progress(task_id=self.task_id, worker_id=self.worker_id, fields=fields)
+        except DatabaseError as exc:
+            # A busy or briefly unreachable database: keep the fields for the next write and train on.
+            # The lease is the heartbeat's business; it stops the run if it cannot renew in time.
+            logger.warning("task %s: progress not written (%s); retrying with the next write", self.task_id, exc)
+            self.pending_fields = {**fields, **self.pending_fields}
+            self.pending_fields.pop("logs", None)  # self.logs holds them; the next drain writes them
+            connection.close()
+            self.last_write = self.last_cancel_check = now
+            return
+        self.cancel_requested = cancel or self.cancel_requested
         self.last_write = self.last_cancel_check = now
 
     def finish(self) -> dict[str, Any]:
@@ -191,9 +206,12 @@ class TaskReporter:
         self.pending_fields["validation_history"] = self.validation_history
         self.flush()
 
+    def should_suspend(self) -> bool:
+        return shutdown_requested.is_set()
+
     def should_cancel(self) -> bool:
         if self.heartbeat is not None and self.heartbeat.lost:
-            raise LeaseLost(f"training task {self.task_id} is no longer held by {self.worker_id}")
+            raise LeaseLost(f"training task {self.task_id}: {self.heartbeat.lost_reason}")
         if self.cancel_requested:
             return True
         if time.monotonic() - self.last_cancel_check >= CANCEL_CHECK_SECONDS:
@@ -212,24 +230,74 @@ def bounded_history(history: list[list[float]], point: list[float]) -> list[list
 
 class Heartbeat:
     """Renews the task's lease from a thread while the runner works, also through long silent phases
-    (loading a 24 GB model, caching); notices when the task was taken from this worker."""
+    (loading a 24 GB model, caching); notices when the task was taken from this worker.
+
+    A database error (SQLite busy, a PostgreSQL restart) is retried with back-off. If the lease cannot
+    be renewed for two thirds of its length, the heartbeat gives up and marks it lost: the runner then
+    stops rather than train on a lease the reaper may already have handed to another worker. While the
+    cluster shuts down it also bounds the hand-over: past TRAINING_SHUTDOWN_GRACE_SECONDS it releases
+    the task itself and ends the process, wherever the run is.
+    """
 
     def __init__(self, task_id: object, worker_id: str) -> None:
         self.task_id = task_id
         self.worker_id = worker_id
         self.lost = False
+        self.lost_reason = ""
+        self.errors = 0
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self.run, name=f"lease-{task_id}", daemon=True)
 
     def run(self) -> None:
-        interval = max(1.0, settings.TRAINING_LEASE_SECONDS / 3)
+        lease = float(settings.TRAINING_LEASE_SECONDS)
+        interval = max(1.0, lease / 3)
+        give_up_after = 2 * lease / 3
+        last_renewed = time.monotonic()
+        next_renewal, backoff = last_renewed + interval, 0.5
+        shutdown_since: float | None = None
         try:
-            while not self.stopped.wait(interval):
-                if not training_task_heartbeat(task_id=self.task_id, worker_id=self.worker_id):
-                    self.lost = True
+            while not self.stopped.wait(min(1.0, interval)):
+                now = time.monotonic()
+                if shutdown_requested.is_set():
+                    shutdown_since = shutdown_since or now
+                    if now - shutdown_since >= settings.TRAINING_SHUTDOWN_GRACE_SECONDS:
+                        self.release_and_exit()
+                if now < next_renewal:
+                    continue
+                try:
+                    renewed = training_task_heartbeat(task_id=self.task_id, worker_id=self.worker_id)
+                except DatabaseError as exc:
+                    self.errors += 1
+                    connection.close()  # the next try opens a fresh connection
+                    if time.monotonic() - last_renewed >= give_up_after:
+                        self.mark_lost(f"the lease could not be renewed for {give_up_after:.0f} s ({exc})")
+                        return
+                    logger.warning("task %s: lease not renewed (%s); retrying in %.1f s", self.task_id, exc, backoff)
+                    next_renewal, backoff = time.monotonic() + backoff, min(backoff * 2, interval / 2)
+                    continue
+                if not renewed:
+                    self.mark_lost(f"no longer held by {self.worker_id}")
                     return
+                last_renewed = time.monotonic()
+                next_renewal, backoff = last_renewed + interval, 0.5
         finally:
             connection.close()
+
+    def mark_lost(self, reason: str) -> None:
+        logger.error("training task %s: %s; the run stops", self.task_id, reason)
+        self.lost_reason = reason
+        self.lost = True
+
+    def release_and_exit(self) -> None:
+        logger.warning(
+            "training task %s did not reach a step boundary within %s s of the shutdown; handing it back",
+            self.task_id,
+            settings.TRAINING_SHUTDOWN_GRACE_SECONDS,
+        )
+        step = TrainingCheckpoint.objects.filter(task_id=self.task_id).order_by("-step").values_list("step", flat=True)
+        training_task_release(task_id=self.task_id, worker_id=self.worker_id, step=step.first() or 0)
+        connection.close()
+        os._exit(0)  # the run may be deep inside a library call: nothing else can stop it now
 
     def __enter__(self) -> Heartbeat:
         self.thread.start()
@@ -240,8 +308,17 @@ class Heartbeat:
         self.thread.join(timeout=10)
 
 
+def suspend_on_shutdown_signal() -> None:
+    """In a worker process: turn the cluster's SHUTDOWN_SIGNAL into a request to suspend the training."""
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(SHUTDOWN_SIGNAL, lambda signum, frame: shutdown_requested.set())
+
+
 def run_next_training() -> str:
     """Claim the best pending task (priority, then age) and run it; "idle" when none is pending."""
+    suspend_on_shutdown_signal()
+    if shutdown_requested.is_set():
+        return "shutting-down"  # the cluster is stopping: leave the task for another worker
     worker_id = worker_identity()
     task = training_task_claim_next(worker_id=worker_id)
     if task is None:
@@ -251,6 +328,9 @@ def run_next_training() -> str:
 
 def run_training_task(task_id: str) -> str:
     """Claim this task and run it to its end. Returns its final status, or "not-claimed"."""
+    suspend_on_shutdown_signal()
+    if shutdown_requested.is_set():
+        return "shutting-down"
     worker_id = worker_identity()
     task = training_task_claim(task_id=task_id, worker_id=worker_id)
     if task is None:
@@ -282,6 +362,12 @@ def run_claimed(task: TrainingTask, worker_id: str) -> str:
             fields=reporter.finish(),
         )
         return TrainingTask.Status.COMPLETED if published else "not-claimed"
+    except engine.TrainingSuspended as suspended:
+        reporter.log(f"the worker is shutting down: stopped at step {suspended.step}")
+        return (
+            training_task_release(task_id=task.pk, worker_id=worker_id, step=suspended.step, fields=reporter.finish())
+            or "not-claimed"
+        )
     except engine.TrainingCancelled:
         reporter.log("cancelled at the user's request; checkpoints kept")
         training_task_cancelled(task_id=task.pk, worker_id=worker_id, fields=reporter.finish())

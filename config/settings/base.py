@@ -51,9 +51,9 @@ INSTALLED_APPS = [
     "rest_framework",
     "drf_spectacular",
     "drf_spectacular_sidecar",
+    "training",  # before django_q: its `qcluster` command replaces django-q2's (a graceful stop)
     "django_q",
     "models_app",
-    "training",
 ]
 
 MIDDLEWARE = [
@@ -235,6 +235,9 @@ CREDITS_PER_1000_STEPS = float(env("CREDITS_PER_1000_STEPS", "10"))
 TRAINING_IMPORT_ROOTS = [Path(p) for p in env_list("TRAINING_IMPORT_ROOTS", [str(VAR_DIR / "imports")])]
 TRAINING_PROGRESS_WRITE_SECONDS = float(env("TRAINING_PROGRESS_WRITE_SECONDS", "2"))
 TRAINING_LEASE_SECONDS = env_int("TRAINING_LEASE_SECONDS", 300)
+# A worker asked to stop (SIGTERM or SIGINT to its qcluster) saves a snapshot at the next step and hands
+# its task back to the queue; after this many seconds it hands the task back wherever the run is.
+TRAINING_SHUTDOWN_GRACE_SECONDS = env_int("TRAINING_SHUTDOWN_GRACE_SECONDS", 60)
 
 WEBHOOK_TIMEOUT_SECONDS = float(env("WEBHOOK_TIMEOUT_SECONDS", "10"))
 # Progress webhooks at most this often per task.

@@ -653,6 +653,37 @@ def training_queue_top_up() -> int:
     return missing
 
 
+def training_task_release(*, task_id: Any, worker_id: str, step: int, fields: dict[str, Any] | None = None) -> str:
+    """Hand a running task back to the queue because its worker is shutting down (not a failure): the
+    attempt is not counted, and the next worker resumes from the snapshot saved at `step`. A task
+    with a pending cancel ends cancelled instead. Returns the new status, or "" if it was not ours."""
+    fields = dict(fields or {})
+    if TrainingTask.objects.filter(pk=task_id, cancel_requested_at__isnull=False).exists():
+        moved = training_task_cancelled(task_id=task_id, worker_id=worker_id, fields=fields)
+        return TrainingTask.Status.CANCELLED if moved else ""
+    logs = fields.get("logs") or TrainingTask.objects.filter(pk=task_id).values_list("logs", flat=True).first() or ""
+    where = f"the snapshot at step {step}" if step else "the start"
+    note = f"{timezone.now():%Y-%m-%d %H:%M:%S} worker {worker_id} shut down; re-queued to resume from {where}"
+    with transaction.atomic():
+        moved = _transition(
+            task_id,
+            TrainingTask.Status.PENDING,
+            expected=TrainingTask.RUNNING_STATUSES,
+            worker_id=worker_id,
+            fields={
+                **fields,
+                **({"current_step": step} if step else {}),
+                "logs": log_tail(logs, [note]),
+                "worker_id": "",
+                "lease_expires_at": None,
+                "attempt_count": F("attempt_count") - 1,  # a clean hand-over is not a lost attempt
+            },
+        )
+        if moved:
+            transaction.on_commit(lambda: training_task_enqueue(task_id=str(task_id)))
+    return TrainingTask.Status.PENDING if moved else ""
+
+
 def training_task_cancelled(*, task_id: Any, worker_id: str, fields: dict[str, Any] | None = None) -> bool:
     return _transition(
         task_id,

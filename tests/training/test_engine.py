@@ -18,6 +18,7 @@ from training.engine import (
     SilentCallbacks,
     TrainingCancelled,
     TrainingSpec,
+    TrainingSuspended,
     train,
 )
 from training.engine.base_models import resolve_family
@@ -195,6 +196,42 @@ def test_resume_from_a_checkpoint_gives_the_uninterrupted_runs_weights(
     assert result.resumed_from_step == 8
     assert resumed.steps[0] == 9  # only the steps after the checkpoint are repeated
     assert "resumed from the checkpoint at step 8 (step-0000008)" in resumed.logs
+    finished = load_file(result.weights_path)
+    assert all(torch.equal(finished[k], uninterrupted[k]) for k in uninterrupted)
+
+
+class Suspender(Recorder):
+    """A worker shutting down after `after` steps: should_suspend turns true."""
+
+    def __init__(self, after: int) -> None:
+        super().__init__()
+        self.after = after
+        self.snapshots: list[int] = []
+
+    def on_snapshot(self, step: int, path: Path) -> None:
+        self.snapshots.append(step)
+
+    def should_suspend(self) -> bool:
+        return bool(self.steps) and self.steps[-1] >= self.after
+
+
+def test_a_suspended_run_saves_a_snapshot_where_it_stopped_and_resumes_there_bit_exactly(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    base = tiny_models["sd15"]
+    options = {"steps": 10, "save_every": 4, "caption_dropout_rate": 0.2}
+    uninterrupted = load_file(train(make_spec(base, tmp_path / "whole", **options), SilentCallbacks()).weights_path)
+
+    spec = make_spec(base, tmp_path / "parts", **options)
+    stopping = Suspender(after=6)
+    with pytest.raises(TrainingSuspended) as suspended:
+        train(spec, stopping)
+    assert suspended.value.step == 6 and stopping.steps[-1] == 6
+    assert stopping.checkpoints == [4] and stopping.snapshots == [6]  # not a user checkpoint: a snapshot
+
+    resumed = Recorder()
+    result = train(spec, resumed)
+    assert result.resumed_from_step == 6 and resumed.steps[0] == 7
     finished = load_file(result.weights_path)
     assert all(torch.equal(finished[k], uninterrupted[k]) for k in uninterrupted)
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from training.engine.errors import EngineError, TrainingCancelled
+from training.engine.errors import EngineError, TrainingCancelled, TrainingSuspended
 from training.engine.spec import (
     DatasetImage,
     DatasetPair,
@@ -23,6 +23,7 @@ __all__ = [
     "TrainingCancelled",
     "TrainingResult",
     "TrainingSpec",
+    "TrainingSuspended",
     "quiet_libraries",
     "train",
 ]

@@ -10,3 +10,12 @@ class EngineError(Exception):
 
 class TrainingCancelled(Exception):
     """Raised inside the loop when the caller's cancel token fires; not an error."""
+
+
+class TrainingSuspended(Exception):
+    """Raised when the caller asked the run to stop for now (its worker is shutting down): the state is
+    saved in a snapshot at `step` (0: training had not begun), so another attempt resumes there."""
+
+    def __init__(self, step: int) -> None:
+        super().__init__(f"suspended at step {step}")
+        self.step = step

@@ -172,6 +172,10 @@ class TrainingCallbacks(Protocol):
 
     def should_cancel(self) -> bool: ...
 
+    def should_suspend(self) -> bool:
+        """True when the run should save a snapshot and stop, to be resumed later (a worker shutting down)."""
+        ...
+
 
 class SilentCallbacks:
     """Callbacks that ignore everything and never cancel, for scripts and tests that only want the result."""
@@ -198,4 +202,7 @@ class SilentCallbacks:
         return None
 
     def should_cancel(self) -> bool:
+        return False
+
+    def should_suspend(self) -> bool:
         return False

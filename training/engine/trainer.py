@@ -40,7 +40,7 @@ from training.engine.data import (
     validate_transforms,
     with_trigger,
 )
-from training.engine.errors import EngineError, TrainingCancelled
+from training.engine.errors import EngineError, TrainingCancelled, TrainingSuspended
 from training.engine.export import export_weights
 from training.engine.families import Family, family_class
 from training.engine.families.base import NoiseSettings
@@ -125,6 +125,8 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
     fingerprint = dataset_fingerprint(spec, family_name, resolution, items)
     cache = load_or_build_cache(spec, family, items, fingerprint, flip_probability(transforms) > 0, callbacks)
     check_cancel(callbacks)
+    if callbacks.should_suspend():
+        raise TrainingSuspended(0)  # the cache stays on disk for the next attempt on this machine
 
     # The denoiser: frozen base with trainable adapters, or (FULL) entirely trainable.
     torch.manual_seed(spec.seed)
@@ -227,13 +229,13 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
             )
             last_report = now
         user_checkpoint = step < spec.steps and spec.save_every and step % spec.save_every == 0
-        if user_checkpoint or (
-            step < spec.steps
-            and (
-                step - last_snapshot_step >= spec.snapshot_every_steps
-                or now - last_snapshot_time >= spec.snapshot_every_seconds
-            )
-        ):
+        snapshot_due = step < spec.steps and (
+            step - last_snapshot_step >= spec.snapshot_every_steps
+            or now - last_snapshot_time >= spec.snapshot_every_seconds
+        )
+        # A worker shutting down: save where the next attempt resumes, then stop (after samples are due).
+        suspend = step < spec.steps and callbacks.should_suspend()
+        if user_checkpoint or snapshot_due or suspend:
             # The worker's own snapshot, whatever save_every says: a crash loses at most its cadence.
             kind = "step" if user_checkpoint else "snapshot"
             path = save_checkpoint(
@@ -257,6 +259,8 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
                     callbacks.on_validation(step, validation_loss(context, validation))
                 if spec.sample_prompts:
                     samples += take_samples(spec, family, denoiser, items, step, resolution, callbacks, text_encoders)
+        if suspend:
+            raise TrainingSuspended(step)
         if step < spec.steps:
             check_cancel(callbacks)
 

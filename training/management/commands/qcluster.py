@@ -1,0 +1,60 @@
+"""django-q2's `qcluster`, stopping cleanly while a training runs.
+
+django-q2 answers SIGTERM and SIGINT by waiting for every worker to finish its task, which for a
+training means hours, so a stopped worker either hung or was killed and its attempt counted as lost.
+This command runs the same cluster, and on those signals first sends the runner's SHUTDOWN_SIGNAL to
+the cluster's processes: a worker that is training saves a snapshot at its next step and hands the task
+back to the queue (runner.TaskReporter.should_suspend), then the cluster stops as usual. Every other
+process of the cluster ignores the signal, which it inherits as ignored from this one. django-q2 has no
+hook for this, so the command subclasses its cluster.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+from typing import Any
+
+import psutil
+from django.conf import settings
+from django_q.cluster import Cluster
+from django_q.management.commands.qcluster import Command as DjangoQClusterCommand
+
+from training.runner import SHUTDOWN_SIGNAL
+
+logger = logging.getLogger(__name__)
+
+
+class GracefulCluster(Cluster):
+    def sig_handler(self, signum: int, frame: Any) -> None:
+        suspend_trainings(os.getpid())
+        super().sig_handler(signum, frame)
+
+
+def suspend_trainings(cluster_pid: int) -> int:
+    """Send SHUTDOWN_SIGNAL to every process under the cluster; returns how many were signalled."""
+    signalled = 0
+    for child in psutil.Process(cluster_pid).children(recursive=True):
+        try:
+            child.send_signal(SHUTDOWN_SIGNAL)
+            signalled += 1
+        except psutil.NoSuchProcess:
+            continue
+    logger.info("asked %d cluster process(es) to suspend their trainings", signalled)
+    return signalled
+
+
+class Command(DjangoQClusterCommand):
+    help = "Starts a django-q2 cluster whose trainings save a snapshot and re-queue when it is stopped."
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        # django-q2's own handle(), with our cluster class.
+        settings.SECRET_KEY  # noqa: B018 - signing needs it: fail here, not in a worker
+        if options.get("cluster_name"):
+            os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
+        signal.signal(SHUTDOWN_SIGNAL, signal.SIG_IGN)  # inherited by the sentinel, the workers, the monitor
+        cluster = GracefulCluster()
+        cluster.start()
+        if options.get("run_once", False):
+            cluster.stop()
