@@ -5,6 +5,10 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+handler400 = "models_app.api.boundary.bad_request"
+handler404 = "models_app.api.boundary.not_found"
+handler500 = "models_app.api.boundary.server_error"
+
 urlpatterns = [
     path("admin/", admin.site.urls),
     path("v1/", include("models_app.api.urls")),

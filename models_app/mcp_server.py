@@ -18,7 +18,8 @@ from pydantic import Field
 
 from models_app import selectors
 from models_app.api.serializers import AssetSerializer, JobSerializer, ModelSerializer
-from models_app.errors import ApplicationError, NotFound
+from models_app.errors import ApplicationError, InvalidInput, NotFound
+from models_app.input_rules import arguments_check, control_character, json_type, public_id_plausible
 from models_app.models import ApiKey, Model, Team
 from models_app.services.accounts import secret_matches
 from models_app.services.assets import asset_create
@@ -56,6 +57,8 @@ def api_key_team(token: str) -> Team | None:
             return None
     separator = "." if "." in token else ":"
     key, _, secret = token.partition(separator)
+    if not public_id_plausible(key) or control_character(secret):
+        return None
     api_key = ApiKey.objects.select_related("team").filter(key=key, revoked_at__isnull=True).first()
     if api_key is None or not secret or not secret_matches(api_key, secret):
         return None
@@ -66,6 +69,45 @@ def render(result: dict[str, Any], response_format: str) -> str:
     if response_format == "markdown":
         return render_markdown(result)
     return json.dumps(result, indent=2, default=str)
+
+
+JSON_TYPE_WORDS = {
+    "boolean": "true or false",
+    "string": "a string",
+    "integer": "an integer",
+    "number": "a number",
+    "array": "a list",
+    "object": "an object",
+}
+
+
+def strict_arguments(arguments: Any, schema: dict[str, Any]) -> None:
+    """A tool call's arguments as strictly as the REST API takes them: no unknown argument (with the REST
+    tool's words), and every value of its schema's JSON type as sent, never coerced ("yes" is not true,
+    "5" is not 5). InvalidInput naming the argument otherwise."""
+    from jsonschema import Draft202012Validator
+    from jsonschema.exceptions import best_match
+
+    arguments_check(arguments, schema.get("properties", {}))
+    error = best_match(Draft202012Validator(schema).iter_errors(arguments))
+    if error is None:
+        return
+    field = ".".join(str(part) for part in error.absolute_path) or "arguments"
+    if error.validator == "required":
+        raise InvalidInput(f"{error.message}", field=field)
+    if error.validator in ("type", "anyOf", "oneOf"):
+        options = error.schema.get("anyOf") or error.schema.get("oneOf") or [error.schema]
+        types = [
+            JSON_TYPE_WORDS.get(option.get("type", ""), option.get("type", ""))
+            for option in options
+            if option.get("type") not in (None, "null")
+        ]
+        if types:
+            raise InvalidInput(f"{field} must be {' or '.join(types)}, not {json_type(error.instance)}", field=field)
+    if error.validator == "enum":
+        choices = ", ".join(map(str, error.validator_value))
+        raise InvalidInput(f"{field} must be one of {choices}; got {error.instance!r}", field=field)
+    raise InvalidInput(f"{field}: {error.message}", field=field)
 
 
 def build_server(
@@ -92,7 +134,21 @@ def build_server(
             "token_verifier": ApiKeyVerifier(),
             "auth": AuthSettings(issuer_url=base_url, resource_server_url=base_url, required_scopes=["train"]),
         }
-    server = MCPServer(
+
+    class StrictMCPServer(MCPServer):
+        """Arguments are checked against the tool's published schema before pydantic sees them, so nothing
+        is coerced or dropped."""
+
+        async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+            tool = self._tool_manager.get_tool(name)
+            if tool is not None:
+                try:
+                    strict_arguments(arguments, tool.parameters)
+                except ApplicationError as exc:
+                    raise ToolError(f"{exc.status_code} {exc.message}") from exc
+            return await super().call_tool(name, arguments, context)
+
+    server = StrictMCPServer(
         name="image-training-platform",
         instructions="Train custom image models: upload assets, add them to a model, configure, start, follow, generate.",
         **options,

@@ -7,6 +7,7 @@ import uuid
 from django.db.models import Count, Prefetch, QuerySet
 
 from models_app.errors import InvalidInput, NotFound
+from models_app.input_rules import public_id_plausible
 from models_app.models import (
     Asset,
     CreditEntry,
@@ -36,7 +37,7 @@ def model_list(
     if type:
         models = models.filter(type=type)
     if project_id:
-        models = models.filter(project__public_id=project_id)
+        models = models.filter(project__public_id=project_id) if public_id_plausible(project_id) else models.none()
     return (
         models.select_related("project", "trained_task", "team")
         .annotate(training_images_count=Count("training_images", distinct=True))
@@ -50,7 +51,14 @@ def model_list(
     )
 
 
+def _shown(value: object) -> str:
+    """An id as a message shows it: as given, or escaped when it holds characters no id has."""
+    return value if isinstance(value, str) and public_id_plausible(value) else repr(value)[:120]
+
+
 def model_get(*, team: Team, public_id: str, include_deleted: bool = False) -> Model:
+    if not public_id_plausible(public_id):
+        raise NotFound(f"model {_shown(public_id)} not found")
     model = model_list(team=team, include_deleted=include_deleted).filter(public_id=public_id).first()
     if model is None:
         raise NotFound(f"model {public_id} not found")
@@ -65,6 +73,8 @@ def model_latest_task(model: Model) -> TrainingTask | None:
 
 
 def project_get(*, team: Team, public_id: str, field: str = "project_id") -> Project:
+    if not public_id_plausible(public_id):
+        raise NotFound(f"project {_shown(public_id)} not found", field=field)
     project = Project.objects.filter(team=team, public_id=public_id).first()
     if project is None:
         raise NotFound(f"project {public_id} not found", field=field)
@@ -76,6 +86,8 @@ def training_image_list(*, model: Model) -> QuerySet[TrainingImage]:
 
 
 def training_image_get(*, model: Model, public_id: str) -> TrainingImage:
+    if not public_id_plausible(public_id):
+        raise NotFound(f"training image {_shown(public_id)} not found in model {model.public_id}")
     image = training_image_list(model=model).filter(asset__public_id=public_id).select_related("model").first()
     if image is None:
         raise NotFound(f"training image {public_id} not found in model {model.public_id}")
@@ -94,7 +106,7 @@ def training_task_get(*, team: Team, task_id: str) -> TrainingTask:
     try:
         key = uuid.UUID(str(task_id))
     except ValueError as exc:
-        raise NotFound(f"training task {task_id} not found") from exc
+        raise NotFound(f"training task {_shown(task_id)} not found") from exc
     task = TrainingTask.objects.filter(team=team, pk=key).select_related("model").first()
     if task is None:
         raise NotFound(f"training task {task_id} not found")
@@ -110,7 +122,7 @@ def model_get_by_uuid(*, team: Team, value: str, field: str = "entity_id") -> Mo
     try:
         key = uuid.UUID(str(value))
     except ValueError as exc:
-        raise InvalidInput(f"{field} must be a UUID", field=field) from exc
+        raise InvalidInput(f"{field} must be a UUID; got {_shown(value)}", field=field) from exc
     model = Model.objects.filter(team=team, uuid=key).exclude(status=Model.Status.DELETED).first()
     if model is None:
         raise NotFound(f"model {value} not found", field=field)
@@ -118,6 +130,8 @@ def model_get_by_uuid(*, team: Team, value: str, field: str = "entity_id") -> Mo
 
 
 def asset_get(*, team: Team, public_id: str) -> Asset:
+    if not public_id_plausible(public_id):
+        raise NotFound(f"asset {_shown(public_id)} not found")
     asset = Asset.objects.filter(team=team, public_id=public_id).first()
     if asset is None:
         raise NotFound(f"asset {public_id} not found")
@@ -125,6 +139,8 @@ def asset_get(*, team: Team, public_id: str) -> Asset:
 
 
 def generation_job_get(*, team: Team, public_id: str) -> GenerationJob:
+    if not public_id_plausible(public_id):
+        raise NotFound(f"job {_shown(public_id)} not found")
     job = (
         GenerationJob.objects.filter(team=team, public_id=public_id)
         .select_related("model")

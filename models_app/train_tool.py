@@ -15,6 +15,7 @@ from django.conf import settings
 
 from models_app import selectors
 from models_app.errors import InvalidInput, NotFound
+from models_app.input_rules import arguments_check
 from models_app.models import Model, Team, TrainingImage
 from models_app.services.datasets import (
     model_configure,
@@ -72,11 +73,7 @@ class ToolCall:
 
 def run_train_tool(*, arguments: dict[str, Any], resolve_team: Callable[[str | None], Team]) -> dict[str, Any]:
     """Check the arguments, run the action, and return its documented result."""
-    if not isinstance(arguments, dict):
-        raise InvalidInput("the tool's arguments must be an object", field="arguments")
-    unknown = sorted(set(arguments) - set(ARGUMENTS))
-    if unknown:
-        raise InvalidInput(f"unknown argument {unknown[0]!r}; the tool takes: {', '.join(ARGUMENTS)}", field=unknown[0])
+    arguments_check(arguments, ARGUMENTS)
     action = arguments.get("action")
     if action not in ACTIONS:
         raise InvalidInput(f"action must be one of {', '.join(ACTIONS)}; got {action!r}", field="action")

@@ -10,7 +10,19 @@ import copy
 from dataclasses import dataclass
 from typing import Any
 
+from django.conf import settings
+
 from models_app.errors import InvalidInput
+from models_app.input_rules import (
+    LIST_MAX,
+    PATH_MAX,
+    PROMPT_MAX,
+    URL_MAX,
+    path_inside_roots,
+    public_id_plausible,
+    text_check,
+    url_check,
+)
 from training.engine.spec import LORA_TARGETS, LORA_TYPES, LOSS_TYPES, TIMESTEP_SAMPLINGS
 
 
@@ -24,7 +36,7 @@ class Parameter:
     nullable: bool = False
     exclusive_minimum: bool = False  # the value must be above `minimum`, not equal to it
     min_length: int | None = None  # strings
-    max_length: int | None = None
+    max_length: int = 200  # characters of a string, entries of a list
 
 
 PARAMETERS: dict[str, Parameter] = {
@@ -53,16 +65,16 @@ PARAMETERS: dict[str, Parameter] = {
     "max_step_saves_to_keep": Parameter(int, 4, 1, 100),
     "sample_every": Parameter(int, 250, 1, 100_000),
     "sample_steps": Parameter(int, 25, 1, 200),
-    "sample_prompts": Parameter(list, []),
-    "base_model_path": Parameter(str, None, nullable=True),
+    "sample_prompts": Parameter(list, [], max_length=LIST_MAX),
+    "base_model_path": Parameter(str, None, nullable=True, max_length=PATH_MAX),
     "bypass_guidance_embedding": Parameter(bool, False),
-    "preprocessing_transforms": Parameter(list, None, nullable=True),
+    "preprocessing_transforms": Parameter(list, None, nullable=True, max_length=LIST_MAX),
     "preprocessing_captioning_strategy": Parameter(
         str, "trigger_only", choices=("trigger_only", "description", "filename", "automatic")
     ),
-    "preprocessing_captioning_prompt": Parameter(str, None, nullable=True),
+    "preprocessing_captioning_prompt": Parameter(str, None, nullable=True, max_length=PROMPT_MAX),
     "priority": Parameter(int, 1, 0, 3),
-    "webhook_url": Parameter(str, "", nullable=True),
+    "webhook_url": Parameter(str, "", nullable=True, max_length=URL_MAX),
     # Adapter shape (LoRA only).
     "lora_type": Parameter(str, "lora", choices=LORA_TYPES),
     "lora_targets": Parameter(str, "all_linear", choices=LORA_TARGETS),
@@ -92,8 +104,12 @@ PARAMETERS: dict[str, Parameter] = {
     "masked_loss": Parameter(bool, False),
     # Validation: a held-out share of the images, and/or these training images (asset ids).
     "validation_split": Parameter((int, float), 0.0, 0, 0.5),
-    "validation_images": Parameter(list, []),
+    "validation_images": Parameter(list, [], max_length=LIST_MAX),
 }
+
+
+# Parameters whose text may span lines (prompts); every other string is one line.
+MULTILINE = {"preprocessing_captioning_prompt"}
 
 
 def validate_parameters(values: Any, *, field: str = "parameters") -> dict[str, Any]:
@@ -131,17 +147,27 @@ def _check(name: str, spec: Parameter, value: Any, *, field: str) -> Any:
         raise InvalidInput(f"{name} must be at least {spec.minimum}; got {value}", field=field)
     if spec.maximum is not None and value > spec.maximum:
         raise InvalidInput(f"{name} must be at most {spec.maximum}; got {value}", field=field)
+    if isinstance(value, str):
+        text_check(value, field=field, label=name, max_length=spec.max_length, multiline=name in MULTILINE)
+    if isinstance(value, list) and len(value) > spec.max_length:
+        raise InvalidInput(f"{name} may have at most {spec.max_length} entries; got {len(value)}", field=field)
     if spec.min_length is not None and len(value) < spec.min_length:
         raise InvalidInput(f"{name} must be at least {spec.min_length} character(s) long", field=field)
-    if spec.max_length is not None and len(value) > spec.max_length:
-        raise InvalidInput(f"{name} must be at most {spec.max_length} characters long; got {len(value)}", field=field)
-    if name == "webhook_url" and value and not value.startswith(("http://", "https://")):
-        raise InvalidInput("webhook_url must be an http or https URL", field=field)
-    if name == "sample_prompts" and not all(isinstance(p, str) for p in value):
-        raise InvalidInput("sample_prompts must be a list of strings", field=field)
+    if name == "webhook_url" and value:
+        # Refused now, at configuration, and checked again by the sender at every delivery.
+        url_check(value, field=field, allow_private=settings.IMAGE_URL_ALLOW_PRIVATE_HOSTS, must_resolve=False)
+    if name == "base_model_path":
+        _check_base_model_path(value, field=field)
+    if name == "sample_prompts":
+        if not all(isinstance(p, str) for p in value):
+            raise InvalidInput("sample_prompts must be a list of strings", field=field)
+        for index, prompt in enumerate(value):
+            text_check(
+                prompt, field=f"{field}[{index}]", label=f"{name}[{index}]", max_length=PROMPT_MAX, multiline=True
+            )
     if name == "validation_images":
         for index, item in enumerate(value):
-            if not isinstance(item, str) or not item.startswith("asset_"):
+            if not public_id_plausible(item) or not item.startswith("asset_"):
                 raise InvalidInput(
                     f"validation_images[{index}] must be a training image id (asset_…); got {item!r}", field=field
                 )
@@ -157,6 +183,15 @@ def _check(name: str, spec: Parameter, value: Any, *, field: str) -> Any:
         except EngineError as exc:
             raise InvalidInput(str(exc), field=field) from exc
     return value
+
+
+def _check_base_model_path(value: str, *, field: str) -> None:
+    """Path rules at the moment the value is stored: a folder given by path (absolute, `./`, `~`, `..`)
+    must lie inside TRAINING_BASE_MODEL_ROOTS. Plain relative names (a folder under a root, or a hub
+    id) are resolved when a training starts."""
+    text = value.strip()
+    if text.startswith(("/", ".", "~")) or ".." in text.split("/"):
+        path_inside_roots(text, field=field, roots=settings.TRAINING_BASE_MODEL_ROOTS, what="model folders")
 
 
 def _kind_name(kinds: tuple[type, ...]) -> str:

@@ -15,6 +15,7 @@ import httpx
 from django.conf import settings
 from django.db import close_old_connections, connection
 
+from models_app.errors import InvalidInput
 from models_app.models import WebhookDelivery
 from models_app.services.image_sources import check_url_host
 from models_app.services.webhooks import SIGNATURE_HEADER, payload_body, sign, webhook_record_attempt
@@ -38,7 +39,11 @@ def deliver(delivery_id: int) -> WebhookDelivery | None:
     status_code: int | None = None
     error = ""
     try:
+        # Checked again at every delivery: a name may resolve elsewhere now than when it was configured.
         check_url_host(delivery.url, "webhook_url")
+    except InvalidInput as exc:
+        return webhook_record_attempt(delivery_id=delivery_id, status_code=None, error=exc.message, give_up=True)
+    try:
         with httpx.Client(timeout=settings.WEBHOOK_TIMEOUT_SECONDS, follow_redirects=False) as client:
             response = client.post(delivery.url, content=body, headers=headers)
         status_code = response.status_code

@@ -9,12 +9,21 @@ from datetime import timedelta
 from typing import Any
 
 from django.utils import timezone
+from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
+from rest_framework_simplejwt.authentication import JWTAuthentication
+from rest_framework_simplejwt.settings import api_settings as jwt_settings
+from rest_framework_simplejwt.tokens import Token
 
+from models_app.input_rules import control_character, public_id_plausible
 from models_app.models import ApiKey, Team
 from models_app.services.accounts import secret_matches
+
+SECRET_MAX = 200
+# The largest primary key a user row can have (a bigint).
+USER_ID_MAX = 2**63 - 1
 
 # last_used_at is for people, not for accounting: write it at most this often per key.
 LAST_USED_RESOLUTION = timedelta(minutes=1)
@@ -52,6 +61,8 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             key, _, secret = credentials.partition(".")
         else:
             return None  # not an API key: let the next authenticator look
+        if not public_id_plausible(key) or control_character(secret) or len(secret) > SECRET_MAX:
+            raise exceptions.AuthenticationFailed("malformed API key: a control character or an over-long value")
         api_key = ApiKey.objects.select_related("team").filter(key=key, revoked_at__isnull=True).first()
         if api_key is None or not secret or not secret_matches(api_key, secret):
             raise exceptions.AuthenticationFailed("invalid API key")
@@ -62,6 +73,18 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
 
     def authenticate_header(self, request: Request) -> str:
         return self.keyword_hint
+
+
+class UserJWTAuthentication(JWTAuthentication):
+    """simplejwt's JWT authentication, where a token whose user id cannot be a user's is a 401, not a crash."""
+
+    def get_user(self, validated_token: Token) -> Any:
+        user_id = validated_token.get(jwt_settings.USER_ID_CLAIM)
+        if isinstance(user_id, str) and user_id.isascii() and user_id.isdigit():
+            user_id = int(user_id)
+        if isinstance(user_id, bool) or not isinstance(user_id, int) or not 0 < user_id <= USER_ID_MAX:
+            raise exceptions.AuthenticationFailed("the token's user_id is not a valid user id", code="user_not_found")
+        return super().get_user(validated_token)
 
 
 class ApiKeySchemes(OpenApiAuthenticationExtension):
@@ -75,3 +98,9 @@ class ApiKeySchemes(OpenApiAuthenticationExtension):
             {"type": "http", "scheme": "basic", "description": "The API key as user name, its secret as password"},
             {"type": "http", "scheme": "bearer", "description": "`<key>.<secret>` of a team API key, or a user JWT"},
         ]
+
+
+class UserJWTScheme(SimpleJWTScheme):
+    """The schema describes UserJWTAuthentication as drf-spectacular describes simplejwt's own."""
+
+    target_class = UserJWTAuthentication

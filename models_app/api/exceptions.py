@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.exceptions import PermissionDenied
+from django.http import Http404
 from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
@@ -65,4 +67,36 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             body["field"] = exc.field
         body.update(exc.extra)
         return Response(body, status=exc.status_code)
-    return drf_exception_handler(exc, context)
+    if isinstance(exc, Http404):
+        exc = exceptions.NotFound(_not_found_message(context))
+    elif isinstance(exc, PermissionDenied):
+        exc = exceptions.PermissionDenied()
+    if fastapi_style and isinstance(exc, exceptions.ParseError):
+        # FastAPI answers a body it cannot decode as a request validation error.
+        body = {"detail": [{"loc": ["body"], "msg": str(exc.detail), "type": "json_invalid"}]}
+        return Response(body, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
+    response = drf_exception_handler(exc, context)
+    if response is not None and isinstance(exc, exceptions.APIException):
+        response.data = _api_exception_body(exc)
+    return response
+
+
+def _api_exception_body(exc: exceptions.APIException) -> dict[str, Any]:
+    """DRF's own errors (parse error, 401, 404, 405, 406, 415, 429) in the published shape: detail and code."""
+    detail = exc.detail
+    if isinstance(detail, dict):
+        # simplejwt's InvalidToken carries {"detail", "code", "messages"} already.
+        message = str(detail.get("detail", "")) or "; ".join(f"{key}: {value}" for key, value in detail.items())
+        code = str(detail.get("code", exc.default_code))
+        return {**{k: v for k, v in detail.items() if k not in ("detail", "code")}, "detail": message, "code": code}
+    if isinstance(detail, list):
+        return {"detail": "; ".join(map(str, detail)), "code": str(exc.default_code)}
+    return {"detail": str(detail), "code": str(getattr(detail, "code", None) or exc.default_code)}
+
+
+def _not_found_message(context: dict[str, Any]) -> str:
+    request = context.get("request")
+    requested_format = request.query_params.get("format") if request is not None else None
+    if requested_format:
+        return f"format {requested_format!r} is not one this endpoint answers in; leave it out for JSON"
+    return "not found"

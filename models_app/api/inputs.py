@@ -1,15 +1,104 @@
-"""Request helpers shared by the views: key spelling, strict input, pagination."""
+"""The API's input boundary: parsers that bound and clean every body, strict fields, key spelling, pagination.
+
+The rules themselves (characters, lengths, depth) live in `models_app.input_rules`; this module applies
+them to what DRF parses, so every view receives a body that already passed them.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.http import QueryDict
-from rest_framework import serializers
+from rest_framework import parsers, serializers
+from rest_framework.exceptions import ParseError
 from rest_framework.pagination import PageNumberPagination
 
 from models_app.errors import InvalidInput
+from models_app.input_rules import JSON_MAX_DEPTH, control_character, structure_problem
 from models_app.text_case import snake_case
+
+# A data URL carries a whole image in base64: bounded by the body limit, not by a text limit.
+DATA_URL_MAX = 40 * 1024 * 1024
+
+
+def _refuse_structure(data: Any) -> None:
+    problem = structure_problem(data)
+    if problem is None:
+        return
+    detail: Any = [problem.message]
+    for part in reversed(problem.path):
+        detail = {part: detail}
+    if not isinstance(detail, dict):
+        detail = {"non_field_errors": detail}
+    raise serializers.ValidationError(detail, code=problem.code)
+
+
+class BoundedJSONParser(parsers.JSONParser):
+    """JSON with at most JSON_MAX_DEPTH levels of nesting and no control characters in keys or strings."""
+
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        try:
+            data = super().parse(stream, media_type, parser_context)
+        except RecursionError as exc:
+            raise ParseError(f"JSON parse error - nested deeper than {JSON_MAX_DEPTH} levels") from exc
+        _refuse_structure(data)
+        return data
+
+
+def _refuse_form_structure(data: QueryDict) -> None:
+    _refuse_structure({key: values[0] if len(values) == 1 else values for key, values in data.lists()})
+
+
+class BoundedMultiPartParser(parsers.MultiPartParser):
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        parsed = super().parse(stream, media_type, parser_context)
+        _refuse_form_structure(parsed.data)
+        return parsed
+
+
+class BoundedFormParser(parsers.FormParser):
+    def parse(self, stream: Any, media_type: str | None = None, parser_context: Any = None) -> Any:
+        data = super().parse(stream, media_type, parser_context)
+        _refuse_form_structure(data)
+        return data
+
+
+class StrictCharField(serializers.CharField):
+    """A string field that takes only strings: a number or a boolean is refused, never turned into text.
+
+    Control characters are refused (tab and line breaks too, unless `multiline`), and every
+    instance has a `max_length`."""
+
+    default_error_messages = {
+        "invalid": "Not a valid string: send a JSON string.",
+        "control_character": "Contains a control character ({character}), which is not allowed.",
+    }
+
+    def __init__(self, *, max_length: int, multiline: bool = False, **kwargs: Any) -> None:
+        self.multiline = multiline
+        super().__init__(max_length=max_length, **kwargs)
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        character = control_character(data, multiline=self.multiline)
+        if character:
+            self.fail("control_character", character=character)
+        return super().to_internal_value(data)
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """true or false (or, from a form, their spellings "true"/"false"/"1"/"0"); "yes" and 5 are refused."""
+
+    default_error_messages = {"invalid": "Must be true or false."}
+    FORM_SPELLINGS = {"true": True, "1": True, "false": False, "0": False}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if isinstance(data, bool):
+            return data
+        if isinstance(data, str) and data.lower() in self.FORM_SPELLINGS:
+            return self.FORM_SPELLINGS[data.lower()]
+        self.fail("invalid")
 
 
 def snake_keys(data: Any) -> Any:

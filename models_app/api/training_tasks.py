@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
@@ -9,41 +11,66 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from models_app import selectors
+from models_app.api.inputs import DATA_URL_MAX, StrictBooleanField, StrictCharField
 from models_app.api.serializers import DetailSerializer, HTTPValidationErrorSerializer, TrainingTaskSerializer
 from models_app.api.tenancy import TEAM_PARAMETER, request_team
+from models_app.input_rules import LIST_MAX, ORIGIN_MAX, PATH_MAX, PROMPT_MAX, TRIGGER_WORD_MAX, URL_MAX
 from models_app.models import TrainingTask
 from models_app.services.training import training_task_cancel
 from models_app.services.training_tasks import training_task_create
 
+SKIP_MAX = 1_000_000_000
 ERRORS = {401: DetailSerializer, 404: DetailSerializer, 422: HTTPValidationErrorSerializer}
 
 
 class TrainingTaskCreateSerializer(serializers.Serializer):
-    """Seed 003's `TrainingTaskCreate`, with its defaults. Unknown fields are ignored, as the seed's server does."""
+    """Seed 003's `TrainingTaskCreate`, with its defaults. Unknown fields are ignored, as the seed's server does.
+
+    Only the fields a request names are handed on: with an `entity_id`, the model's stored parameters
+    fill what the request leaves out, then the defaults (see `explicit_fields`)."""
 
     training_type = serializers.ChoiceField(choices=TrainingTask.TrainingType.choices, default="LORA")
     entity_type = serializers.ChoiceField(choices=TrainingTask.EntityType.choices, default="PRODUCT")
     entity_id = serializers.UUIDField(required=False, allow_null=True, default=None)
-    trigger_word = serializers.CharField(max_length=100)
+    trigger_word = StrictCharField(max_length=TRIGGER_WORD_MAX)
     rank = serializers.IntegerField(required=False, allow_null=True, default=16)
     steps = serializers.IntegerField(required=False, allow_null=True, default=1000)
     learning_rate = serializers.FloatField(required=False, allow_null=True, default=0.0001)
-    sample_prompts = serializers.ListField(child=serializers.CharField(), required=False, allow_null=True, default=list)
-    source_images = serializers.ListField(child=serializers.CharField(), required=False, allow_null=True, default=list)
-    base_model_path = serializers.CharField(required=False, allow_null=True, default=None)
-    bypass_guidance_embedding = serializers.BooleanField(required=False, allow_null=True, default=False)
-    webhook_url = serializers.CharField(required=False, allow_null=True, allow_blank=True, default=None)
-    origin_instance = serializers.CharField(required=False, allow_null=True, default="unknown")
-    origin_zone = serializers.CharField(required=False, allow_null=True, default=None)
-    origin_version = serializers.CharField(required=False, allow_null=True, default=None)
-    origin_tenant_id = serializers.CharField(required=False, allow_null=True, default=None)
+    sample_prompts = serializers.ListField(
+        child=StrictCharField(max_length=PROMPT_MAX, multiline=True),
+        max_length=LIST_MAX,
+        required=False,
+        allow_null=True,
+        default=list,
+    )
+    source_images = serializers.ListField(
+        child=StrictCharField(max_length=DATA_URL_MAX),
+        max_length=LIST_MAX,
+        required=False,
+        allow_null=True,
+        default=list,
+    )
+    base_model_path = StrictCharField(max_length=PATH_MAX, required=False, allow_null=True, default=None)
+    bypass_guidance_embedding = StrictBooleanField(required=False, allow_null=True, default=False)
+    webhook_url = StrictCharField(max_length=URL_MAX, required=False, allow_null=True, allow_blank=True, default=None)
+    origin_instance = StrictCharField(max_length=ORIGIN_MAX, required=False, allow_null=True, default="unknown")
+    origin_zone = StrictCharField(max_length=ORIGIN_MAX, required=False, allow_null=True, default=None)
+    origin_version = StrictCharField(max_length=ORIGIN_MAX, required=False, allow_null=True, default=None)
+    origin_tenant_id = StrictCharField(max_length=ORIGIN_MAX, required=False, allow_null=True, default=None)
     preprocessing_transforms = serializers.ListField(
-        child=serializers.DictField(), required=False, allow_null=True, default=None
+        child=serializers.DictField(), max_length=LIST_MAX, required=False, allow_null=True, default=None
     )
     preprocessing_captioning_strategy = serializers.ChoiceField(
         choices=TrainingTask.CaptioningStrategy.choices, required=False, allow_null=True, default="trigger_only"
     )
-    preprocessing_captioning_prompt = serializers.CharField(required=False, allow_null=True, default=None)
+    preprocessing_captioning_prompt = StrictCharField(
+        max_length=PROMPT_MAX, multiline=True, required=False, allow_null=True, default=None
+    )
+
+    def explicit_fields(self) -> dict[str, Any]:
+        """The validated values of the fields the request itself gave (defaults left out)."""
+        given = self.initial_data if isinstance(self.initial_data, dict) else {}
+        return {name: value for name, value in self.validated_data.items() if name in given}
 
 
 class SeedErrorsMixin:
@@ -54,7 +81,8 @@ class SeedErrorsMixin:
 class TrainingTaskListApi(SeedErrorsMixin, APIView):
     class TrainingTaskPage(serializers.Serializer):
         limit = serializers.IntegerField(min_value=1, max_value=1000, default=10)
-        skip = serializers.IntegerField(min_value=0, default=0)
+        # Bounded so that an offset never overflows the database's integers.
+        skip = serializers.IntegerField(min_value=0, max_value=SKIP_MAX, default=0)
 
     @extend_schema(
         operation_id="create_training_task",
@@ -73,7 +101,7 @@ class TrainingTaskListApi(SeedErrorsMixin, APIView):
     def post(self, request: Request) -> Response:
         data = TrainingTaskCreateSerializer(data=request.data)
         data.is_valid(raise_exception=True)
-        task = training_task_create(team=request_team(request), data=dict(data.validated_data))
+        task = training_task_create(team=request_team(request), data=data.explicit_fields())
         task = selectors.training_task_get(team=task.team, task_id=str(task.pk))
         return Response(TrainingTaskSerializer(task).data)
 
@@ -81,8 +109,8 @@ class TrainingTaskListApi(SeedErrorsMixin, APIView):
         operation_id="list_training_tasks",
         parameters=[
             TEAM_PARAMETER,
-            OpenApiParameter("limit", int, default=10),
-            OpenApiParameter("skip", int, default=0),
+            OpenApiParameter("limit", int, default=10, description="1 to 1000"),
+            OpenApiParameter("skip", int, default=0, description=f"0 to {SKIP_MAX}"),
         ],
         responses={200: TrainingTaskSerializer(many=True), **ERRORS},
         description="List all training tasks with pagination.",

@@ -9,10 +9,11 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from models_app import selectors
-from models_app.api.inputs import StrictSerializer, require_one, snake_keys
+from models_app.api.inputs import DATA_URL_MAX, StrictCharField, StrictSerializer, require_one, snake_keys
 from models_app.api.serializers import AssetSerializer, DetailSerializer, ErrorSerializer, JobSerializer
 from models_app.api.tenancy import TEAM_PARAMETER, request_team
 from models_app.api.v1_training_images import upload_content
+from models_app.input_rules import FILE_NAME_MAX, ID_MAX, PROMPT_MAX, URL_MAX
 from models_app.services.assets import asset_create
 from models_app.services.generation import generation_cancel, generation_create
 from models_app.services.image_sources import source_from_data_url, source_from_url
@@ -24,10 +25,10 @@ ASSET_ENVELOPE = inline_serializer("AssetEnvelope", {"asset": AssetSerializer()}
 class AssetListApi(APIView):
     class AssetUploadInput(StrictSerializer):
         file = serializers.FileField(required=False)
-        data = serializers.CharField(required=False, help_text="A base64 data URL")
-        url = serializers.CharField(required=False)
-        name = serializers.CharField(required=False, allow_blank=True, default="")
-        project_id = serializers.CharField(required=False, allow_null=True, default=None)
+        data = StrictCharField(max_length=DATA_URL_MAX, required=False, help_text="A base64 data URL")
+        url = StrictCharField(max_length=URL_MAX, required=False)
+        name = StrictCharField(max_length=FILE_NAME_MAX, required=False, allow_blank=True, default="")
+        project_id = StrictCharField(max_length=ID_MAX, required=False, allow_null=True, default=None)
 
     @extend_schema(
         parameters=[TEAM_PARAMETER],
@@ -71,17 +72,19 @@ class AssetDetailApi(APIView):
 
 class GenerationApi(APIView):
     class GenerationInput(StrictSerializer):
-        model_id = serializers.CharField(help_text="modelID: a ready model")
-        prompt = serializers.CharField()
-        negative_prompt = serializers.CharField(required=False, allow_blank=True, default="")
+        model_id = StrictCharField(max_length=ID_MAX, help_text="modelID: a ready model")
+        prompt = StrictCharField(max_length=PROMPT_MAX, multiline=True)
+        negative_prompt = StrictCharField(
+            max_length=PROMPT_MAX, multiline=True, required=False, allow_blank=True, default=""
+        )
         width = serializers.IntegerField(required=False, allow_null=True, default=None)
         height = serializers.IntegerField(required=False, allow_null=True, default=None)
         num_images = serializers.IntegerField(required=False, default=1)
         steps = serializers.IntegerField(required=False, default=25)
         seed = serializers.IntegerField(required=False, default=0)
         guidance_scale = serializers.FloatField(required=False, default=7.5)
-        image = serializers.CharField(
-            required=False, allow_null=True, default=None, help_text="Edit models: input asset id"
+        image = StrictCharField(
+            max_length=ID_MAX, required=False, allow_null=True, default=None, help_text="Edit models: input asset id"
         )
 
     @extend_schema(

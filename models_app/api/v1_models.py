@@ -11,7 +11,7 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from models_app import selectors
-from models_app.api.inputs import ListPagination, StrictSerializer, paginated, snake_keys
+from models_app.api.inputs import ListPagination, StrictCharField, StrictSerializer, paginated, snake_keys
 from models_app.api.serializers import (
     DetailSerializer,
     ErrorSerializer,
@@ -20,6 +20,7 @@ from models_app.api.serializers import (
     ModelSerializer,
 )
 from models_app.api.tenancy import TEAM_PARAMETER, request_team
+from models_app.input_rules import DESCRIPTION_MAX, ID_MAX, NAME_MAX, TRIGGER_WORD_MAX
 from models_app.models import Model
 from models_app.services.datasets import model_configure, model_create, model_delete
 from models_app.services.training import training_cancel, training_quote, training_start
@@ -36,15 +37,17 @@ class ModelListApi(APIView):
     class ModelListFilter(serializers.Serializer):
         status = serializers.ChoiceField(choices=Model.Status.choices, required=False)
         type = serializers.ChoiceField(choices=Model.Type.choices, required=False)
-        project_id = serializers.CharField(required=False)
+        project_id = StrictCharField(max_length=ID_MAX, required=False)
 
     class ModelCreateInput(StrictSerializer):
-        name = serializers.CharField(max_length=200)
+        name = StrictCharField(max_length=NAME_MAX)
         type = serializers.ChoiceField(choices=Model.Type.choices, default=Model.Type.SUBJECT)
-        short_description = serializers.CharField(required=False, allow_blank=True, default="")
-        trigger_word = serializers.CharField(required=False, allow_blank=True, default="", max_length=100)
+        short_description = StrictCharField(
+            max_length=DESCRIPTION_MAX, multiline=True, required=False, allow_blank=True, default=""
+        )
+        trigger_word = StrictCharField(max_length=TRIGGER_WORD_MAX, required=False, allow_blank=True, default="")
         parameters = serializers.DictField(required=False, default=dict)
-        project_id = serializers.CharField(required=False, allow_null=True, default=None)
+        project_id = StrictCharField(max_length=ID_MAX, required=False, allow_null=True, default=None)
 
     @extend_schema(
         operation_id="list_models",
@@ -84,9 +87,11 @@ class ModelListApi(APIView):
 
 class ModelDetailApi(APIView):
     class ModelConfigureInput(StrictSerializer):
-        name = serializers.CharField(max_length=200, required=False)
-        short_description = serializers.CharField(required=False, allow_blank=True)
-        trigger_word = serializers.CharField(required=False, allow_blank=True, max_length=100)
+        name = StrictCharField(max_length=NAME_MAX, required=False)
+        short_description = StrictCharField(
+            max_length=DESCRIPTION_MAX, multiline=True, required=False, allow_blank=True
+        )
+        trigger_word = StrictCharField(max_length=TRIGGER_WORD_MAX, required=False, allow_blank=True)
         parameters = serializers.DictField(required=False)
 
     @extend_schema(parameters=[TEAM_PARAMETER], responses={200: ModelEnvelopeSerializer, **ERRORS})

@@ -13,7 +13,15 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from models_app import selectors
-from models_app.api.inputs import ListPagination, StrictSerializer, paginated, require_one, snake_keys
+from models_app.api.inputs import (
+    DATA_URL_MAX,
+    ListPagination,
+    StrictCharField,
+    StrictSerializer,
+    paginated,
+    require_one,
+    snake_keys,
+)
 from models_app.api.serializers import (
     DetailSerializer,
     ErrorSerializer,
@@ -24,6 +32,7 @@ from models_app.api.serializers import (
 )
 from models_app.api.tenancy import TEAM_PARAMETER, request_team
 from models_app.errors import InvalidInput
+from models_app.input_rules import CAPTION_MAX, FILE_NAME_MAX, ID_MAX, INSTRUCTION_MAX, LIST_MAX, URL_MAX
 from models_app.services.datasets import (
     pairs_replace,
     training_image_delete,
@@ -52,14 +61,19 @@ def upload_content(upload: UploadedFile, field: str = "file") -> bytes:
 class TrainingImageListApi(APIView):
     class TrainingImageAddInput(StrictSerializer):
         file = serializers.FileField(required=False, help_text="The image, as a multipart upload")
-        asset_id = serializers.CharField(required=False, help_text="An uploaded asset's id (assetId)")
+        asset_id = StrictCharField(max_length=ID_MAX, required=False, help_text="An uploaded asset's id (assetId)")
         asset_ids = serializers.ListField(
-            child=serializers.CharField(), required=False, help_text="Up to 10 asset ids (assetIds)"
+            child=StrictCharField(max_length=ID_MAX),
+            max_length=LIST_MAX,
+            required=False,
+            help_text="Up to 10 asset ids (assetIds)",
         )
-        data = serializers.CharField(required=False, help_text="A base64 data URL (with `name`)")
-        url = serializers.CharField(required=False, help_text="An http(s) URL to download the image from")
-        name = serializers.CharField(required=False, allow_blank=True, default="")
-        description = serializers.CharField(required=False, allow_blank=True, default="")
+        data = StrictCharField(max_length=DATA_URL_MAX, required=False, help_text="A base64 data URL (with `name`)")
+        url = StrictCharField(max_length=URL_MAX, required=False, help_text="An http(s) URL to download the image from")
+        name = StrictCharField(max_length=FILE_NAME_MAX, required=False, allow_blank=True, default="")
+        description = StrictCharField(
+            max_length=CAPTION_MAX, multiline=True, required=False, allow_blank=True, default=""
+        )
 
     @extend_schema(
         operation_id="list_training_images",
@@ -134,10 +148,10 @@ class TrainingImageListApi(APIView):
 class TrainingImageDetailApi(APIView):
     class TrainingImageReplaceInput(StrictSerializer):
         file = serializers.FileField(required=False)
-        data = serializers.CharField(required=False, help_text="A base64 data URL")
-        url = serializers.CharField(required=False)
-        name = serializers.CharField(required=False, allow_blank=True, default="")
-        description = serializers.CharField(required=False, allow_blank=True)
+        data = StrictCharField(max_length=DATA_URL_MAX, required=False, help_text="A base64 data URL")
+        url = StrictCharField(max_length=URL_MAX, required=False)
+        name = StrictCharField(max_length=FILE_NAME_MAX, required=False, allow_blank=True, default="")
+        description = StrictCharField(max_length=CAPTION_MAX, multiline=True, required=False, allow_blank=True)
 
     @extend_schema(
         parameters=[TEAM_PARAMETER],
@@ -186,9 +200,11 @@ class TrainingImageDetailApi(APIView):
 
 class PairsApi(APIView):
     class PairInput(serializers.Serializer):
-        source_id = serializers.CharField()
-        target_id = serializers.CharField()
-        instruction = serializers.CharField(required=False, allow_blank=True, allow_null=True, default="")
+        source_id = StrictCharField(max_length=ID_MAX)
+        target_id = StrictCharField(max_length=ID_MAX)
+        instruction = StrictCharField(
+            max_length=INSTRUCTION_MAX, multiline=True, required=False, allow_blank=True, allow_null=True, default=""
+        )
 
         def to_internal_value(self, data: Any) -> Any:
             return super().to_internal_value(snake_keys(data))

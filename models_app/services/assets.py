@@ -13,6 +13,7 @@ from django.db import transaction
 from PIL import Image, UnidentifiedImageError
 
 from models_app.errors import InvalidInput
+from models_app.input_rules import FILE_NAME_MAX, URL_MAX, text_check
 from models_app.models import Asset, Project, Team
 
 
@@ -86,14 +87,20 @@ def asset_create(
     project: Project | None = None,
     kind: str = Asset.Kind.UPLOAD,
     field: str = "file",
+    verified: VerifiedImage | None = None,
 ) -> Asset:
-    """Verify and store an image. On any failure, neither the row nor the file remains."""
-    verified = image_verify(content=content, name=name, field=field)
+    """Verify and store an image. On any failure, neither the row nor the file remains.
+
+    `verified` is this content's own verification when the caller already decoded it."""
+    # A file's name comes from a file system or a URL, where long names are honest: it is shortened, not refused.
+    name = text_check(name, field=field, label="the file name", max_length=URL_MAX)[:FILE_NAME_MAX]
+    if verified is None:
+        verified = image_verify(content=content, name=name, field=field)
     asset = Asset(
         team=team,
         project=project,
         kind=kind,
-        original_name=name[:255],
+        original_name=name,
         format=verified.format,
         width=verified.width,
         height=verified.height,

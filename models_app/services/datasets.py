@@ -11,6 +11,14 @@ from django.db import transaction
 from django.utils import timezone
 
 from models_app.errors import Conflict, InvalidInput
+from models_app.input_rules import (
+    CAPTION_MAX,
+    DESCRIPTION_MAX,
+    INSTRUCTION_MAX,
+    NAME_MAX,
+    TRIGGER_WORD_MAX,
+    text_check,
+)
 from models_app.models import Asset, Model, Pair, Project, Team, TrainingImage
 from models_app.services.assets import asset_create, image_verify
 from models_app.services.image_sources import ImageSource
@@ -45,11 +53,13 @@ def model_create(
     parameters: dict[str, Any] | None = None,
     project: Project | None = None,
 ) -> Model:
-    name = (name or "").strip()
+    name = text_check(name if name is not None else "", field="name", max_length=NAME_MAX).strip()
     if not name:
         raise InvalidInput("name is required", field="name")
-    if len(name) > 200:
-        raise InvalidInput("name may be at most 200 characters", field="name")
+    trigger_word = text_check(trigger_word, field="trigger_word", max_length=TRIGGER_WORD_MAX)
+    short_description = text_check(
+        short_description, field="shortDescription", max_length=DESCRIPTION_MAX, multiline=True
+    )
     if type not in Model.Type.values:
         raise InvalidInput(f"type must be one of {', '.join(Model.Type.values)}; got {type!r}", field="type")
     if project is not None and project.team_id != team.id:
@@ -86,15 +96,15 @@ def model_configure(
         model.parameters = clean if replace else {**model.parameters, **clean}
         fields.append("parameters")
     if name is not None:
-        if not name.strip():
-            raise InvalidInput("name cannot be empty", field="name")
-        model.name = name.strip()
+        model.name = text_check(name, field="name", max_length=NAME_MAX, allow_blank=False).strip()
         fields.append("name")
     if short_description is not None:
-        model.short_description = short_description
+        model.short_description = text_check(
+            short_description, field="shortDescription", max_length=DESCRIPTION_MAX, multiline=True
+        )
         fields.append("short_description")
     if trigger_word is not None:
-        model.trigger_word = trigger_word.strip()
+        model.trigger_word = text_check(trigger_word, field="trigger_word", max_length=TRIGGER_WORD_MAX).strip()
         fields.append("trigger_word")
     model.save(update_fields=fields)
     return model
@@ -112,7 +122,7 @@ def training_images_add(
 ) -> list[TrainingImage]:
     """Add several images at once: all are verified first, and either all are added or none is."""
     _ensure_editable(model)
-    descriptions = list(descriptions or [""] * len(sources))
+    descriptions = [caption_check(text) for text in (descriptions or [""] * len(sources))]
     item_fields = [field if len(sources) == 1 else f"{field}[{index}]" for index in range(len(sources))]
     for source, item_field in zip(sources, item_fields, strict=True):
         if source.content is not None:
@@ -148,19 +158,30 @@ def training_images_add(
 def training_image_replace(
     *, training_image: TrainingImage, content: bytes | None = None, name: str = "", description: str | None = None
 ) -> TrainingImage:
-    """Swap the image file (it becomes a new asset, so the image's id changes) and/or its caption."""
+    """Swap the image file (it becomes a new asset, so the image's id changes) and/or its caption.
+
+    All or nothing: a refused image (unreadable, too small, a locked dataset) leaves neither a new
+    asset row nor its file behind.
+    """
     model = training_image.model
     _ensure_editable(model)
     if content is None and description is None:
         raise InvalidInput("send a new file, a new description, or both", field="file")
+    if description is not None:
+        description = caption_check(description)
+    name = name or "image"
+    # Decoded before any lock is taken; refused before anything is written.
+    verified = image_verify(content=content, name=name) if content is not None else None
+    if verified is not None:
+        _check_training_size(name=name, width=verified.width, height=verified.height)
     new_asset = None
-    if content is not None:
-        new_asset = asset_create(team=model.team, project=model.project, content=content, name=name or "image")
     try:
         with transaction.atomic():
             _lock_editable(model.pk)
-            if new_asset is not None:
-                _check_training_size(new_asset)
+            if content is not None:
+                new_asset = asset_create(
+                    team=model.team, project=model.project, content=content, name=name, verified=verified
+                )
                 training_image.asset = new_asset
                 training_image.name = new_asset.original_name
             if description is not None:
@@ -168,15 +189,21 @@ def training_image_replace(
             training_image.save()
             return training_image
     except BaseException:
+        # The asset row went with the rollback; its file must go too.
         if new_asset is not None:
             new_asset.file.delete(save=False)
         raise
 
 
-def _check_training_size(asset: Asset) -> None:
-    if min(asset.width, asset.height) < settings.IMAGE_MIN_SIDE:
+def caption_check(description: object, *, field: str = "description") -> str:
+    """A training image's caption: a string of at most CAPTION_MAX characters, line breaks allowed."""
+    return text_check(description, field=field, max_length=CAPTION_MAX, multiline=True)
+
+
+def _check_training_size(*, name: str, width: int, height: int) -> None:
+    if min(width, height) < settings.IMAGE_MIN_SIDE:
         raise InvalidInput(
-            f"{asset.original_name!r} is {asset.width}x{asset.height} pixels; each side of a training image "
+            f"{name!r} is {width}x{height} pixels; each side of a training image "
             f"must be at least {settings.IMAGE_MIN_SIDE} pixels",
             field="file",
         )
@@ -187,7 +214,7 @@ def training_image_add_asset(*, model: Model, asset: Asset, description: str = "
     model = _lock_editable(model.pk)
     if asset.team_id != model.team_id:
         raise InvalidInput(f"asset {asset.public_id} not found", field="assetId")
-    _check_training_size(asset)
+    _check_training_size(name=asset.original_name, width=asset.width, height=asset.height)
     if TrainingImage.objects.filter(model=model, asset=asset).exists():
         raise Conflict(f"asset {asset.public_id} is already a training image of this model")
     return TrainingImage.objects.create(model=model, asset=asset, name=asset.original_name, description=description)
@@ -195,6 +222,7 @@ def training_image_add_asset(*, model: Model, asset: Asset, description: str = "
 
 @transaction.atomic
 def training_image_set_caption(*, training_image: TrainingImage, description: str) -> TrainingImage:
+    description = caption_check(description)
     _lock_editable(training_image.model_id)
     training_image.description = description.strip()
     training_image.save(update_fields=["description"])
@@ -213,6 +241,7 @@ def pairs_replace(*, model: Model, pairs: Sequence[dict[str, Any]]) -> list[Pair
     model = _lock_editable(model.pk)
     by_public_id = {image.asset.public_id: image for image in model.training_images.select_related("asset")}
     created: list[Pair] = []
+    seen: dict[tuple[str, str], int] = {}
     for position, entry in enumerate(pairs):
         field = f"pairs[{position}]"
         if not isinstance(entry, dict):
@@ -228,8 +257,14 @@ def pairs_replace(*, model: Model, pairs: Sequence[dict[str, Any]]) -> list[Pair
                 )
         if source_id == target_id:
             raise InvalidInput(f"{field}: source and target must be different images", field=field)
-        if not isinstance(instruction, str):
-            raise InvalidInput(f"{field}.instruction must be a string", field=f"{field}.instruction")
+        text_check(instruction, field=f"{field}.instruction", max_length=INSTRUCTION_MAX, multiline=True)
+        if (source_id, target_id) in seen:
+            raise InvalidInput(
+                f"{field} repeats pairs[{seen[source_id, target_id]}] ({source_id} -> {target_id}); "
+                "each pair may be given once",
+                field=field,
+            )
+        seen[source_id, target_id] = position
         created.append(
             Pair(
                 model=model,

@@ -8,17 +8,16 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
-import socket
 import time
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import PurePosixPath
 from urllib.parse import unquote, urljoin, urlsplit
 
 import httpx
 from django.conf import settings
 
 from models_app.errors import InvalidInput
+from models_app.input_rules import path_inside_roots, public_id_plausible, url_check
 from models_app.models import Asset, Team
 
 
@@ -33,7 +32,7 @@ class ImageSource:
 
 
 def source_from_asset_id(*, team: Team, asset_id: str, field: str) -> ImageSource:
-    asset = Asset.objects.filter(team=team, public_id=asset_id).first()
+    asset = Asset.objects.filter(team=team, public_id=asset_id).first() if public_id_plausible(asset_id) else None
     if asset is None:
         raise InvalidInput(f"asset {asset_id!r} not found", field=field)
     return ImageSource(name=asset.original_name, asset=asset)
@@ -51,13 +50,7 @@ def source_from_data_url(*, data: str, name: str, field: str) -> ImageSource:
 
 
 def source_from_import_path(*, path: str, field: str) -> ImageSource:
-    roots = [Path(root).resolve() for root in settings.TRAINING_IMPORT_ROOTS]
-    candidate = Path(path).expanduser()
-    resolved = (candidate if candidate.is_absolute() else roots[0] / candidate).resolve()
-    if not any(root in resolved.parents for root in roots):
-        raise InvalidInput(
-            f"{path!r} is outside the import folders this server reads ({', '.join(map(str, roots))})", field=field
-        )
+    resolved = path_inside_roots(path, field=field, roots=settings.TRAINING_IMPORT_ROOTS, what="import folders")
     if not resolved.is_file():
         raise InvalidInput(f"{path!r} is not a file", field=field)
     if resolved.stat().st_size > settings.IMAGE_MAX_BYTES:
@@ -68,24 +61,9 @@ def source_from_import_path(*, path: str, field: str) -> ImageSource:
 
 
 def check_url_host(url: str, field: str) -> None:
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https"):
-        raise InvalidInput(f"{url!r}: only http and https URLs are accepted", field=field)
-    if not parts.hostname:
-        raise InvalidInput(f"{url!r} has no host", field=field)
-    if settings.IMAGE_URL_ALLOW_PRIVATE_HOSTS:
-        return
-    try:
-        addresses = {info[4][0] for info in socket.getaddrinfo(parts.hostname, parts.port or 443)}
-    except (socket.gaierror, UnicodeError) as exc:
-        raise InvalidInput(f"{url!r}: the host {parts.hostname!r} cannot be resolved", field=field) from exc
-    for address in addresses:
-        ip = ipaddress.ip_address(address.split("%", 1)[0])
-        if not ip.is_global or ip.is_multicast:
-            raise InvalidInput(
-                f"{url!r}: the host resolves to a private, loopback or link-local address, which is not allowed",
-                field=field,
-            )
+    """An outbound URL (an image to fetch now, a webhook to call now): fully valid, and its host resolves
+    to public addresses only, unless IMAGE_URL_ALLOW_PRIVATE_HOSTS (tests serve on loopback)."""
+    url_check(url, field=field, allow_private=settings.IMAGE_URL_ALLOW_PRIVATE_HOSTS, must_resolve=True)
 
 
 def source_from_url(*, url: str, field: str) -> ImageSource:

@@ -67,8 +67,11 @@ def webhook_emit(*, task_id: Any, event: str, data: dict[str, Any] | None = None
     return delivery
 
 
-def webhook_record_attempt(*, delivery_id: int, status_code: int | None, error: str) -> WebhookDelivery:
-    """Write one attempt's outcome; schedule the next with back-off, or give up after MAX_ATTEMPTS."""
+def webhook_record_attempt(
+    *, delivery_id: int, status_code: int | None, error: str, give_up: bool = False
+) -> WebhookDelivery:
+    """Write one attempt's outcome; schedule the next with back-off, or give up after MAX_ATTEMPTS (or at once
+    with `give_up`: a URL refused by the input rules will not become acceptable by waiting)."""
     with transaction.atomic():
         delivery = WebhookDelivery.objects.select_for_update().get(pk=delivery_id)
         delivery.attempts += 1
@@ -79,7 +82,7 @@ def webhook_record_attempt(*, delivery_id: int, status_code: int | None, error: 
             delivery.status = WebhookDelivery.Status.DELIVERED
             delivery.delivered_at = now
             delivery.next_attempt_at = None
-        elif delivery.attempts >= MAX_ATTEMPTS:
+        elif give_up or delivery.attempts >= MAX_ATTEMPTS:
             delivery.status = WebhookDelivery.Status.FAILED
             delivery.next_attempt_at = None
         else:

@@ -179,7 +179,7 @@ def test_pairs_refuse_foreign_missing_and_malformed_ids(model: Model, pairs: obj
         ),
     ],
 )
-def test_tool_refuses(model: Model, body: dict, phrase: str) -> None:
+def test_tool_refuses(model: Model, body: dict, phrase: str, tiny_sd15) -> None:
     body = {k: (v.replace("{model}", model.public_id) if isinstance(v, str) else v) for k, v in body.items()}
     before = counts()
     response = api_client_for(model.team).post("/v1/tools/train", body, format="json")
