@@ -146,6 +146,19 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 
+# Per-key rate limits (models_app/api/throttling.py): "N/second|minute|hour|day", or "off".
+API_THROTTLE_RATES: dict[str, str | None] = {
+    scope: (None if value.lower() in ("", "off", "none") else value)
+    for scope, value in (
+        ("uploads", env("API_THROTTLE_UPLOADS", "120/min")),
+        ("starts", env("API_THROTTLE_STARTS", "20/min")),
+        ("generations", env("API_THROTTLE_GENERATIONS", "60/min")),
+    )
+}
+# Throttle counts live in the cache: per process by default; a shared Redis cache counts across processes.
+if env("CACHE_REDIS_URL"):
+    CACHES = {"default": {"BACKEND": "django.core.cache.backends.redis.RedisCache", "LOCATION": env("CACHE_REDIS_URL")}}
+
 SIMPLE_JWT = {
     "ACCESS_TOKEN_LIFETIME": timedelta(minutes=env_int("JWT_ACCESS_MINUTES", 30)),
     "REFRESH_TOKEN_LIFETIME": timedelta(days=env_int("JWT_REFRESH_DAYS", 7)),

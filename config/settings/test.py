@@ -21,3 +21,5 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.sqlite3":
         or os.path.join(tempfile.gettempdir(), f"platform-test-{os.getpid()}.sqlite3")
     }
 SERVE_MEDIA = True
+# Rate limits off: tests make many calls quickly; the throttle tests turn them on.
+API_THROTTLE_RATES = {"uploads": None, "starts": None, "generations": None}

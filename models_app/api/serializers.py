@@ -228,8 +228,11 @@ class ErrorSerializer(serializers.Serializer):
 
 
 class LimitErrorSerializer(ErrorSerializer):
-    actionName = serializers.CharField()  # noqa: N815
-    actionLimit = serializers.IntegerField()  # noqa: N815
+    """429: the team's limit of parallel trainings (with actionName and actionLimit), or the caller's
+    rate limit (code `throttled`, with a Retry-After header)."""
+
+    actionName = serializers.CharField(required=False)  # noqa: N815
+    actionLimit = serializers.IntegerField(required=False)  # noqa: N815
 
 
 class ValidationErrorItemSerializer(serializers.Serializer):

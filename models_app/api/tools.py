@@ -8,11 +8,13 @@ from rest_framework import serializers
 from rest_framework.renderers import JSONRenderer
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from models_app.api.renderers import MarkdownRenderer
 from models_app.api.serializers import DetailSerializer, ErrorSerializer
 from models_app.api.tenancy import request_team
+from models_app.api.throttling import StartThrottle, ThrottledWrites, UploadThrottle
 from models_app.train_tool import ACTIONS, PARAMETER_DESCRIPTIONS, RESPONSE_FORMATS, render_markdown, run_train_tool
 
 TOOL_REQUEST = inline_serializer(
@@ -38,8 +40,16 @@ TOOL_REQUEST = inline_serializer(
 )
 
 
-class TrainToolApi(APIView):
+class TrainToolApi(ThrottledWrites, APIView):
     renderer_classes = [JSONRenderer, MarkdownRenderer]
+
+    def throttle_for(self, request: Request) -> type[BaseThrottle] | None:
+        arguments = request.data if isinstance(request.data, dict) else {}
+        if arguments.get("action") in ("upload_images", "update_image"):
+            return UploadThrottle
+        if arguments.get("action") == "start" and arguments.get("dry_run") is not True:
+            return StartThrottle
+        return None
 
     @extend_schema(
         operation_id="train_tool",
@@ -54,6 +64,7 @@ class TrainToolApi(APIView):
             401: DetailSerializer,
             404: ErrorSerializer,
             409: ErrorSerializer,
+            429: ErrorSerializer,
         },
         description=(
             "Manage the custom model training lifecycle: upload_images, update_image, delete_image, set_pairs, "

@@ -8,12 +8,14 @@ from drf_spectacular.utils import OpenApiParameter, extend_schema
 from rest_framework import serializers
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from models_app import selectors
 from models_app.api.inputs import DATA_URL_MAX, StrictBooleanField, StrictCharField
 from models_app.api.serializers import DetailSerializer, HTTPValidationErrorSerializer, TrainingTaskSerializer
 from models_app.api.tenancy import TEAM_PARAMETER, request_team
+from models_app.api.throttling import StartThrottle, ThrottledWrites
 from models_app.input_rules import LIST_MAX, ORIGIN_MAX, PATH_MAX, PROMPT_MAX, TRIGGER_WORD_MAX, URL_MAX
 from models_app.models import TrainingTask
 from models_app.services.training import training_task_cancel
@@ -78,7 +80,10 @@ class SeedErrorsMixin:
     error_style = "fastapi"
 
 
-class TrainingTaskListApi(SeedErrorsMixin, APIView):
+class TrainingTaskListApi(SeedErrorsMixin, ThrottledWrites, APIView):
+    def throttle_for(self, request: Request) -> type[BaseThrottle] | None:
+        return StartThrottle if request.method == "POST" else None
+
     class TrainingTaskPage(serializers.Serializer):
         limit = serializers.IntegerField(min_value=1, max_value=1000, default=10)
         # Bounded so that an offset never overflows the database's integers.

@@ -6,12 +6,14 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from models_app import selectors
 from models_app.api.inputs import DATA_URL_MAX, StrictCharField, StrictSerializer, require_one, snake_keys
 from models_app.api.serializers import AssetSerializer, DetailSerializer, ErrorSerializer, JobSerializer
 from models_app.api.tenancy import TEAM_PARAMETER, request_team
+from models_app.api.throttling import GenerationThrottle, ThrottledWrites, UploadThrottle
 from models_app.api.v1_training_images import upload_content
 from models_app.input_rules import FILE_NAME_MAX, ID_MAX, PROMPT_MAX, URL_MAX
 from models_app.services.assets import asset_create
@@ -19,10 +21,14 @@ from models_app.services.generation import generation_cancel, generation_create
 from models_app.services.image_sources import source_from_data_url, source_from_url
 
 ERRORS = {400: ErrorSerializer, 401: DetailSerializer, 404: ErrorSerializer}
+THROTTLED = {429: ErrorSerializer}
 ASSET_ENVELOPE = inline_serializer("AssetEnvelope", {"asset": AssetSerializer()})
 
 
-class AssetListApi(APIView):
+class AssetListApi(ThrottledWrites, APIView):
+    def throttle_for(self, request: Request) -> type[BaseThrottle] | None:
+        return UploadThrottle if request.method == "POST" else None
+
     class AssetUploadInput(StrictSerializer):
         file = serializers.FileField(required=False)
         data = StrictCharField(max_length=DATA_URL_MAX, required=False, help_text="A base64 data URL")
@@ -33,7 +39,7 @@ class AssetListApi(APIView):
     @extend_schema(
         parameters=[TEAM_PARAMETER],
         request={"multipart/form-data": AssetUploadInput, "application/json": AssetUploadInput},
-        responses={201: ASSET_ENVELOPE, **ERRORS},
+        responses={201: ASSET_ENVELOPE, **ERRORS, **THROTTLED},
         description="Upload an image once (multipart `file`, a `data` URL, or a `url`) and reuse its id.",
     )
     def post(self, request: Request) -> Response:
@@ -70,7 +76,10 @@ class AssetDetailApi(APIView):
         return Response({"asset": AssetSerializer(asset, context={"request": request}).data})
 
 
-class GenerationApi(APIView):
+class GenerationApi(ThrottledWrites, APIView):
+    def throttle_for(self, request: Request) -> type[BaseThrottle] | None:
+        return GenerationThrottle if request.method == "POST" else None
+
     class GenerationInput(StrictSerializer):
         model_id = StrictCharField(max_length=ID_MAX, help_text="modelID: a ready model")
         prompt = StrictCharField(max_length=PROMPT_MAX, multiline=True)
@@ -97,6 +106,7 @@ class GenerationApi(APIView):
             ),
             **ERRORS,
             409: ErrorSerializer,
+            **THROTTLED,
         },
         description="Queue a generation with a ready model (`modelID`); poll `GET /v1/jobs/{jobId}` for the images.",
     )

@@ -8,6 +8,7 @@ from drf_spectacular.utils import OpenApiParameter, PolymorphicProxySerializer, 
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from models_app import selectors
@@ -20,6 +21,7 @@ from models_app.api.serializers import (
     ModelSerializer,
 )
 from models_app.api.tenancy import TEAM_PARAMETER, request_team
+from models_app.api.throttling import StartThrottle, ThrottledWrites
 from models_app.input_rules import DESCRIPTION_MAX, ID_MAX, NAME_MAX, TRIGGER_WORD_MAX
 from models_app.models import Model
 from models_app.services.datasets import model_configure, model_create, model_delete
@@ -27,6 +29,10 @@ from models_app.services.training import training_cancel, training_quote, traini
 
 ERRORS = {400: ErrorSerializer, 401: DetailSerializer, 404: ErrorSerializer}
 START_ERRORS = {**ERRORS, 402: ErrorSerializer, 409: ErrorSerializer, 429: LimitErrorSerializer}
+
+
+def is_dry_run(request: Request) -> bool:
+    return request.query_params.get("dryRun", "").lower() in ("1", "true", "yes")
 
 
 def model_envelope(model: Model, request: Request) -> dict[str, Any]:
@@ -160,7 +166,10 @@ QUOTE_RESPONSE = inline_serializer(
 )
 
 
-class ModelTrainApi(APIView):
+class ModelTrainApi(ThrottledWrites, APIView):
+    def throttle_for(self, request: Request) -> type[BaseThrottle] | None:
+        return None if is_dry_run(request) else StartThrottle
+
     class TrainOverridesInput(StrictSerializer):
         parameters = serializers.DictField(required=False, default=dict)
 
@@ -189,7 +198,7 @@ class ModelTrainApi(APIView):
         data = self.TrainOverridesInput(data=snake_keys(request.data))
         data.is_valid(raise_exception=True)
         overrides = data.validated_data["parameters"]
-        if request.query_params.get("dryRun", "").lower() in ("1", "true", "yes"):
+        if is_dry_run(request):
             model = selectors.model_get(team=request_team(request), public_id=model_id)
             return Response({"result": training_quote(model=model, overrides=overrides)})
         return self._start(request, model_id, overrides=overrides)

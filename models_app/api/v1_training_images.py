@@ -10,6 +10,7 @@ from drf_spectacular.utils import extend_schema, inline_serializer
 from rest_framework import serializers, status
 from rest_framework.request import Request
 from rest_framework.response import Response
+from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from models_app import selectors
@@ -31,6 +32,7 @@ from models_app.api.serializers import (
     pairs_output,
 )
 from models_app.api.tenancy import TEAM_PARAMETER, request_team
+from models_app.api.throttling import ThrottledWrites, UploadThrottle
 from models_app.errors import InvalidInput
 from models_app.input_rules import CAPTION_MAX, FILE_NAME_MAX, ID_MAX, INSTRUCTION_MAX, LIST_MAX, URL_MAX
 from models_app.services.datasets import (
@@ -47,6 +49,7 @@ from models_app.services.image_sources import (
 )
 
 ERRORS = {400: ErrorSerializer, 401: DetailSerializer, 404: ErrorSerializer, 409: ErrorSerializer}
+UPLOAD_ERRORS = {**ERRORS, 429: ErrorSerializer}
 
 
 def upload_content(upload: UploadedFile, field: str = "file") -> bytes:
@@ -58,7 +61,10 @@ def upload_content(upload: UploadedFile, field: str = "file") -> bytes:
     return upload.read()
 
 
-class TrainingImageListApi(APIView):
+class TrainingImageListApi(ThrottledWrites, APIView):
+    def throttle_for(self, request: Request) -> type[BaseThrottle] | None:
+        return UploadThrottle if request.method == "POST" else None
+
     class TrainingImageAddInput(StrictSerializer):
         file = serializers.FileField(required=False, help_text="The image, as a multipart upload")
         asset_id = StrictCharField(max_length=ID_MAX, required=False, help_text="An uploaded asset's id (assetId)")
@@ -98,7 +104,7 @@ class TrainingImageListApi(APIView):
                     "training_images": TrainingImageSerializer(many=True, required=False),
                 },
             ),
-            **ERRORS,
+            **UPLOAD_ERRORS,
         },
         description=(
             "Add an image by multipart `file`, `assetId`, `assetIds` (at most 10; the answer also lists them "
@@ -145,7 +151,10 @@ class TrainingImageListApi(APIView):
         return Response(body, status=status.HTTP_201_CREATED)
 
 
-class TrainingImageDetailApi(APIView):
+class TrainingImageDetailApi(ThrottledWrites, APIView):
+    def throttle_for(self, request: Request) -> type[BaseThrottle] | None:
+        return UploadThrottle if request.method == "PUT" else None
+
     class TrainingImageReplaceInput(StrictSerializer):
         file = serializers.FileField(required=False)
         data = StrictCharField(max_length=DATA_URL_MAX, required=False, help_text="A base64 data URL")
@@ -156,7 +165,7 @@ class TrainingImageDetailApi(APIView):
     @extend_schema(
         parameters=[TEAM_PARAMETER],
         request={"multipart/form-data": TrainingImageReplaceInput, "application/json": TrainingImageReplaceInput},
-        responses={200: TrainingImageEnvelopeSerializer, **ERRORS},
+        responses={200: TrainingImageEnvelopeSerializer, **UPLOAD_ERRORS},
         description="Replace the image (a new file gives it a new id) and/or its description.",
     )
     def put(self, request: Request, model_id: str, image_id: str) -> Response:
