@@ -1,9 +1,11 @@
 from django.conf import settings
 from django.contrib import admin
-from django.http import HttpRequest, HttpResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
 from django.urls import include, path, re_path
 from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+
+from models_app.media_access import TOKEN_PARAMETER, media_token_valid
 
 handler400 = "models_app.api.boundary.bad_request"
 handler404 = "models_app.api.boundary.not_found"
@@ -19,7 +21,10 @@ urlpatterns = [
 
 
 def serve_media(request: HttpRequest, path: str) -> HttpResponse:
-    """Serve a file of MEDIA_ROOT, read at request time so that a changed setting (tests) is honoured."""
+    """Serve a file of MEDIA_ROOT to the holder of a URL signed for it (models_app.media_access); read at
+    request time so that a changed setting (tests) is honoured."""
+    if not media_token_valid(path, request.GET.get(TOKEN_PARAMETER, "")):
+        return HttpResponseForbidden("This media URL is unsigned, altered or expired: ask the API for a fresh one.")
     return serve(request, path, document_root=str(settings.MEDIA_ROOT))
 
 

@@ -16,6 +16,7 @@ from django.views.decorators.http import require_POST
 
 from models_app import admin_console
 from models_app.errors import ApplicationError
+from models_app.media_access import media_url
 from models_app.models import (
     ApiKey,
     Asset,
@@ -63,7 +64,7 @@ STATUS_COLOURS = {
 def thumbnail(asset: Asset | None, size: int = 64) -> str:
     if asset is None or not asset.file:
         return "-"
-    return format_html(THUMBNAIL_HTML, asset.file.url, asset.original_name, size)
+    return format_html(THUMBNAIL_HTML, media_url(asset.file, absolute=False), asset.original_name, size)
 
 
 def badge(status: str) -> str:
@@ -423,12 +424,10 @@ class TrainingTaskAdmin(TeamScopedAdmin):
         task = self.get_object(request, object_id)
         context = dict(extra_context or {})
         if task is not None:
-            from django.core.files.storage import default_storage
-
             context.update(
                 samples=task.samples.all(),
                 checkpoints=[
-                    (checkpoint, [(name, default_storage.url(stored)) for name, stored in checkpoint.files.items()])
+                    (checkpoint, [(name, media_url(stored, request)) for name, stored in checkpoint.files.items()])
                     for checkpoint in task.checkpoints.filter(snapshot=False)  # snapshots are the worker's
                 ],
                 deliveries=task.webhook_deliveries.all()[:50],
@@ -484,7 +483,7 @@ class TrainingSampleAdmin(ReadOnlyAdmin):
 
     @admin.display(description="Image")
     def preview(self, obj: TrainingSample) -> str:
-        return format_html(THUMBNAIL_HTML, obj.file.url, obj.prompt, 64) if obj.file else "-"
+        return format_html(THUMBNAIL_HTML, media_url(obj.file, absolute=False), obj.prompt, 64) if obj.file else "-"
 
 
 @admin.register(TrainingCheckpoint)

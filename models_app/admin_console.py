@@ -15,6 +15,7 @@ from django.shortcuts import get_object_or_404
 from django.urls import reverse
 
 from models_app.errors import ApplicationError, InvalidInput
+from models_app.media_access import media_url
 from models_app.models import Model, Team, TrainingImage, TrainingTask
 from models_app.services.datasets import (
     model_configure,
@@ -203,7 +204,11 @@ def task_progress(request: HttpRequest, pk: str) -> JsonResponse:
             "validation_history": task.validation_history,
             "logs": task.logs[-4000:],
             "error_message": task.error_message,
-            "samples": [{"step": s.step, "prompt": s.prompt, "url": s.file.url} for s in task.samples.all() if s.file],
+            "samples": [
+                {"step": s.step, "prompt": s.prompt, "url": media_url(s.file, request)}
+                for s in task.samples.all()
+                if s.file
+            ],
             "finished": task.status not in TrainingTask.ACTIVE_STATUSES,
             "model_status": task.model.status,
         }

@@ -123,6 +123,10 @@ STATIC_ROOT = Path(env("STATIC_ROOT", str(VAR_DIR / "static")))
 MEDIA_URL = env("MEDIA_URL", "/media/")
 MEDIA_ROOT = Path(env("MEDIA_ROOT", str(VAR_DIR / "media")))
 SERVE_MEDIA = env_bool("SERVE_MEDIA", False)  # let Django serve MEDIA_ROOT (development and tests only)
+# Media URLs handed out are signed (local storage) or presigned (S3) and expire after this long.
+MEDIA_URL_MAX_AGE_SECONDS = env_int("MEDIA_URL_MAX_AGE_SECONDS", 3600)
+# Where this server is reached from outside: absolute URLs made without a request (MCP, commands).
+PUBLIC_BASE_URL = env("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 # Uploads are read into memory up to this size, then spooled to disk; images are capped below.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
 DATA_UPLOAD_MAX_MEMORY_SIZE = 60 * 1024 * 1024
@@ -222,7 +226,8 @@ if env("STORAGE_BACKEND", "local") == "s3":
                 "access_key": env("S3_ACCESS_KEY_ID") or None,
                 "secret_key": env("S3_SECRET_ACCESS_KEY") or None,
                 "default_acl": None,
-                "querystring_auth": True,
+                "querystring_auth": True,  # presigned URLs (models_app/media_access.py)
+                "querystring_expire": env_int("MEDIA_URL_MAX_AGE_SECONDS", 3600),
                 "file_overwrite": False,
             },
         },

@@ -7,13 +7,14 @@ from typing import Any
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
+from models_app.media_access import media_url
 from models_app.models import Asset, GenerationJob, Model, Pair, TrainingImage, TrainingTask
 from models_app.selectors import model_latest_task
 
 
-def absolute_url(context: dict[str, Any], url: str) -> str:
-    request = context.get("request")
-    return request.build_absolute_uri(url) if request is not None else url
+def file_url(context: dict[str, Any], file: Any) -> str:
+    """A stored file's absolute, signed (or presigned) URL: see `models_app.media_access`."""
+    return media_url(file, context.get("request"))
 
 
 class TrainingImageSerializer(serializers.Serializer):
@@ -27,7 +28,7 @@ class TrainingImageSerializer(serializers.Serializer):
     name = serializers.CharField(help_text="The original file name of the image")
 
     def get_download_url(self, obj: TrainingImage) -> str:
-        return absolute_url(self.context, obj.asset.file.url)
+        return file_url(self.context, obj.asset.file)
 
 
 class TrainingImageEnvelopeSerializer(serializers.Serializer):
@@ -98,7 +99,7 @@ class ModelSerializer(serializers.Serializer):
     @extend_schema_field(serializers.URLField(allow_null=True))
     def get_weightsUrl(self, obj: Model) -> str | None:  # noqa: N802
         task = obj.trained_task
-        return absolute_url(self.context, task.weights.url) if task is not None and task.weights else None
+        return file_url(self.context, task.weights) if task is not None and task.weights else None
 
     @extend_schema_field(serializers.CharField(allow_null=True))
     def get_projectId(self, obj: Model) -> str | None:  # noqa: N802
@@ -122,7 +123,7 @@ class AssetSerializer(serializers.Serializer):
     created_at = serializers.DateTimeField()
 
     def get_download_url(self, obj: Asset) -> str:
-        return absolute_url(self.context, obj.file.url)
+        return file_url(self.context, obj.file)
 
 
 class JobImageSerializer(serializers.Serializer):
@@ -132,7 +133,7 @@ class JobImageSerializer(serializers.Serializer):
     height = serializers.IntegerField()
 
     def get_url(self, obj: Asset) -> str:
-        return absolute_url(self.context, obj.file.url)
+        return file_url(self.context, obj.file)
 
 
 class JobSerializer(serializers.Serializer):
