@@ -15,6 +15,7 @@ from django.shortcuts import get_object_or_404
 from django.urls import reverse
 
 from models_app.errors import ApplicationError, InvalidInput
+from models_app.input_rules import json_document
 from models_app.media_access import media_url
 from models_app.models import Model, Team, TrainingImage, TrainingTask
 from models_app.services.datasets import (
@@ -146,12 +147,7 @@ def configure(request: HttpRequest, pk: int) -> JsonResponse:
     model = scoped_model(request, pk)
 
     def work() -> dict[str, Any]:
-        try:
-            parameters = json.loads(request.POST.get("parameters") or "{}")
-        except json.JSONDecodeError as exc:
-            raise InvalidInput(
-                f"the parameters are not valid JSON ({exc.msg}, line {exc.lineno})", field="parameters"
-            ) from exc
+        parameters = json_document(request.POST.get("parameters") or "{}", field="parameters")
         configured = model_configure(model=model, parameters=parameters, replace=True)
         return {"parameters": configured.parameters, "quote": training_quote(model=configured)}
 
@@ -177,10 +173,9 @@ def set_pairs(request: HttpRequest, pk: int) -> JsonResponse:
     model = scoped_model(request, pk)
 
     def work() -> dict[str, Any]:
-        try:
-            pairs = json.loads(request.POST.get("pairs") or "[]")
-        except json.JSONDecodeError as exc:
-            raise InvalidInput("pairs must be JSON", field="pairs") from exc
+        pairs = json_document(request.POST.get("pairs") or "[]", field="pairs")
+        if not isinstance(pairs, list):
+            raise InvalidInput("pairs must be a JSON list of {source_id, target_id, instruction}", field="pairs")
         return {"count": len(pairs_replace(model=model, pairs=pairs))}
 
     return answer(work)

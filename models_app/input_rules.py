@@ -36,18 +36,23 @@ QUERY_VALUE_MAX = 2_000
 JSON_MAX_DEPTH = 32
 LIST_MAX = 100
 
-# C0 controls and DEL. Multi-line text keeps tab, line feed and carriage return; nothing else keeps any.
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
-_CONTROL_IN_TEXT = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+# C0 controls, DEL, and unpaired surrogates (which no database text column or JSON store accepts).
+# Multi-line text keeps tab, line feed and carriage return; nothing else keeps any.
+_CONTROL = re.compile("[\x00-\x1f\x7f\ud800-\udfff]")
+_CONTROL_IN_TEXT = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\x7f\ud800-\udfff]")
 
 # Cloud metadata services answer on these names as well as on their link-local addresses.
 METADATA_HOSTS = frozenset({"metadata", "metadata.google.internal", "metadata.goog", "instance-data"})
 
 
 def control_character(value: str, *, multiline: bool = False) -> str | None:
-    """The first forbidden control character of `value`, spelled `U+0000`; None if there is none."""
+    """The first forbidden character of `value`, named for a message ("a control character (U+0000)");
+    None if there is none."""
     found = (_CONTROL_IN_TEXT if multiline else _CONTROL).search(value)
-    return f"U+{ord(found.group()):04X}" if found else None
+    if found is None:
+        return None
+    code = ord(found.group())
+    return f"an unpaired surrogate (U+{code:04X})" if code >= 0xD800 else f"a control character (U+{code:04X})"
 
 
 def text_check(
@@ -66,7 +71,7 @@ def text_check(
         raise InvalidInput(f"{label} must be a string, not {json_type(value)}", field=field)
     bad = control_character(value, multiline=multiline)
     if bad:
-        raise InvalidInput(f"{label} contains a control character ({bad}), which is not allowed", field=field)
+        raise InvalidInput(f"{label} contains {bad}, which is not allowed", field=field)
     if len(value) > max_length:
         raise InvalidInput(f"{label} must be at most {max_length} characters long; got {len(value)}", field=field)
     if not allow_blank and not value.strip():
@@ -124,18 +129,14 @@ def structure_problem(data: Any, *, max_depth: int = JSON_MAX_DEPTH) -> Structur
                 bad = control_character(key_text)
                 if bad:
                     shown = key_text.encode("unicode_escape").decode()
-                    return StructureProblem(
-                        path, f"the key {shown!r} contains a control character ({bad})", "invalid_characters"
-                    )
+                    return StructureProblem(path, f"the key {shown!r} contains {bad}", "invalid_characters")
                 stack.append((item, (*path, key_text), depth + 1))
         elif isinstance(value, list):
             stack.extend((item, (*path, index), depth + 1) for index, item in enumerate(value))
         elif isinstance(value, str):
             bad = control_character(value, multiline=True)
             if bad:
-                return StructureProblem(
-                    path, f"contains a control character ({bad}), which is not allowed", "invalid_characters"
-                )
+                return StructureProblem(path, f"contains {bad}, which is not allowed", "invalid_characters")
     return None
 
 
@@ -262,3 +263,22 @@ def arguments_check(arguments: Any, accepted: Iterable[str], *, what: str = "the
         raise InvalidInput(f"unknown argument {unknown[0]!r}; {what} takes: {', '.join(names)}", field=unknown[0])
     structure_check(arguments)
     return arguments
+
+
+def json_document(text: str, *, field: str) -> Any:
+    """A JSON text typed into a form or a command line, decoded and held to `structure_check`."""
+    import json
+
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{field} is not valid JSON ({exc.msg} at character {exc.pos})", field=field) from exc
+    except (RecursionError, ValueError) as exc:
+        raise InvalidInput(f"{field} is not valid JSON ({exc})", field=field) from exc
+    structure_check(value, field=field)
+    return value
+
+
+def shown_id(value: Any) -> str:
+    """An id as a message shows it: as given, or escaped and cut short when it could not be an id."""
+    return value if public_id_plausible(value) else repr(value)[:ID_MAX] + ("…" if len(repr(value)) > ID_MAX else "")

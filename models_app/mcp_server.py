@@ -19,7 +19,17 @@ from pydantic import Field
 from models_app import selectors
 from models_app.api.serializers import AssetSerializer, JobSerializer, ModelSerializer
 from models_app.errors import ApplicationError, InvalidInput, NotFound
-from models_app.input_rules import arguments_check, control_character, json_type, public_id_plausible
+from models_app.input_rules import (
+    ID_MAX,
+    NAME_MAX,
+    PROMPT_MAX,
+    TRIGGER_WORD_MAX,
+    arguments_check,
+    control_character,
+    json_type,
+    public_id_plausible,
+    shown_id,
+)
 from models_app.models import ApiKey, Model, Team
 from models_app.services.accounts import secret_matches
 from models_app.services.assets import asset_create
@@ -104,10 +114,19 @@ def strict_arguments(arguments: Any, schema: dict[str, Any]) -> None:
         ]
         if types:
             raise InvalidInput(f"{field} must be {' or '.join(types)}, not {json_type(error.instance)}", field=field)
-    if error.validator == "enum":
-        choices = ", ".join(map(str, error.validator_value))
-        raise InvalidInput(f"{field} must be one of {choices}; got {error.instance!r}", field=field)
-    raise InvalidInput(f"{field}: {error.message}", field=field)
+    bound = error.validator_value
+    messages = {
+        "enum": lambda: f"{field} must be one of {', '.join(map(str, bound))}; got {shown_id(error.instance)}",
+        "const": lambda: f"{field} must be {bound!r}",
+        "maxLength": lambda: f"{field} must be at most {bound} characters long; got {len(error.instance)}",
+        "minLength": lambda: f"{field} must be at least {bound} character(s) long",
+        "maximum": lambda: f"{field} must be at most {bound}; got {error.instance}",
+        "minimum": lambda: f"{field} must be at least {bound}; got {error.instance}",
+        "maxItems": lambda: f"{field} may have at most {bound} entries",
+    }
+    # Never echo the value itself: it may be megabytes long.
+    message = messages.get(str(error.validator), lambda: f"{field} is not valid ({error.validator})")()
+    raise InvalidInput(message, field=field)
 
 
 def build_server(
@@ -145,7 +164,8 @@ def build_server(
                 try:
                     strict_arguments(arguments, tool.parameters)
                 except ApplicationError as exc:
-                    raise ToolError(f"{exc.status_code} {exc.message}") from exc
+                    # Worded as the SDK words an error raised by the tool itself.
+                    raise ToolError(f"Error executing tool {name}: {exc.status_code} {exc.message}") from exc
             return await super().call_tool(name, arguments, context)
 
     server = StrictMCPServer(
@@ -175,7 +195,7 @@ def build_server(
             Literal["upload_images", "update_image", "delete_image", "set_pairs", "configure", "start", "stop"],
             Field(description=PARAMETER_DESCRIPTIONS["action"]),
         ],
-        model_id: Annotated[str, Field(description=PARAMETER_DESCRIPTIONS["model_id"])],
+        model_id: Annotated[str, Field(description=PARAMETER_DESCRIPTIONS["model_id"], max_length=ID_MAX)],
         training_image_id: Annotated[str | None, Field(description=PARAMETER_DESCRIPTIONS["training_image_id"])] = None,
         images: Annotated[list[str] | None, Field(description=PARAMETER_DESCRIPTIONS["images"])] = None,
         image_data: Annotated[dict[str, Any] | None, Field(description=PARAMETER_DESCRIPTIONS["image_data"])] = None,
@@ -225,11 +245,13 @@ def build_server(
 
     @server.tool(name="model_create", description="Create a model to train (then add 12 to 20 images and start it).")
     async def model_create_tool(
-        name: Annotated[str, Field(description="The model's name")],
+        name: Annotated[str, Field(description="The model's name", max_length=NAME_MAX)],
         type: Annotated[  # noqa: A002 - the API's field name
             Literal["subject", "product", "style", "person", "edit"], Field(description="What the model learns")
         ] = "subject",
-        trigger_word: Annotated[str, Field(description="The word that calls up the subject in prompts")] = "",
+        trigger_word: Annotated[
+            str, Field(description="The word that calls up the subject in prompts", max_length=TRIGGER_WORD_MAX)
+        ] = "",
         parameters: Annotated[
             dict[str, Any] | None, Field(description="Training parameters overriding the defaults")
         ] = None,
@@ -246,7 +268,7 @@ def build_server(
         return await call(run, response_format)
 
     @server.tool(name="model_get", description="A model's status, training progress and weights.")
-    async def model_get(model_id: str, response_format: Format = "json") -> str:
+    async def model_get(model_id: Annotated[str, Field(max_length=ID_MAX)], response_format: Format = "json") -> str:
         return await call(
             lambda team: {"model": ModelSerializer(selectors.model_get(team=team, public_id=model_id)).data},
             response_format,
@@ -277,8 +299,8 @@ def build_server(
         annotations=ToolAnnotations(openWorldHint=True),
     )
     async def run_model(
-        model_id: str,
-        prompt: str,
+        model_id: Annotated[str, Field(max_length=ID_MAX)],
+        prompt: Annotated[str, Field(max_length=PROMPT_MAX)],
         width: int | None = None,
         height: int | None = None,
         num_images: Annotated[int, Field(ge=1, le=4)] = 1,
@@ -306,7 +328,7 @@ def build_server(
         return await call(run, response_format)
 
     @server.tool(name="job_status", description="A generation job's status and, once done, its image URLs.")
-    async def job_status(job_id: str, response_format: Format = "json") -> str:
+    async def job_status(job_id: Annotated[str, Field(max_length=ID_MAX)], response_format: Format = "json") -> str:
         return await call(
             lambda team: {"job": JobSerializer(selectors.generation_job_get(team=team, public_id=job_id)).data},
             response_format,

@@ -8,6 +8,7 @@ from django.db.models import Count, Prefetch, QuerySet
 
 from models_app.errors import InvalidInput, NotFound
 from models_app.input_rules import public_id_plausible
+from models_app.input_rules import shown_id as _shown
 from models_app.models import (
     Asset,
     CreditEntry,
@@ -49,11 +50,6 @@ def model_list(
             )
         )
     )
-
-
-def _shown(value: object) -> str:
-    """An id as a message shows it: as given, or escaped when it holds characters no id has."""
-    return value if isinstance(value, str) and public_id_plausible(value) else repr(value)[:120]
 
 
 def model_get(*, team: Team, public_id: str, include_deleted: bool = False) -> Model:

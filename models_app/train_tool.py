@@ -15,7 +15,7 @@ from django.conf import settings
 
 from models_app import selectors
 from models_app.errors import InvalidInput, NotFound
-from models_app.input_rules import arguments_check
+from models_app.input_rules import ID_MAX, arguments_check, shown_id, text_check
 from models_app.models import Model, Team, TrainingImage
 from models_app.services.datasets import (
     model_configure,
@@ -76,7 +76,7 @@ def run_train_tool(*, arguments: dict[str, Any], resolve_team: Callable[[str | N
     arguments_check(arguments, ARGUMENTS)
     action = arguments.get("action")
     if action not in ACTIONS:
-        raise InvalidInput(f"action must be one of {', '.join(ACTIONS)}; got {action!r}", field="action")
+        raise InvalidInput(f"action must be one of {', '.join(ACTIONS)}; got {shown_id(action)}", field="action")
     model_id = arguments.get("model_id")
     if not isinstance(model_id, str) or not model_id:
         raise InvalidInput("model_id is required for every action", field="model_id")
@@ -86,9 +86,10 @@ def run_train_tool(*, arguments: dict[str, Any], resolve_team: Callable[[str | N
     dry_run = arguments.get("dry_run", False)
     if not isinstance(dry_run, bool):
         raise InvalidInput("dry_run must be true or false", field="dry_run")
+    for name in ("model_id", "training_image_id", "team_id", "project_id"):
+        if arguments.get(name) is not None:
+            text_check(arguments[name], field=name, max_length=ID_MAX)
     team_id = arguments.get("team_id")
-    if team_id is not None and not isinstance(team_id, str):
-        raise InvalidInput("team_id must be a string", field="team_id")
     team = resolve_team(team_id)
     model = selectors.model_get(team=team, public_id=model_id)
     project_id = arguments.get("project_id")

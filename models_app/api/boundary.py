@@ -44,9 +44,7 @@ def request_refusal(request: HttpRequest) -> JsonResponse | None:
         )
     character = control_character(request.path_info)
     if character:
-        return error_response(
-            400, f"the URL path contains a control character ({character}), which is not allowed", "invalid_characters"
-        )
+        return error_response(400, f"the URL path contains {character}, which is not allowed", "invalid_characters")
     try:
         query = list(request.GET.lists())
     except SuspiciousOperation as exc:
@@ -55,14 +53,14 @@ def request_refusal(request: HttpRequest) -> JsonResponse | None:
         shown = name.encode("unicode_escape").decode()[:60]
         if control_character(name):
             return error_response(
-                400, f"the query parameter {shown!r} has a control character in its name", "invalid_characters"
+                400, f"the query parameter {shown!r} has a forbidden character in its name", "invalid_characters"
             )
         for value in values:
             character = control_character(value)
             if character:
                 return error_response(
                     400,
-                    f"{name}: contains a control character ({character}), which is not allowed",
+                    f"{name}: contains {character}, which is not allowed",
                     "invalid_characters",
                     field=name,
                 )

@@ -71,7 +71,7 @@ class StrictCharField(serializers.CharField):
 
     default_error_messages = {
         "invalid": "Not a valid string: send a JSON string.",
-        "control_character": "Contains a control character ({character}), which is not allowed.",
+        "control_character": "Contains {character}, which is not allowed.",
     }
 
     def __init__(self, *, max_length: int, multiline: bool = False, **kwargs: Any) -> None:

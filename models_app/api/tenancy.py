@@ -7,7 +7,7 @@ from rest_framework.request import Request
 
 from models_app.api.authentication import TeamPrincipal
 from models_app.errors import InvalidInput, NotFound
-from models_app.input_rules import public_id_plausible
+from models_app.input_rules import public_id_plausible, shown_id
 from models_app.models import Team
 
 TEAM_PARAMETER = OpenApiParameter(
@@ -20,7 +20,7 @@ def request_team(request: Request, team_id: str | None = None) -> Team:
     principal = request.user
     team_id = team_id or request.query_params.get("team_id") or request.query_params.get("teamId")
     if team_id and not public_id_plausible(team_id):
-        raise NotFound(f"team {team_id!r} not found", field="team_id")
+        raise NotFound(f"team {shown_id(team_id)} not found", field="team_id")
     if isinstance(principal, TeamPrincipal):
         if team_id and team_id != principal.team.public_id:
             raise NotFound(f"team {team_id} not found", field="team_id")

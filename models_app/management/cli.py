@@ -11,12 +11,15 @@ from typing import TypeVar
 from django.core.management.base import CommandError
 
 from models_app.errors import ApplicationError
+from models_app.input_rules import public_id_plausible
 from models_app.models import Model, Team
 
 T = TypeVar("T")
 
 
 def team_by_id(team_id: str | None) -> Team:
+    if team_id and not public_id_plausible(team_id):
+        raise CommandError(f"team {team_id!r} not found")
     if not team_id:
         teams = list(Team.objects.all()[:2])
         if len(teams) == 1:
@@ -29,6 +32,8 @@ def team_by_id(team_id: str | None) -> Team:
 
 
 def model_by_id(model_id: str) -> Model:
+    if not public_id_plausible(model_id):
+        raise CommandError(f"model {model_id!r} not found")
     model = Model.objects.select_related("team").filter(public_id=model_id).exclude(status=Model.Status.DELETED).first()
     if model is None:
         raise CommandError(f"model {model_id} not found")

@@ -7,6 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from models_app.errors import InvalidInput
+from models_app.input_rules import json_document
 from models_app.management.cli import application_errors, team_by_id
 from models_app.models import Team
 from models_app.train_tool import ACTIONS, render_markdown, run_train_tool
@@ -16,9 +18,9 @@ def json_argument(value: str | None, name: str) -> Any:
     if value is None:
         return None
     try:
-        return json.loads(value)
-    except json.JSONDecodeError as exc:
-        raise CommandError(f"--{name} is not valid JSON ({exc.msg} at character {exc.pos})") from exc
+        return json_document(value, field=f"--{name}")
+    except InvalidInput as exc:
+        raise CommandError(exc.message) from exc
 
 
 class Command(BaseCommand):
