@@ -184,6 +184,10 @@ SPECTACULAR_SETTINGS = {
     "SWAGGER_UI_DIST": "SIDECAR",
     "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
     "REDOC_DIST": "SIDECAR",
+    "POSTPROCESSING_HOOKS": [
+        "drf_spectacular.hooks.postprocess_schema_enums",
+        "models_app.api.schema.add_error_responses",
+    ],
     "ENUM_NAME_OVERRIDES": {
         "TaskStatusEnum": "models_app.models.TaskStatus",
         "ModelStatusEnum": "models_app.models.ModelStatus",
