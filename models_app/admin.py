@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django import forms
 from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
@@ -15,7 +16,8 @@ from django.utils.html import format_html
 from django.views.decorators.http import require_POST
 
 from models_app import admin_console
-from models_app.errors import ApplicationError
+from models_app.errors import ApplicationError, InvalidInput
+from models_app.input_rules import CAPTION_MAX, DESCRIPTION_MAX, INSTRUCTION_MAX, NAME_MAX, TRIGGER_WORD_MAX, text_check
 from models_app.media_access import media_url
 from models_app.models import (
     ApiKey,
@@ -59,6 +61,29 @@ STATUS_COLOURS = {
     "FAILED": "#dc322f",
     "CANCELLED": "#6c71c4",
 }
+
+
+class TextRulesForm(forms.ModelForm):
+    """An admin form whose text fields meet the same rules as every other door (models_app/input_rules.py):
+    `text_rules` maps a field to its (maximum length, multi-line)."""
+
+    text_rules: dict[str, tuple[int, bool]] = {}
+
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        for name, (max_length, multiline) in self.text_rules.items():
+            value = cleaned.get(name)
+            if isinstance(value, str):
+                try:
+                    text_check(value, field=name, max_length=max_length, multiline=multiline)
+                except InvalidInput as exc:
+                    self.add_error(name, exc.message)
+        return cleaned
+
+
+def text_rules_form(model: type[Any], rules: dict[str, tuple[int, bool]]) -> type[forms.ModelForm]:
+    meta = type("Meta", (), {"model": model, "fields": "__all__"})
+    return type(f"{model.__name__}AdminForm", (TextRulesForm,), {"Meta": meta, "text_rules": rules})
 
 
 def thumbnail(asset: Asset | None, size: int = 64) -> str:
@@ -207,6 +232,14 @@ class ModelAdmin(TeamScopedAdmin):
     inlines = [TrainingTaskInline]
     actions = ["start_training", "cancel_training"]
     change_form_template = "admin/models_app/model/change_form.html"
+    form = text_rules_form(
+        Model,
+        {
+            "name": (NAME_MAX, False),
+            "trigger_word": (TRIGGER_WORD_MAX, False),
+            "short_description": (DESCRIPTION_MAX, True),
+        },
+    )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Model]:
         return super().get_queryset(request).annotate(training_images_count=Count("training_images"))
@@ -302,6 +335,7 @@ class TrainingImageAdmin(TeamScopedAdmin):
         "created_at",
     ]
     list_select_related = ["asset", "model"]
+    form = text_rules_form(TrainingImage, {"description": (CAPTION_MAX, True)})
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # images are added on the model's page, which verifies them
@@ -321,6 +355,7 @@ class PairAdmin(TeamScopedAdmin):
     list_display = ["model", "source_preview", "target_preview", "instruction", "position"]
     list_select_related = ["model", "source__asset", "target__asset"]
     raw_id_fields = ["source", "target"]
+    form = text_rules_form(Pair, {"instruction": (INSTRUCTION_MAX, True)})
 
     @admin.display(description="Source")
     def source_preview(self, obj: Pair) -> str:

@@ -14,6 +14,7 @@ from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
 from rest_framework.request import Request
 from rest_framework_simplejwt.authentication import JWTAuthentication
+from rest_framework_simplejwt.serializers import TokenRefreshSerializer
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import Token
 
@@ -75,16 +76,30 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
         return self.keyword_hint
 
 
+def token_user_id_check(user_id: Any) -> None:
+    """A signed token's user id must be one a user row can have (a positive bigint): 401 otherwise."""
+    if isinstance(user_id, str) and user_id.isascii() and user_id.isdigit():
+        user_id = int(user_id)
+    if isinstance(user_id, bool) or not isinstance(user_id, int) or not 0 < user_id <= USER_ID_MAX:
+        raise exceptions.AuthenticationFailed("the token's user_id is not a valid user id", code="user_not_found")
+
+
 class UserJWTAuthentication(JWTAuthentication):
     """simplejwt's JWT authentication, where a token whose user id cannot be a user's is a 401, not a crash."""
 
     def get_user(self, validated_token: Token) -> Any:
-        user_id = validated_token.get(jwt_settings.USER_ID_CLAIM)
-        if isinstance(user_id, str) and user_id.isascii() and user_id.isdigit():
-            user_id = int(user_id)
-        if isinstance(user_id, bool) or not isinstance(user_id, int) or not 0 < user_id <= USER_ID_MAX:
-            raise exceptions.AuthenticationFailed("the token's user_id is not a valid user id", code="user_not_found")
+        token_user_id_check(validated_token.get(jwt_settings.USER_ID_CLAIM))
         return super().get_user(validated_token)
+
+
+class UserTokenRefreshSerializer(TokenRefreshSerializer):
+    """simplejwt's refresh, with the same check of the token's user id before the user is looked up."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        user_id = self.token_class(attrs["refresh"]).payload.get(jwt_settings.USER_ID_CLAIM)
+        if user_id is not None:
+            token_user_id_check(user_id)
+        return super().validate(attrs)
 
 
 class ApiKeySchemes(OpenApiAuthenticationExtension):

@@ -561,3 +561,31 @@ def test_the_corpus_has_at_least_a_hundred_inputs() -> None:
         + len(HOSTILE_QUERIES)
     )
     assert total >= 100, total
+
+
+def test_the_admin_change_forms_hold_text_to_the_same_rules(model: Model, admin_client) -> None:
+    image = model.training_images.first()
+    url = reverse("admin:models_app_model_change", args=[model.pk])
+    form = {"name": "n", "team": model.team.pk, "type": model.type, "trigger_word": "zxq"}
+    inline = {
+        "training_tasks-TOTAL_FORMS": "0",
+        "training_tasks-INITIAL_FORMS": "0",
+        "training_tasks-MIN_NUM_FORMS": "0",
+        "training_tasks-MAX_NUM_FORMS": "1000",
+    }
+    for field, value, problem in [
+        ("short_description", "d\x1b", r"U\+001B"),
+        ("short_description", "d" * 5001, r"at most 5000 characters"),
+        ("name", "n\x07", r"U\+0007"),
+        ("trigger_word", "z\tq", r"U\+0009"),
+    ]:
+        before = snapshot()
+        response = admin_client.post(url, {**form, **inline, field: value})
+        assert response.status_code == 200  # the form again, with the error
+        assert re.search(problem, response.content.decode()), (field, problem)
+        assert snapshot() == before
+    before = snapshot()
+    caption = reverse("admin:models_app_trainingimage_change", args=[image.pk])
+    response = admin_client.post(caption, {"description": "c\x00"})
+    assert response.status_code == 200
+    assert snapshot() == before

@@ -425,3 +425,16 @@ def test_a_seed_003_start_with_an_entity_id_keeps_the_models_parameters(model: M
     explicit = {"trigger_word": "zxq", "entity_id": str(model.uuid), "rank": 4}
     task = client.post("/api/v1/training/", explicit, format="json").json()
     assert (task["steps"], task["rank"]) == (1200, 4)
+
+
+def test_a_refresh_token_whose_user_id_is_not_an_integer_is_a_401() -> None:
+    from rest_framework.test import APIClient
+    from rest_framework_simplejwt.tokens import RefreshToken
+
+    user = UserFactory()
+    token = RefreshToken.for_user(user)
+    token["user_id"] = "abc"
+    response = APIClient().post("/api/v1/auth/token/refresh", {"refresh": str(token)}, format="json")
+    refused(response, 401, "not a valid user id")
+    good = APIClient().post("/api/v1/auth/token/refresh", {"refresh": str(RefreshToken.for_user(user))}, format="json")
+    assert good.status_code == 200, good.content
