@@ -584,6 +584,8 @@ class GenerationJob(models.Model):
     attempt_count = models.PositiveIntegerField(default=0)
     queue_task_id = models.CharField(max_length=64, blank=True)
     cancel_requested_at = models.DateTimeField(null=True, blank=True)
+    # Renewed by the worker while it generates; past it, the reaper re-queues the job (or fails it).
+    lease_expires_at = models.DateTimeField(null=True, blank=True, db_index=True)
     created_at = models.DateTimeField(auto_now_add=True)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)

@@ -13,9 +13,17 @@ from PIL import Image
 from models_app.errors import ApplicationError, Conflict
 from models_app.models import Asset, GenerationJob, Model
 from models_app.services.assets import asset_create
-from models_app.services.generation import generation_job_claim, generation_job_complete, generation_job_fail
+from models_app.services.generation import (
+    generation_job_claim,
+    generation_job_complete,
+    generation_job_fail,
+    generation_job_heartbeat,
+    generation_job_release,
+)
+from models_app.services.training import LeaseLost
 from training.engine.errors import EngineError
 from training.engine.generate import generate
+from training.runner import Heartbeat, worker_identity
 from training.storage_io import local_copy
 
 logger = logging.getLogger(__name__)
@@ -79,28 +87,44 @@ def _scratch_dir() -> Path:
     return path
 
 
+class GenerationLease(Heartbeat):
+    """The training heartbeat's rules (retries, giving up, bounded shutdown) for a generation job's lease."""
+
+    def renew(self) -> bool:
+        return generation_job_heartbeat(job_id=self.task_id, worker_id=self.worker_id)
+
+    def release(self) -> None:
+        generation_job_release(job_id=self.task_id, worker_id=self.worker_id)
+
+
 def run_generation_job(job_id: str) -> str:
     """The worker side of a generation job: claim it, generate, store the images, record the outcome."""
-    from training.runner import worker_identity
-
     worker_id = worker_identity()
     job = generation_job_claim(job_id=job_id, worker_id=worker_id)
     if job is None:
         return "not-claimed"
     created: list[Asset] = []
     try:
-        created = generate_with_model(
-            model=job.model,
-            prompt=job.prompt,
-            width=job.width,
-            height=job.height,
-            steps=job.steps,
-            seed=job.seed,
-            num_images=job.num_images,
-            negative_prompt=job.negative_prompt,
-            guidance_scale=job.guidance_scale,
-            source_image=job.source_image,
-        )
+        with GenerationLease(job.pk, worker_id) as lease:
+            created = generate_with_model(
+                model=job.model,
+                prompt=job.prompt,
+                width=job.width,
+                height=job.height,
+                steps=job.steps,
+                seed=job.seed,
+                num_images=job.num_images,
+                negative_prompt=job.negative_prompt,
+                guidance_scale=job.guidance_scale,
+                source_image=job.source_image,
+            )
+        if lease.lost:
+            raise LeaseLost(lease.lost_reason)
+    except LeaseLost:
+        for asset in created:  # the reaper gave the job to another worker: these images are not published
+            asset.file.delete(save=False)
+            asset.delete()
+        return "not-claimed"
     except (ApplicationError, EngineError) as exc:
         generation_job_fail(job=job, worker_id=worker_id, message=str(exc))
         return GenerationJob.Status.FAILED

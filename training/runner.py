@@ -265,7 +265,7 @@ class Heartbeat:
                 if now < next_renewal:
                     continue
                 try:
-                    renewed = training_task_heartbeat(task_id=self.task_id, worker_id=self.worker_id)
+                    renewed = self.renew()
                 except DatabaseError as exc:
                     self.errors += 1
                     connection.close()  # the next try opens a fresh connection
@@ -283,6 +283,13 @@ class Heartbeat:
         finally:
             connection.close()
 
+    def renew(self) -> bool:
+        return training_task_heartbeat(task_id=self.task_id, worker_id=self.worker_id)
+
+    def release(self) -> None:
+        step = TrainingCheckpoint.objects.filter(task_id=self.task_id).order_by("-step").values_list("step", flat=True)
+        training_task_release(task_id=self.task_id, worker_id=self.worker_id, step=step.first() or 0)
+
     def mark_lost(self, reason: str) -> None:
         logger.error("training task %s: %s; the run stops", self.task_id, reason)
         self.lost_reason = reason
@@ -290,12 +297,11 @@ class Heartbeat:
 
     def release_and_exit(self) -> None:
         logger.warning(
-            "training task %s did not reach a step boundary within %s s of the shutdown; handing it back",
+            "%s did not stop within %s s of the shutdown; handing it back",
             self.task_id,
             settings.TRAINING_SHUTDOWN_GRACE_SECONDS,
         )
-        step = TrainingCheckpoint.objects.filter(task_id=self.task_id).order_by("-step").values_list("step", flat=True)
-        training_task_release(task_id=self.task_id, worker_id=self.worker_id, step=step.first() or 0)
+        self.release()
         connection.close()
         os._exit(0)  # the run may be deep inside a library call: nothing else can stop it now
 

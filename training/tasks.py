@@ -20,16 +20,21 @@ def run_generation(job_id: str) -> str:
 
 
 def reap_stale_tasks() -> dict[str, object]:
+    from models_app.services.generation import generation_jobs_reap
     from models_app.services.training import training_tasks_reap
     from models_app.services.webhooks import webhook_due_deliveries
     from training.webhooks import deliver
 
     report = training_tasks_reap()
+    jobs = generation_jobs_reap()
     # Deliveries whose process died before sending, or whose back-off has passed.
     delivered = [deliver(delivery_id) for delivery_id in webhook_due_deliveries()]
     return {
         "requeued": report.requeued,
         "failed": report.failed,
         "enqueued": report.enqueued,
+        "generation_requeued": jobs.requeued,
+        "generation_failed": jobs.failed,
+        "generation_cancelled": jobs.cancelled,
         "webhooks": len(delivered),
     }

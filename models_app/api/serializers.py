@@ -148,7 +148,14 @@ class JobSerializer(serializers.Serializer):
     seed = serializers.IntegerField()
     images = JobImageSerializer(many=True)
     error = serializers.CharField(source="error_message")
+    cancelRequestedAt = serializers.DateTimeField(  # noqa: N815
+        source="cancel_requested_at",
+        allow_null=True,
+        help_text="Set once a cancel was asked for: a running job then ends `canceled`, without its images.",
+    )
+    attempts = serializers.IntegerField(source="attempt_count", help_text="Workers that took the job (retries).")
     createdAt = serializers.DateTimeField(source="created_at")  # noqa: N815
+    startedAt = serializers.DateTimeField(source="started_at", allow_null=True)  # noqa: N815
     completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)  # noqa: N815
 
 

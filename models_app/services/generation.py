@@ -1,16 +1,36 @@
-"""Generation jobs: queued on the training workers, claimed once, images stored as assets."""
+"""Generation jobs: queued on the training workers, claimed once, images stored as assets.
+
+They follow the trainings' rules: a claimed job holds a lease its worker renews, the reaper re-queues
+a job whose worker vanished (and fails it after MAX_ATTEMPTS), and a cancel is recorded on the row, so
+it survives any crash and is visible in the job's status.
+"""
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import F
 from django.utils import timezone
 
 from models_app.errors import Conflict, InvalidInput
 from models_app.models import Asset, GenerationJob, Model, Team
 
 MAX_PROMPT_CHARS = 2000
+MAX_ATTEMPTS = 3
+# Without a size, a model generates at the resolution it was trained at; it may go up to twice that
+# (a tiny demo model at 64 px would take many minutes at 512 px on a CPU, and learned nothing there).
+MAX_SIZE_FACTOR = 2
+
+
+def generation_size_limits(model: Model) -> tuple[int, int]:
+    """(default side, largest side) in pixels for generating with this model."""
+    task = model.trained_task
+    trained = (task.resolution if task is not None else None) or 512
+    return trained, min(2048, max(64, MAX_SIZE_FACTOR * trained))
 
 
 def _check_range(name: str, value: Any, low: int, high: int, *, multiple: int = 1, nullable: bool = False) -> None:
@@ -46,8 +66,15 @@ def generation_create(
         raise InvalidInput("prompt is required", field="prompt")
     if len(prompt) > MAX_PROMPT_CHARS:
         raise InvalidInput(f"prompt may be at most {MAX_PROMPT_CHARS} characters", field="prompt")
-    _check_range("width", width, 64, 2048, multiple=8, nullable=True)
-    _check_range("height", height, 64, 2048, multiple=8, nullable=True)
+    default_side, largest = generation_size_limits(model)
+    for name, value in (("width", width), ("height", height)):
+        _check_range(name, value, 64, 2048, multiple=8, nullable=True)
+        if value is not None and value > largest:
+            raise InvalidInput(
+                f"{name} may be at most {largest} for model {model.public_id}: twice the {default_side} px it "
+                f"was trained at (leave it out to generate at {default_side} px)",
+                field=name,
+            )
     _check_range("numImages", num_images, 1, 4)
     _check_range("steps", steps, 1, 100)
     _check_range("seed", seed, 0, 2**31 - 1)
@@ -57,6 +84,8 @@ def generation_create(
         raise InvalidInput("an edit model generates from an input image: send its asset id as `image`", field="image")
     if source_image is not None and source_image.team_id != team.id:
         raise InvalidInput(f"asset {source_image.public_id} not found", field="image")
+    width = default_side if width is None else width
+    height = default_side if height is None else height
     job = GenerationJob.objects.create(
         source_image=source_image,
         team=team,
@@ -82,14 +111,17 @@ def generation_job_enqueue(*, job_id: str) -> str:
     return str(queue_id)
 
 
-def generation_job_claim(*, job_id: str, worker_id: str) -> GenerationJob | None:
-    from django.db.models import F
+def _lease() -> Any:
+    return timezone.now() + timedelta(seconds=settings.TRAINING_LEASE_SECONDS)
 
+
+def generation_job_claim(*, job_id: str, worker_id: str) -> GenerationJob | None:
     moved = GenerationJob.objects.filter(public_id=job_id, status=GenerationJob.Status.PENDING).update(
         status=GenerationJob.Status.RUNNING,
         worker_id=worker_id,
         attempt_count=F("attempt_count") + 1,
         started_at=timezone.now(),
+        lease_expires_at=_lease(),
     )
     if not moved:
         return None
@@ -98,15 +130,81 @@ def generation_job_claim(*, job_id: str, worker_id: str) -> GenerationJob | None
     ).get(public_id=job_id)
 
 
+def generation_job_heartbeat(*, job_id: Any, worker_id: str) -> bool:
+    """Renew the lease; False when the job is no longer this worker's."""
+    return bool(
+        GenerationJob.objects.filter(pk=job_id, worker_id=worker_id, status=GenerationJob.Status.RUNNING).update(
+            lease_expires_at=_lease()
+        )
+    )
+
+
+def generation_job_release(*, job_id: Any, worker_id: str) -> bool:
+    """Hand a running job back to the queue (its worker is shutting down); the attempt is not counted."""
+    with transaction.atomic():
+        moved = GenerationJob.objects.filter(
+            pk=job_id, worker_id=worker_id, status=GenerationJob.Status.RUNNING
+        ).update(
+            status=GenerationJob.Status.PENDING,
+            worker_id="",
+            lease_expires_at=None,
+            attempt_count=F("attempt_count") - 1,
+        )
+        if moved:
+            public_id = GenerationJob.objects.values_list("public_id", flat=True).get(pk=job_id)
+            transaction.on_commit(lambda: generation_job_enqueue(job_id=public_id))
+    return bool(moved)
+
+
+@dataclass
+class GenerationReapReport:
+    requeued: list[str]
+    failed: list[str]
+    cancelled: list[str]
+
+
+def generation_jobs_reap() -> GenerationReapReport:
+    """Jobs whose worker stopped renewing its lease: cancelled if a cancel was asked for, else re-queued,
+    or failed once MAX_ATTEMPTS were made."""
+    report = GenerationReapReport(requeued=[], failed=[], cancelled=[])
+    now = timezone.now()
+    expired = GenerationJob.objects.filter(status=GenerationJob.Status.RUNNING, lease_expires_at__lt=now)
+    for job_id, public_id, worker_id, attempts, cancel_at in expired.values_list(
+        "pk", "public_id", "worker_id", "attempt_count", "cancel_requested_at"
+    ):
+        mine = GenerationJob.objects.filter(
+            pk=job_id, status=GenerationJob.Status.RUNNING, worker_id=worker_id, lease_expires_at__lt=now
+        )
+        if cancel_at is not None:
+            if mine.update(status=GenerationJob.Status.CANCELED, completed_at=now, lease_expires_at=None):
+                report.cancelled.append(public_id)
+            continue
+        lost = f"the worker {worker_id or '(unknown)'} stopped answering"
+        if attempts >= MAX_ATTEMPTS:
+            if mine.update(
+                status=GenerationJob.Status.FAILED,
+                completed_at=now,
+                lease_expires_at=None,
+                error_message=f"{lost} (gave up after {attempts} attempts)",
+            ):
+                report.failed.append(public_id)
+            continue
+        with transaction.atomic():
+            if mine.update(status=GenerationJob.Status.PENDING, worker_id="", lease_expires_at=None):
+                report.requeued.append(public_id)
+                transaction.on_commit(lambda public_id=public_id: generation_job_enqueue(job_id=public_id))
+    return report
+
+
 @transaction.atomic
 def generation_job_complete(*, job: GenerationJob, worker_id: str, assets: list[Asset]) -> bool:
     """Publish the images, unless the job was cancelled meanwhile (then it ends cancelled, with none)."""
     running = GenerationJob.objects.filter(pk=job.pk, status=GenerationJob.Status.RUNNING, worker_id=worker_id)
     if running.filter(cancel_requested_at__isnull=False).update(
-        status=GenerationJob.Status.CANCELED, completed_at=timezone.now()
+        status=GenerationJob.Status.CANCELED, completed_at=timezone.now(), lease_expires_at=None
     ):
         return False
-    moved = running.update(status=GenerationJob.Status.COMPLETED, completed_at=timezone.now())
+    moved = running.update(status=GenerationJob.Status.COMPLETED, completed_at=timezone.now(), lease_expires_at=None)
     if moved:
         job.images.set(assets)
     return bool(moved)
@@ -115,7 +213,10 @@ def generation_job_complete(*, job: GenerationJob, worker_id: str, assets: list[
 def generation_job_fail(*, job: GenerationJob, worker_id: str, message: str) -> bool:
     return bool(
         GenerationJob.objects.filter(pk=job.pk, status=GenerationJob.Status.RUNNING, worker_id=worker_id).update(
-            status=GenerationJob.Status.FAILED, completed_at=timezone.now(), error_message=message
+            status=GenerationJob.Status.FAILED,
+            completed_at=timezone.now(),
+            error_message=message,
+            lease_expires_at=None,
         )
     )
 

@@ -1,4 +1,4 @@
-"""Re-queue (or fail) trainings whose worker is gone, and send webhook deliveries that are due."""
+"""Re-queue (or fail) trainings and generation jobs whose worker is gone, and send webhook deliveries that are due."""
 
 from __future__ import annotations
 
@@ -10,7 +10,10 @@ from training.tasks import reap_stale_tasks
 
 
 class Command(BaseCommand):
-    help = "Re-queue trainings whose worker stopped renewing its lease (fail them after max_attempts)."
+    help = (
+        "Re-queue trainings and generation jobs whose worker stopped renewing its lease (fail them after their "
+        "attempts run out) and send due webhook deliveries."
+    )
 
     def handle(self, *args: Any, **options: Any) -> None:
         report = reap_stale_tasks()
@@ -22,3 +25,6 @@ class Command(BaseCommand):
             self.stdout.write(f"  re-queued {task_id}")
         for task_id in report["failed"]:  # type: ignore[union-attr]
             self.stdout.write(f"  failed {task_id}")
+        for outcome in ("requeued", "failed", "cancelled"):
+            for job_id in report[f"generation_{outcome}"]:  # type: ignore[union-attr]
+                self.stdout.write(f"  generation job {job_id} {outcome.replace('requeued', 're-queued')}")
