@@ -515,26 +515,31 @@ def validation_loss(context: StepContext, indices: list[int]) -> float:
     was_training = context.denoiser.training
     context.denoiser.eval()
     total, count = 0.0, 0
+    levels = len(VALIDATION_LEVELS)
     for index in indices:
+        # One forward per image with every noise level in the batch (images may differ in size: buckets).
         latents = family.scale_latents(cache.means[index].unsqueeze(0)).to(context.device)
-        conditioning = caption_conditioning(context, [cache.caption_rows[index]])
+        conditioning = caption_conditioning(context, [cache.caption_rows[index]] * levels)
         if cache.time_ids is not None:
-            conditioning["time_ids"] = cache.time_ids[index].unsqueeze(0).to(context.device)
+            conditioning["time_ids"] = cache.time_ids[index].unsqueeze(0).repeat(levels, 1).to(context.device)
         source = None
         if cache.source_means is not None:
             source = family.scale_latents(cache.source_means[index].unsqueeze(0)).to(context.device)
+            source = source.repeat(levels, *[1] * (source.dim() - 1))
         fixed = torch.Generator(device="cpu").manual_seed(context.spec.seed + 7919 * index)
-        for level in VALIDATION_LEVELS:
-            noise = torch.randn(latents.shape, generator=fixed).to(context.device)
-            noised = family.add_noise(
-                latents, fixed, context.settings, levels=torch.tensor([level], device=context.device), noise=noise
-            )
-            with autocast(context):
-                prediction = family.predict(
-                    context.denoiser, noised, conditioning, context.settings, source_latents=source
-                )
-            total += float(F.mse_loss(prediction.float(), noised.target.float()))
-            count += 1
+        noise = torch.cat([torch.randn(latents.shape, generator=fixed) for _ in VALIDATION_LEVELS]).to(context.device)
+        noised = family.add_noise(
+            latents.repeat(levels, *[1] * (latents.dim() - 1)),
+            fixed,
+            context.settings,
+            levels=torch.tensor(VALIDATION_LEVELS, device=context.device),
+            noise=noise,
+        )
+        with autocast(context):
+            prediction = family.predict(context.denoiser, noised, conditioning, context.settings, source_latents=source)
+        errors = (prediction.float() - noised.target.float()).pow(2).flatten(1).mean(dim=1)
+        total += float(errors.sum())
+        count += levels
     if was_training:
         context.denoiser.train()
     return total / max(1, count)
