@@ -87,6 +87,33 @@ class StrictCharField(serializers.CharField):
         return super().to_internal_value(data)
 
 
+def _from_form(field: serializers.Field) -> bool:
+    """Whether the field's data came from a form (where every value is text) rather than JSON."""
+    return isinstance(getattr(field.root, "initial_data", None), QueryDict)
+
+
+class StrictIntegerField(serializers.IntegerField):
+    """An integer as JSON sends one: "5", 5.0 and true are refused (a form's text "5" is read as 5)."""
+
+    default_error_messages = {"invalid": "A valid integer is required: send a JSON number without a fraction."}
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool | float) or (isinstance(data, str) and not _from_form(self)):
+            self.fail("invalid")
+        return int(super().to_internal_value(data))
+
+
+class StrictFloatField(serializers.FloatField):
+    """A number as JSON sends one: "0.1" and true are refused (a form's text is read as a number)."""
+
+    default_error_messages = {"invalid": "A valid number is required: send a JSON number."}
+
+    def to_internal_value(self, data: Any) -> float:
+        if isinstance(data, bool) or (isinstance(data, str) and not _from_form(self)):
+            self.fail("invalid")
+        return float(super().to_internal_value(data))
+
+
 class StrictBooleanField(serializers.BooleanField):
     """true or false (or, from a form, their spellings "true"/"false"/"1"/"0"); "yes" and 5 are refused."""
 

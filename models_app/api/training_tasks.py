@@ -12,7 +12,13 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from models_app import selectors
-from models_app.api.inputs import DATA_URL_MAX, StrictBooleanField, StrictCharField
+from models_app.api.inputs import (
+    DATA_URL_MAX,
+    StrictBooleanField,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+)
 from models_app.api.serializers import DetailSerializer, HTTPValidationErrorSerializer, TrainingTaskSerializer
 from models_app.api.tenancy import TEAM_PARAMETER, request_team
 from models_app.api.throttling import StartThrottle, ThrottledWrites
@@ -35,9 +41,9 @@ class TrainingTaskCreateSerializer(serializers.Serializer):
     entity_type = serializers.ChoiceField(choices=TrainingTask.EntityType.choices, default="PRODUCT")
     entity_id = serializers.UUIDField(required=False, allow_null=True, default=None)
     trigger_word = StrictCharField(max_length=TRIGGER_WORD_MAX)
-    rank = serializers.IntegerField(required=False, allow_null=True, default=16)
-    steps = serializers.IntegerField(required=False, allow_null=True, default=1000)
-    learning_rate = serializers.FloatField(required=False, allow_null=True, default=0.0001)
+    rank = StrictIntegerField(required=False, allow_null=True, default=16)
+    steps = StrictIntegerField(required=False, allow_null=True, default=1000)
+    learning_rate = StrictFloatField(required=False, allow_null=True, default=0.0001)
     sample_prompts = serializers.ListField(
         child=StrictCharField(max_length=PROMPT_MAX, multiline=True),
         max_length=LIST_MAX,

@@ -10,7 +10,15 @@ from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
 from models_app import selectors
-from models_app.api.inputs import DATA_URL_MAX, StrictCharField, StrictSerializer, require_one, snake_keys
+from models_app.api.inputs import (
+    DATA_URL_MAX,
+    StrictCharField,
+    StrictFloatField,
+    StrictIntegerField,
+    StrictSerializer,
+    require_one,
+    snake_keys,
+)
 from models_app.api.serializers import AssetSerializer, DetailSerializer, ErrorSerializer, JobSerializer
 from models_app.api.tenancy import TEAM_PARAMETER, request_team
 from models_app.api.throttling import GenerationThrottle, ThrottledWrites, UploadThrottle
@@ -86,12 +94,12 @@ class GenerationApi(ThrottledWrites, APIView):
         negative_prompt = StrictCharField(
             max_length=PROMPT_MAX, multiline=True, required=False, allow_blank=True, default=""
         )
-        width = serializers.IntegerField(required=False, allow_null=True, default=None)
-        height = serializers.IntegerField(required=False, allow_null=True, default=None)
-        num_images = serializers.IntegerField(required=False, default=1)
-        steps = serializers.IntegerField(required=False, default=25)
-        seed = serializers.IntegerField(required=False, default=0)
-        guidance_scale = serializers.FloatField(required=False, default=7.5)
+        width = StrictIntegerField(required=False, allow_null=True, default=None)
+        height = StrictIntegerField(required=False, allow_null=True, default=None)
+        num_images = StrictIntegerField(required=False, default=1)
+        steps = StrictIntegerField(required=False, default=25)
+        seed = StrictIntegerField(required=False, default=0)
+        guidance_scale = StrictFloatField(required=False, default=7.5)
         image = StrictCharField(
             max_length=ID_MAX, required=False, allow_null=True, default=None, help_text="Edit models: input asset id"
         )

@@ -436,7 +436,7 @@ def test_hostile_train_command_arguments_are_refused(model: Model) -> None:
 
 @pytest.mark.django_db(transaction=True)
 def test_hostile_mcp_calls_are_refused(tiny_sd15: Path) -> None:
-    from asgiref.sync import sync_to_async
+    from asgiref.sync import ThreadSensitiveContext, sync_to_async
     from django.db import connections
     from mcp import Client
 
@@ -533,12 +533,13 @@ def test_hostile_mcp_calls_are_refused(tiny_sd15: Path) -> None:
 
     async def run() -> list[tuple[str, bool, str]]:
         answers = []
-        async with Client(server) as client:
-            for label, tool, arguments, _ in calls:
-                result = await client.call_tool(tool, arguments)
-                answers.append((label, bool(result.is_error), result.content[0].text))
-        # The tools ran in asgiref's worker thread: its database connection must not outlive the test.
-        await sync_to_async(connections.close_all, thread_sensitive=True)()
+        # The tools' database work runs in this context's own thread, which ends with the context.
+        async with ThreadSensitiveContext():
+            async with Client(server) as client:
+                for label, tool, arguments, _ in calls:
+                    result = await client.call_tool(tool, arguments)
+                    answers.append((label, bool(result.is_error), result.content[0].text))
+            await sync_to_async(connections.close_all)()
         return answers
 
     before = snapshot()

@@ -318,6 +318,10 @@ def test_text_is_bounded(model: Model) -> None:
         ("/v1/models/{m}/training-images/pairs", {"pairs": [{"source_id": 1, "target_id": "x"}]}, "source_id"),
         ("/api/v1/training/", {"trigger_word": 5}, "trigger_word"),
         ("/api/v1/training/", {"trigger_word": "x", "bypass_guidance_embedding": "yes"}, "bypass_guidance"),
+        ("/api/v1/training/", {"trigger_word": "x", "rank": "16"}, "rank"),
+        ("/api/v1/training/", {"trigger_word": "x", "learning_rate": True}, "learning_rate"),
+        ("/v1/images/generation", {"modelID": "{m}", "prompt": "p", "steps": "25"}, "steps"),
+        ("/v1/images/generation", {"modelID": "{m}", "prompt": "p", "seed": 1.5}, "seed"),
     ],
 )
 def test_numbers_are_never_turned_into_text(model: Model, path: str, body: dict, field: str) -> None:
