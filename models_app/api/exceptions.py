@@ -29,6 +29,14 @@ def flatten(detail: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ..
     return [(path, str(detail), getattr(detail, "code", "invalid"))]
 
 
+# A message quotes what it refuses ('"…" is not a valid choice.'); a megabyte of it helps nobody.
+MESSAGE_MAX = 500
+
+
+def _shortened(message: str) -> str:
+    return message if len(message) <= MESSAGE_MAX else message[: MESSAGE_MAX - 1] + "…"
+
+
 def _field_name(path: tuple[Any, ...]) -> str:
     name = ""
     for part in path:
@@ -46,7 +54,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         if fastapi_style:
             body = {
                 "detail": [
-                    {"loc": ["body", *path], "msg": message, "type": f"value_error.{code}"}
+                    {"loc": ["body", *path], "msg": _shortened(message), "type": f"value_error.{code}"}
                     for path, message, code in problems
                 ]
             }
@@ -55,14 +63,14 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
         field = _field_name(path)
         return Response(
             {
-                "detail": f"{field}: {message}" if field else message,
+                "detail": _shortened(f"{field}: {message}" if field else message),
                 "code": code,
                 **({"field": field} if field else {}),
             },
             status=status.HTTP_400_BAD_REQUEST,
         )
     if isinstance(exc, ApplicationError):
-        body = {"detail": exc.message, "code": exc.code}
+        body = {"detail": _shortened(exc.message), "code": exc.code}
         if exc.field:
             body["field"] = exc.field
         body.update(exc.extra)

@@ -442,3 +442,12 @@ def test_a_refresh_token_whose_user_id_is_not_an_integer_is_a_401() -> None:
     refused(response, 401, "not a valid user id")
     good = APIClient().post("/api/v1/auth/token/refresh", {"refresh": str(RefreshToken.for_user(user))}, format="json")
     assert good.status_code == 200, good.content
+
+
+def test_an_error_never_quotes_a_huge_value_back(model: Model) -> None:
+    client = api_client_for(model.team)
+    response = client.post("/v1/models", {"name": "n", "type": "t" * 1_000_000}, format="json")
+    body = refused(response, 400, "type")
+    assert len(body["detail"]) <= 500 and body["detail"].endswith("…")
+    response = client.post("/api/v1/training/", {"trigger_word": "x", "entity_type": "e" * 1_000_000}, format="json")
+    assert len(refused(response, 422)["detail"][0]["msg"]) <= 500
