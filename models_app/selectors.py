@@ -146,3 +146,34 @@ def generation_job_get(*, team: Team, public_id: str) -> GenerationJob:
     if job is None:
         raise NotFound(f"job {public_id} not found")
     return job
+
+
+MEASURED_RUNS = 5  # the rate is the median of this many recent trainings of the same base model
+
+
+def training_measured_seconds_per_unit(*, base_model: str, native_resolution: int) -> tuple[float, int, str] | None:
+    """What the workers really took for this base model: seconds per training sample at the family's
+    native resolution (the median over the last MEASURED_RUNS completed trainings), how many runs that
+    is, and the worker labels that ran them. None until one has completed."""
+    import statistics
+
+    rates: list[float] = []
+    workers: set[str] = set()
+    recent = (
+        TrainingTask.objects.filter(status=TrainingTask.Status.COMPLETED, base_model_path=base_model)
+        .order_by("-completed_at")
+        .values_list("stage_seconds", "steps", "batch_size", "gradient_accumulation", "resolution", "worker_id")
+    )
+    for stage_seconds, steps, batch_size, accumulation, resolution, worker_id in recent[: MEASURED_RUNS * 2]:
+        seconds = (stage_seconds or {}).get("training")
+        if not seconds or not steps:
+            continue
+        size = resolution or native_resolution
+        units = steps * (batch_size or 1) * (accumulation or 1) * (size * size) / (native_resolution**2)
+        rates.append(float(seconds) / units)
+        workers.add(":".join(worker_id.split(":")[:2]) or "unknown")  # host:label, without pid and nonce
+        if len(rates) == MEASURED_RUNS:
+            break
+    if not rates:
+        return None
+    return statistics.median(rates), len(rates), ", ".join(sorted(workers))

@@ -32,6 +32,50 @@ def isolated_files(settings, tmp_path: Path, base_models_root: Path) -> Iterator
     yield
 
 
+@pytest.fixture(autouse=True)
+def no_thread_outlives_its_test() -> Iterator[None]:
+    """The webhook sender stops with the test that started it (its next attempt would find the rows gone),
+    and no other thread the test started may still run after it."""
+    import threading
+
+    from training.webhooks import stop_sender
+
+    before = set(threading.enumerate())
+    yield
+    stop_sender()
+    for thread in set(threading.enumerate()) - before:
+        thread.join(timeout=30)  # a ceiling against a hang: a test's threads end with the test
+    left = [thread.name for thread in set(threading.enumerate()) - before if thread.is_alive()]
+    assert not left, f"threads still running after the test: {left}"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def test_database_left_clean(django_db_setup: None, django_db_blocker) -> Iterator[None]:
+    """Before the test database is dropped: end the sessions other processes (a killed worker's
+    connection that PostgreSQL has not noticed yet) still hold on it, so the drop succeeds."""
+    yield
+    from django.db import connection
+
+    with django_db_blocker.unblock():
+        if connection.vendor == "postgresql":
+            with connection.cursor() as cursor:
+                cursor.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                    " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+                )
+        connection.close()
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """SQLite's write-ahead log files stay beside a dropped test database: remove them too."""
+    from django.conf import settings
+
+    name = settings.DATABASES["default"].get("TEST", {}).get("NAME")
+    if settings.DATABASES["default"]["ENGINE"].endswith("sqlite3") and name:
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{name}{suffix}").unlink(missing_ok=True)
+
+
 @pytest.fixture
 def fast_training() -> dict[str, object]:
     """Parameters that train the tiny model in a few seconds on a CPU."""

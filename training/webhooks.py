@@ -57,6 +57,7 @@ def deliver(delivery_id: int) -> WebhookDelivery | None:
 class WebhookSender:
     def __init__(self) -> None:
         self._due: list[tuple[float, int]] = []
+        self._stopped = False
         self._condition = threading.Condition()
         self._thread = threading.Thread(target=self._run, name="webhook-sender", daemon=True)
         self._thread.start()
@@ -66,12 +67,22 @@ class WebhookSender:
             heapq.heappush(self._due, (at or time.monotonic(), delivery_id))
             self._condition.notify()
 
+    def stop(self, *, timeout: float) -> None:
+        """Stop after the attempt in flight; deliveries still due stay pending in the database, where the
+        reaper finds them."""
+        with self._condition:
+            self._stopped = True
+            self._condition.notify()
+        self._thread.join(timeout=timeout)
+
     def _run(self) -> None:
         while True:
             with self._condition:
-                while not self._due or self._due[0][0] > time.monotonic():
+                while not self._stopped and (not self._due or self._due[0][0] > time.monotonic()):
                     timeout = self._due[0][0] - time.monotonic() if self._due else None
                     self._condition.wait(timeout=timeout)
+                if self._stopped:
+                    return
                 _, delivery_id = heapq.heappop(self._due)
             try:
                 close_old_connections()
@@ -98,3 +109,12 @@ def sender() -> WebhookSender:
         if _sender is None or not _sender._thread.is_alive():
             _sender = WebhookSender()
         return _sender
+
+
+def stop_sender(*, timeout: float = 30.0) -> None:
+    """Stop this process's sender thread, if one runs (a test's end, a process shutting down)."""
+    global _sender
+    with _sender_lock:
+        running, _sender = _sender, None
+    if running is not None:
+        running.stop(timeout=timeout)

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
+from models_app import selectors
 from models_app.errors import InsufficientCredits, InvalidInput
 from models_app.models import CreditEntry, Team, TrainingTask
 from training.engine.base_models import detect_family, guess_family_from_name
@@ -38,6 +39,9 @@ class Estimate:
     resolution: int
     credits: Decimal
     estimated_seconds: int
+    # What estimated_seconds assumes: the workers' measured rate for this base model when one exists,
+    # else the family's reference rate on a data-centre GPU (not this machine's CPU).
+    seconds_basis: str = ""
 
     def as_dict(self) -> dict[str, Any]:
         values = asdict(self)
@@ -65,7 +69,20 @@ def training_estimate(
     pixel_factor = Decimal(size * size) / Decimal(native * native)
     units = Decimal(samples) * pixel_factor * FAMILY_COST[family]
     amount = (units / 1000 * Decimal(str(settings.CREDITS_PER_1000_STEPS))).quantize(CENT, rounding=ROUND_UP)
-    seconds = math.ceil(samples * float(pixel_factor) * SECONDS_PER_STEP[family])
+    measured = selectors.training_measured_seconds_per_unit(base_model=base_model, native_resolution=native)
+    if measured is not None:
+        rate, runs, workers = measured
+        basis = (
+            f"measured: {rate:.3g} s per step at {native} px, batch 1 (median of the last {runs} completed "
+            f"training(s) of this base model, on {workers})"
+        )
+    else:
+        rate = SECONDS_PER_STEP[family]
+        basis = (
+            f"reference: {rate} s per step at {native} px, batch 1, for {family} on one data-centre GPU "
+            "(H100 class); no training of this base model has completed here yet, and a CPU is far slower"
+        )
+    seconds = math.ceil(samples * float(pixel_factor) * rate)
     return Estimate(
         family=family,
         steps=steps,
@@ -73,6 +90,7 @@ def training_estimate(
         resolution=size,
         credits=max(amount, CENT),
         estimated_seconds=seconds,
+        seconds_basis=basis,
     )
 
 

@@ -69,11 +69,14 @@ def webhook_emit(*, task_id: Any, event: str, data: dict[str, Any] | None = None
 
 def webhook_record_attempt(
     *, delivery_id: int, status_code: int | None, error: str, give_up: bool = False
-) -> WebhookDelivery:
+) -> WebhookDelivery | None:
     """Write one attempt's outcome; schedule the next with back-off, or give up after MAX_ATTEMPTS (or at once
-    with `give_up`: a URL refused by the input rules will not become acceptable by waiting)."""
+    with `give_up`: a URL refused by the input rules will not become acceptable by waiting). None when the
+    delivery was deleted meanwhile (its team or task went): there is nothing left to record."""
     with transaction.atomic():
-        delivery = WebhookDelivery.objects.select_for_update().get(pk=delivery_id)
+        delivery = WebhookDelivery.objects.select_for_update().filter(pk=delivery_id).first()
+        if delivery is None:
+            return None
         delivery.attempts += 1
         delivery.response_status = status_code
         delivery.last_error = error[:2000]

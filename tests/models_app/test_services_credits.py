@@ -5,6 +5,7 @@ import pytest
 from models_app.errors import InsufficientCredits
 from models_app.models import CreditEntry, Team, TrainingTask
 from models_app.services.credits import credits_grant, training_estimate
+from models_app.services.datasets import model_configure
 from models_app.services.training import training_cancel, training_quote, training_start, training_task_claim
 from tests.factories import ModelFactory, TeamFactory, add_images
 from tests.helpers import api_client_for
@@ -79,3 +80,24 @@ def test_a_queued_cancel_refunds_everything_once(tiny_sd15) -> None:
     with pytest.raises(InsufficientCredits):
         Team.objects.filter(pk=team.pk).update(credit_balance=Decimal("0.50"))
         training_start(model=model)
+
+
+@pytest.mark.slow
+def test_the_time_estimate_says_what_it_assumes_and_uses_the_workers_measured_rate(tiny_sd15, fast_training) -> None:
+    from training.runner import run_training_task
+
+    model = ModelFactory()
+    add_images(model, 12)
+    model_configure(model=model, parameters={**fast_training, "base_model_path": str(tiny_sd15)})
+    reference = training_quote(model=model)["estimate"]
+    assert reference["seconds_basis"].startswith("reference:") and "GPU" in reference["seconds_basis"]
+
+    task = training_start(model=model)
+    assert run_training_task(str(task.pk)) == TrainingTask.Status.COMPLETED
+    task.refresh_from_db()
+    measured = training_quote(model=model)["estimate"]
+    assert measured["seconds_basis"].startswith("measured:") and "last 1 completed" in measured["seconds_basis"]
+    # The same run again is estimated at what this one took.
+    assert abs(measured["estimated_seconds"] - task.stage_seconds["training"]) <= 1
+    doubled = training_quote(model=model, overrides={"steps": 2 * task.steps})["estimate"]
+    assert abs(doubled["estimated_seconds"] - 2 * task.stage_seconds["training"]) <= 1
