@@ -127,6 +127,8 @@ def training_images_add(
     for source, item_field in zip(sources, item_fields, strict=True):
         if source.content is not None:
             image_verify(content=source.content, name=source.name, field=item_field)
+        if source.sidecar_caption:
+            caption_check(source.sidecar_caption, field=f"{item_field} (the caption file beside {source.name})")
     created_assets: list[Asset] = []
     try:
         with transaction.atomic():

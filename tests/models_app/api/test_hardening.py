@@ -451,3 +451,16 @@ def test_an_error_never_quotes_a_huge_value_back(model: Model) -> None:
     assert len(body["detail"]) <= 500 and body["detail"].endswith("…")
     response = client.post("/api/v1/training/", {"trigger_word": "x", "entity_type": "e" * 1_000_000}, format="json")
     assert len(refused(response, 422)["detail"][0]["msg"]) <= 500
+
+
+def test_a_caption_file_with_a_control_character_is_refused(model: Model, settings, tmp_path: Path) -> None:
+    root = tmp_path / "imports"
+    root.mkdir()
+    settings.TRAINING_IMPORT_ROOTS = [root]
+    (root / "a.png").write_bytes(png())
+    (root / "a.txt").write_text("a caption \x00 with a NUL")
+    before = counts()
+    body = {"trigger_word": "zxq", "entity_id": str(model.uuid), "source_images": ["a.png"]}
+    response = api_client_for(model.team).post("/api/v1/training/", body, format="json")
+    refused(response, 400, "caption file beside a.png", "U+0000")
+    assert counts() == before
