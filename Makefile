@@ -17,8 +17,9 @@ $(BIN)/.installed: requirements/base.txt requirements/dev.txt
 
 setup: $(BIN)/.installed
 
+# make demo STEPS=600 TIMEOUT=1200: more steps; give up after TIMEOUT seconds without progress
 demo: setup
-	$(BIN)/python manage.py demo --base-url http://$(HOST)
+	$(BIN)/python manage.py demo --base-url http://$(HOST) $(if $(STEPS),--steps $(STEPS)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 	$(BIN)/python manage.py runserver $(HOST)
 
 serve: setup

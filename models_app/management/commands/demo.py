@@ -1,91 +1,100 @@
 """The main job end to end on the embedded defaults: build a tiny base model, make a dataset, train it
-through the queue, generate with the result, and say where everything is."""
+through the queue, show what the training changed, and say where everything is.
+
+A rerun reuses the demo team, its API key and its model. The command never leaves work behind: it
+stops its own worker cleanly on any exit, and cancels its training if it gives up (no progress for
+--timeout seconds, or Ctrl-C).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
+from django.urls import reverse
 
-from models_app.models import Membership, Model, Team
+from models_app.errors import Conflict
+from models_app.models import ApiKey, Membership, Model, Team, TrainingTask
 from models_app.services.accounts import api_key_create, api_key_token, membership_set, team_create
-from models_app.services.datasets import model_create, training_image_add
-from models_app.services.training import training_start
+from models_app.services.datasets import model_configure, model_create, training_image_add
+from models_app.services.training import training_cancel, training_start
 from training.demo_dataset import make_images
-from training.engine.tiny import build_tiny_model
 
 DEMO_TEAM = "Demo team"
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo"  # local demo only; the README says to change it anywhere else
+DEMO_MODEL = "Demo shapes"
 TRIGGER_WORD = "zxq"
+HELD_OUT = 3  # training images kept out of the training: the held-out loss is measured on them
+PROMPT = f"{TRIGGER_WORD}, a blue circle on a white background"
+SEED = 7
 FINAL_STATUSES = (Model.Status.READY, Model.Status.FAILED, Model.Status.CANCELED, Model.Status.DELETED)
 
 
 class Command(BaseCommand):
-    help = "Train a demo model end to end (tiny base model, 12 generated images, real queue) and generate with it."
+    help = (
+        "Train a demo model end to end (tiny base model, generated images, a real queue worker) and show what "
+        "the training changed. Reruns reuse the demo team, key and model."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--images", type=int, default=12, help="number of generated training images (12-20)")
+        parser.add_argument("--images", type=int, default=15, help="number of generated images (12-20)")
         parser.add_argument("--steps", type=int, default=300, help="training steps")
-        parser.add_argument("--timeout", type=int, default=900, help="seconds to wait for the training")
+        parser.add_argument(
+            "--timeout", type=int, default=600, help="give up (and cancel the training) after this many seconds "
+            "without progress; the wait has no limit while the training advances",
+        )  # fmt: skip
         parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="where the server will listen")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        if not 12 <= options["images"] <= 20:
+            raise CommandError("--images must be between 12 and 20")
+        if options["steps"] < 1 or options["timeout"] < 1:
+            raise CommandError("--steps and --timeout must be positive")
         started = time.monotonic()
         call_command("migrate", interactive=False, verbosity=0)
-        base_model = self.ensure_base_model()
+        base_model = ensure_base_model(self.stdout)
         team, secret_token = self.ensure_team_and_key()
+        model = self.ensure_model(team, base_model, images=options["images"], steps=options["steps"])
 
-        model = model_create(
-            team=team,
-            name="Demo shapes",
-            trigger_word=TRIGGER_WORD,
-            short_description="Coloured shapes drawn by the demo",
-            parameters={
-                "base_model_path": str(base_model),
-                "steps": options["steps"],
-                "rank": 8,
-                "learning_rate": 0.001,
-                "batch_size": 2,
-                "resolution": 64,
-                "optimizer": "adamw",
-                "preprocessing_captioning_strategy": "description",
-            },
-        )
-        for image in make_images(options["images"], seed=model.pk):
-            training_image_add(model=model, content=image.content, name=image.name, description=image.caption)
-        self.stdout.write(f"Model {model.public_id} created with {options['images']} training images")
-
-        task = training_start(model=model)
-        self.stdout.write(f"Training task {task.pk} queued; starting a django-q2 cluster to run it")
-        model = self.run_queue_until_done(model, timeout=options["timeout"])
+        task = model.training_tasks.filter(status__in=TrainingTask.ACTIVE_STATUSES).first()
+        if task is None:
+            task = training_start(model=model)
+            self.stdout.write(f"Training task {task.pk} queued ({options['steps']} steps)")
+        else:
+            self.stdout.write(f"Training task {task.pk} was left unfinished by an earlier run: finishing it")
+        model = self.run_worker_until_done(model, task, stall_timeout=options["timeout"])
+        task.refresh_from_db()
         if model.status != Model.Status.READY:
-            task.refresh_from_db()
             raise CommandError(f"training ended {model.status}: {task.error_message or 'no message'}")
 
-        from training.generation import generate_with_model
-
-        asset = generate_with_model(
-            model=model, prompt=f"{TRIGGER_WORD}, a blue circle on a white background", steps=20
-        )[0]
-        task.refresh_from_db()
+        report = what_it_learned(model, task, var_dir=Path(settings.VAR_DIR) / "demo")
         base_url = options["base_url"].rstrip("/")
-        self.stdout.write(self.style.SUCCESS(f"\nDone in {time.monotonic() - started:.0f} s. Your trained model:"))
+        self.stdout.write(self.style.SUCCESS(f"\nDone in {time.monotonic() - started:.0f} s. What the training did:"))
+        for line in report.lines():
+            self.stdout.write(f"  {line}")
+        self.stdout.write(self.style.SUCCESS("\nYour trained model:"))
+        admin_task = reverse("admin:models_app_trainingtask_change", args=[task.pk])
         rows = [
             ("Model", f"{model.public_id} ({model.status})"),
             ("Weights (LoRA)", Path(task.weights.path).as_posix()),
-            ("Generated image", Path(asset.file.path).as_posix()),
+            ("Before / after", report.comparison.as_posix()),
+            ("Generated image", report.generated.as_posix()),
+            ("Training page", f"{base_url}{admin_task}  (loss curve, held-out loss, samples)"),
             ("Admin", f"{base_url}/admin/ (user {DEMO_USER}, password {DEMO_PASSWORD})"),
+            ("API docs", f"{base_url}/api/docs/"),
             ("API key", secret_token),
             ("Try", f"curl -H 'Authorization: Bearer {secret_token}' {base_url}/v1/models/{model.public_id}"),
         ]
@@ -93,16 +102,9 @@ class Command(BaseCommand):
         for label, value in rows:
             self.stdout.write(f"  {label.ljust(width)}  {value}")
 
-    def ensure_base_model(self) -> Path:
-        path = Path(settings.TRAINING_BASE_MODEL_ROOTS[0]) / "tiny-sd15"
-        if not (path / "model_index.json").is_file():
-            self.stdout.write(f"Building the tiny SD 1.5 base model at {path}")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            build_tiny_model("sd15", path)
-        return path
-
     @transaction.atomic
     def ensure_team_and_key(self) -> tuple[Team, str]:
+        """The demo user, team and API key; the key's token is kept (owner-only) under var/ for reruns."""
         user_model = get_user_model()
         user, _ = user_model.objects.get_or_create(username=DEMO_USER, defaults={"email": "demo@example.com"})
         user.is_staff = True
@@ -113,14 +115,61 @@ class Command(BaseCommand):
         if team is None:
             team = team_create(name=DEMO_TEAM, owner=user)
         membership_set(team=team, user=user, role=Membership.Role.OWNER)
+        token_file = Path(settings.VAR_DIR) / "demo" / "api-key"
+        if token_file.is_file():
+            token = token_file.read_text().strip()
+            key_id = token.split(".", 1)[0]
+            if ApiKey.objects.filter(team=team, key=key_id, revoked_at__isnull=True).exists():
+                return team, token
         api_key, secret = api_key_create(team=team, name="demo", created_by=user)
-        return team, api_key_token(api_key, secret)
+        token = api_key_token(api_key, secret)
+        token_file.parent.mkdir(parents=True, exist_ok=True)
+        token_file.touch(mode=0o600)
+        token_file.write_text(token + "\n")
+        return team, token
 
-    def run_queue_until_done(self, model: Model, *, timeout: int) -> Model:
-        """Run a real `qcluster` beside this process and follow the model until its training ends."""
+    def ensure_model(self, team: Team, base_model: Path, *, images: int, steps: int) -> Model:
+        """The demo model, created with its images the first time; a rerun only updates its step count."""
+        model = team.models.exclude(status=Model.Status.DELETED).filter(name=DEMO_MODEL).first()
+        parameters: dict[str, Any] = {
+            "base_model_path": str(base_model),
+            "steps": steps,
+            "rank": 8,
+            "learning_rate": 0.002,
+            "batch_size": 2,
+            "resolution": 64,
+            "optimizer": "adamw",
+            "preprocessing_captioning_strategy": "description",
+            "sample_every": max(1, steps // 6),
+            "sample_prompts": [PROMPT],
+            "sample_steps": 10,
+        }
+        if model is not None:
+            if model.status not in (Model.Status.QUEUED, Model.Status.TRAINING):
+                model_configure(model=model, parameters=parameters)
+            self.stdout.write(f"Reusing model {model.public_id} ({model.training_images.count()} images)")
+            return model
+        model = model_create(
+            team=team,
+            name=DEMO_MODEL,
+            trigger_word=TRIGGER_WORD,
+            short_description="Coloured shapes drawn by the demo",
+            parameters=parameters,
+        )
+        added = [
+            training_image_add(model=model, content=image.content, name=image.name, description=image.caption)
+            for image in make_images(images, seed=1, trigger_word=TRIGGER_WORD)
+        ]
+        held_out = [image.asset.public_id for image in added[-HELD_OUT:]]
+        model_configure(model=model, parameters={**parameters, "validation_images": held_out})
+        self.stdout.write(f"Model {model.public_id} created with {images} images ({HELD_OUT} held out)")
+        return model
+
+    def run_worker_until_done(self, model: Model, task: TrainingTask, *, stall_timeout: int) -> Model:
+        """Run a real `qcluster` beside this process and follow the training until it ends."""
         log_path = Path(settings.VAR_DIR) / "logs" / "qcluster.log"
         log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.stdout.write(f"  (the cluster's log: {log_path})")
+        self.stdout.write(f"Starting a django-q2 worker to run it (its log: {log_path})")
         with open(log_path, "ab") as log:
             cluster = subprocess.Popen(
                 [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "qcluster"],
@@ -129,36 +178,194 @@ class Command(BaseCommand):
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + timeout
-        last_line = ""
+        watch = ProgressLine(self.stdout)
+        finished = False
         try:
-            while time.monotonic() < deadline:
+            last_change, last_state = time.monotonic(), None
+            while True:
                 model.refresh_from_db()
-                task = model.training_tasks.order_by("-created_at").first()
-                line = f"  {model.status:<9} {task.status if task else '':<14}"
-                if task and task.current_step:
-                    # One line per tenth of the run is enough to watch it move.
-                    decile = int(task.progress // 10) * 10
-                    line += f" {decile:>3}% of {task.total_steps} steps"
-                    if task.eta_seconds is not None and decile < 100:
-                        line += f", about {task.eta_seconds} s left"
-                elif task and task.preprocessing_stage:
-                    line += (
-                        f" {task.preprocessing_stage} {task.processed_files_count or 0}/{task.total_files_count or 0}"
-                    )
-                if line != last_line:
-                    self.stdout.write(line)
-                    last_line = line
+                task.refresh_from_db()
+                state = (task.status, task.preprocessing_stage, task.processed_files_count, task.current_step)
+                if state != last_state:
+                    last_change, last_state = time.monotonic(), state
+                watch.show(task)
                 if model.status in FINAL_STATUSES:
+                    finished = True
                     return model
                 if cluster.poll() is not None:
-                    raise CommandError(f"the qcluster process exited with code {cluster.returncode}; see {log_path}")
-                time.sleep(1)
-            raise CommandError(f"training did not finish within {timeout} s")
+                    raise CommandError(f"the worker exited with code {cluster.returncode}; see {log_path}")
+                if time.monotonic() - last_change > stall_timeout:
+                    raise CommandError(
+                        f"the training made no progress for {stall_timeout} s; it was cancelled. "
+                        f"See {log_path}, or rerun with a larger TIMEOUT"
+                    )
+                time.sleep(0.5)
+        except KeyboardInterrupt:
+            raise CommandError("interrupted; the training was cancelled") from None
         finally:
-            if cluster.poll() is None:
-                os.killpg(cluster.pid, signal.SIGTERM)
-                try:
-                    cluster.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    os.killpg(cluster.pid, signal.SIGKILL)
+            watch.end()
+            if not finished:
+                give_up(model)
+            stop_worker(cluster, self.stdout)
+
+
+@dataclass
+class ProgressLine:
+    """One line that updates in place on a terminal (a line per tenth of the run elsewhere), with an ETA
+    from a smoothed rate of the steps this process saw."""
+
+    out: Any
+    last_text: str = ""
+    last_decile: int = -1
+    rate: float | None = None  # steps per second, smoothed
+    last_seen: tuple[int, float] | None = None
+
+    @property
+    def interactive(self) -> bool:
+        stream: TextIO = getattr(self.out, "_out", self.out)
+        return bool(getattr(stream, "isatty", lambda: False)())
+
+    def show(self, task: TrainingTask) -> None:
+        text = self.describe(task)
+        if text == self.last_text:
+            return
+        self.last_text = text
+        if self.interactive:
+            self.out.write(f"\r\033[K  {text}", ending="")
+            self.out.flush()
+            return
+        decile = int((task.progress or 0) // 10) if task.current_step else -1
+        if decile != self.last_decile or not task.current_step:
+            self.last_decile = decile
+            self.out.write(f"  {text}")
+
+    def describe(self, task: TrainingTask) -> str:
+        if task.status == TrainingTask.Status.PENDING:
+            return "waiting for the worker to pick the training up"
+        if not task.current_step:
+            stage = task.preprocessing_stage or "starting"
+            if stage == "loading":
+                return "loading the base model (the first run also warms up torch; a minute on a slow machine)"
+            return f"{stage}: {task.processed_files_count or 0}/{task.total_files_count or 0} images"
+        now = time.monotonic()
+        if self.last_seen is not None and task.current_step > self.last_seen[0]:
+            measured = (task.current_step - self.last_seen[0]) / max(1e-3, now - self.last_seen[1])
+            self.rate = measured if self.rate is None else 0.7 * self.rate + 0.3 * measured
+        if self.last_seen is None or task.current_step != self.last_seen[0]:
+            self.last_seen = (task.current_step, now)
+        text = f"training: step {task.current_step}/{task.total_steps} ({task.progress:.0f}%)"
+        if task.loss is not None:
+            text += f", loss {task.loss:.3f}"
+        if self.rate:
+            left = (task.total_steps - task.current_step) / self.rate
+            text += f", {self.rate:.1f} steps/s, about {left:.0f} s left"
+        return text
+
+    def end(self) -> None:
+        if self.interactive and self.last_text:
+            self.out.write("")
+
+
+def give_up(model: Model) -> None:
+    """Cancel the demo's training so that nothing is left queued or running after the command ends."""
+    with contextlib.suppress(Conflict):  # already finished or cancelled: nothing is left to stop
+        training_cancel(model=model)
+
+
+def stop_worker(cluster: subprocess.Popen[bytes], out: Any) -> None:
+    """SIGTERM to the cluster's main process: a running training saves a snapshot and is handed back
+    (or ends cancelled), then the cluster exits. SIGKILL only if that does not happen in time."""
+    if cluster.poll() is not None:
+        return
+    os.kill(cluster.pid, signal.SIGTERM)
+    try:
+        cluster.wait(timeout=settings.TRAINING_SHUTDOWN_GRACE_SECONDS + 60)
+    except subprocess.TimeoutExpired:
+        out.write("the worker did not stop in time; killing it")
+        os.killpg(cluster.pid, signal.SIGKILL)
+        cluster.wait(timeout=30)
+
+
+def ensure_base_model(out: Any) -> Path:
+    from training.engine.tiny import build_tiny_model
+
+    path = Path(settings.TRAINING_BASE_MODEL_ROOTS[0]) / "tiny-sd15"
+    if not (path / "model_index.json").is_file():
+        out.write(f"Building the tiny SD 1.5 base model at {path}")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        build_tiny_model("sd15", path)
+    return path
+
+
+@dataclass(frozen=True)
+class LearningReport:
+    heldout_before: float | None
+    heldout_after: float | None
+    distance_before: float
+    distance_after: float
+    comparison: Path
+    generated: Path
+
+    def lines(self) -> list[str]:
+        lines = []
+        if self.heldout_before is not None and self.heldout_after is not None:
+            change = 1 - self.heldout_after / self.heldout_before
+            lines.append(
+                f"held-out loss (images it never trained on): {self.heldout_before:.3f} before, "
+                f"{self.heldout_after:.3f} after ({change:+.0%} lower)"
+            )
+        closer = 1 - self.distance_after / self.distance_before if self.distance_before else 0.0
+        lines.append(
+            f"generations' colour and tone vs the training images: distance {self.distance_before:.3f} "
+            f"without the LoRA, {self.distance_after:.3f} with it ({closer:.0%} closer)"
+        )
+        lines.append(
+            "the base model is a tiny random-weight stand-in for a real one, so its pictures are abstract: "
+            "compare the two halves of the before/after image (same prompt and seed)"
+        )
+        return lines
+
+
+def what_it_learned(model: Model, task: TrainingTask, *, var_dir: Path) -> LearningReport:
+    """The held-out loss before and after, and the same prompt and seed generated without and with the LoRA."""
+    from PIL import Image, ImageDraw
+
+    from training.engine.evaluate import shift_towards
+    from training.engine.generate import generate
+    from training.generation import generate_with_model
+    from training.storage_io import local_copy
+
+    var_dir.mkdir(parents=True, exist_ok=True)
+    history = [point for point in (task.validation_history or []) if len(point) >= 2]
+    before = history[0][1] if history and history[0][0] == 0 else None
+    after = history[-1][1] if len(history) > 1 else None
+
+    size = task.resolution or 64
+    weights = local_copy(task.weights, var_dir / "weights" / Path(task.weights.name).name)
+    plain = generate(base_model=task.base_model_path, prompt=PROMPT, width=size, height=size, steps=20, seed=SEED)[0]
+    [asset] = generate_with_model(model=model, prompt=PROMPT, width=size, height=size, steps=20, seed=SEED)
+    with asset.file.open("rb") as handle:
+        trained = Image.open(handle).convert("RGB")
+    scale = 4  # a 64 px image is hard to see: show it larger, without smoothing
+    side = size * scale
+    canvas = Image.new("RGB", (2 * side + 30, side + 40), (255, 255, 255))
+    for index, (label, picture) in enumerate((("base model", plain), ("with the LoRA", trained))):
+        canvas.paste(picture.resize((side, side), Image.Resampling.NEAREST), (10 + index * (side + 10), 30))
+        ImageDraw.Draw(canvas).text((10 + index * (side + 10), 8), label, fill=(0, 0, 0))
+    comparison = var_dir / "before-after.png"
+    canvas.save(comparison)
+
+    images = [
+        local_copy(image.asset.file, var_dir / "data" / Path(image.asset.file.name).name)
+        for image in model.training_images.select_related("asset")
+        if image.asset.public_id not in set((task.training_options or {}).get("validation_images") or [])
+    ]
+    shift = shift_towards(task.base_model_path, images, adapter=weights, prompt=PROMPT, seeds=[1, 2, 3, 4], size=size)
+    return LearningReport(
+        heldout_before=before,
+        heldout_after=after,
+        distance_before=shift.without,
+        distance_after=shift.with_adapter,
+        comparison=comparison,
+        generated=Path(asset.file.path),
+    )
