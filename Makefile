@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/platform
 HOST ?= 127.0.0.1:8000
 
-.PHONY: setup demo serve test test-sqlite test-postgres lint services bench
+.PHONY: setup demo sample-images serve test test-sqlite test-postgres lint services bench
 
 $(BIN)/.installed: requirements/base.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ setup: $(BIN)/.installed
 demo: setup
 	$(BIN)/python manage.py demo --base-url http://$(HOST) $(if $(STEPS),--steps $(STEPS)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
 	$(BIN)/python manage.py runserver $(HOST)
+
+# Sample images (with .txt captions) for the README's examples: var/sample-images/sample01.jpg ...
+sample-images: setup
+	$(BIN)/python manage.py sample_images
 
 serve: setup
 	$(BIN)/python manage.py migrate --verbosity 0

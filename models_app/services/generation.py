@@ -17,9 +17,10 @@ from django.db.models import F
 from django.utils import timezone
 
 from models_app.errors import Conflict, InvalidInput
+from models_app.input_rules import PROMPT_MAX, text_check
 from models_app.models import Asset, GenerationJob, Model, Team
 
-MAX_PROMPT_CHARS = 2000
+MAX_PROMPT_CHARS = PROMPT_MAX
 MAX_ATTEMPTS = 3
 # Without a size, a model generates at the resolution it was trained at; it may go up to twice that
 # (a tiny demo model at 64 px would take many minutes at 512 px on a CPU, and learned nothing there).
@@ -64,8 +65,9 @@ def generation_create(
         raise Conflict(f"model {model.public_id} is {model.status}; it must be ready to generate")
     if not isinstance(prompt, str) or not prompt.strip():
         raise InvalidInput("prompt is required", field="prompt")
-    if len(prompt) > MAX_PROMPT_CHARS:
-        raise InvalidInput(f"prompt may be at most {MAX_PROMPT_CHARS} characters", field="prompt")
+    # The same rules whichever caller (REST, MCP, admin, a script) reached this service.
+    text_check(prompt, field="prompt", max_length=MAX_PROMPT_CHARS, multiline=True)
+    text_check(negative_prompt or "", field="negative_prompt", max_length=MAX_PROMPT_CHARS, multiline=True)
     default_side, largest = generation_size_limits(model)
     for name, value in (("width", width), ("height", height)):
         _check_range(name, value, 64, 2048, multiple=8, nullable=True)

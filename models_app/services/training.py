@@ -143,10 +143,10 @@ class TrainingPlan:
 
 
 def _plan(model: Model, overrides: dict[str, Any] | None) -> TrainingPlan:
-    clean_overrides = validate_parameters(overrides or {})
-    params = effective_parameters(
-        {**model.parameters, **clean_overrides}, default_base_model=settings.TRAINING_DEFAULT_BASE_MODEL
-    )
+    # The stored parameters are checked again with the overrides: a rule added since they were stored
+    # (a length limit, say) answers a 400 naming them, not a failure later.
+    clean = validate_parameters({**model.parameters, **(overrides or {})})
+    params = effective_parameters(clean, default_base_model=settings.TRAINING_DEFAULT_BASE_MODEL)
     base_model = base_model_resolve(params["base_model_path"])
     estimate = training_estimate(
         base_model=base_model,

@@ -126,3 +126,16 @@ def test_a_model_generates_at_its_training_resolution_by_default_and_refuses_far
     assert too_big.status_code == 400
     assert f"width may be at most {2 * trained}" in too_big.content.decode()
     assert GenerationJob.objects.count() == 1
+
+
+def test_the_generation_service_itself_refuses_control_characters_and_long_prompts(ready_model: Model) -> None:
+    from models_app.errors import InvalidInput
+
+    for prompt, negative, phrase in (
+        ("zxq\x00", "", "prompt contains"),
+        ("zxq", "blurry\x07", "negative_prompt contains"),
+        ("z" * 2001, "", "prompt must be at most 2000 characters"),
+    ):
+        with pytest.raises(InvalidInput, match=phrase):
+            generation_create(team=ready_model.team, model=ready_model, prompt=prompt, negative_prompt=negative)
+    assert not GenerationJob.objects.exists()
