@@ -312,7 +312,7 @@ class LearningReport:
             change = 1 - self.heldout_after / self.heldout_before
             lines.append(
                 f"held-out loss (images it never trained on): {self.heldout_before:.3f} before, "
-                f"{self.heldout_after:.3f} after ({change:+.0%} lower)"
+                f"{self.heldout_after:.3f} after ({change:.0%} lower)"
             )
         closer = 1 - self.distance_after / self.distance_before if self.distance_before else 0.0
         lines.append(
