@@ -6,7 +6,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from django.core.management import call_command
 from django.utils.module_loading import import_string
 from django_q.models import OrmQ
 
@@ -14,7 +13,6 @@ from models_app.models import Asset, Model, TrainingTask
 from models_app.services.datasets import model_configure
 from models_app.services.training import training_start
 from tests.factories import ModelFactory, add_images
-from tests.helpers import database_url
 from training.engine.generate import generate
 from training.generation import generate_with_model
 
@@ -89,33 +87,3 @@ def test_a_training_that_fails_records_why(tiny_sd15: Path, fast_training: dict)
     assert model.status == Model.Status.FAILED
     assert "preprocessing_captioning_strategy 'automatic' is not available on this server" in task.error_message
     assert not task.weights
-
-
-@pytest.mark.django_db(transaction=True)
-def test_the_demo_command_trains_through_a_real_qcluster_process(
-    tiny_sd15: Path,
-    settings,
-    monkeypatch: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-) -> None:
-    # The cluster is another process: it reads where the data is from the environment, like any deployment.
-    monkeypatch.setenv("DATABASE_URL", database_url())
-    monkeypatch.setenv("MEDIA_ROOT", str(settings.MEDIA_ROOT))
-    monkeypatch.setenv("TRAINING_WORK_DIR", str(settings.TRAINING_WORK_DIR))
-    monkeypatch.setenv("VAR_DIR", str(settings.VAR_DIR))
-    monkeypatch.setenv("TRAINING_BASE_MODEL_ROOTS", str(tiny_sd15.parent))
-
-    call_command("demo", steps=30, timeout=240)
-
-    output = capsys.readouterr().out
-    model = Model.objects.get()
-    task = model.training_tasks.get()
-    assert model.status == Model.Status.READY
-    assert model.training_images.count() == 12
-    assert task.status == TrainingTask.Status.COMPLETED and task.attempt_count == 1
-    assert task.worker_id.split(":")[1] == settings.Q_CLUSTER["name"]  # run by the cluster, not this process
-    assert Path(task.weights.path).is_file()
-    [generated] = Asset.objects.filter(kind=Asset.Kind.GENERATED)
-    for expected in (model.public_id, task.weights.path, generated.file.path, "/admin/", "Bearer key_"):
-        assert expected in output
-    assert_lora_changes_output(tiny_sd15, Path(task.weights.path))

@@ -54,6 +54,9 @@ def test_the_demo_shows_what_it_learned_and_a_rerun_reuses_its_team_key_and_mode
     comparison = Path(settings.VAR_DIR) / "demo" / "before-after.png"
     assert Image.open(comparison).size[0] > 2 * 64  # two pictures side by side
     task = TrainingTask.objects.get()
+    assert task.status == TrainingTask.Status.COMPLETED and task.attempt_count == 1
+    assert task.worker_id.split(":")[1] == settings.Q_CLUSTER["name"]  # run by the cluster, not this process
+    assert Path(task.weights.path).is_file() and task.weights.path in first
     assert f"/admin/models_app/trainingtask/{task.pk}/change/" in first and "/api/docs/" in first
     token = next(line.split()[-1] for line in first.splitlines() if line.strip().startswith("API key"))
 
