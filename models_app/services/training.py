@@ -560,23 +560,9 @@ def training_task_fail(
     expected = (TrainingTask.Status.PENDING, *TrainingTask.RUNNING_STATUSES)
     if retriable and task.attempt_count < task.max_attempts:
         note = f"attempt {task.attempt_count} of {task.max_attempts} failed ({message}); re-queued"
-        logs = log_tail((fields or {}).get("logs", task.logs), [f"{timezone.now():%Y-%m-%d %H:%M:%S} {note}"])
-        with transaction.atomic():
-            moved = _transition(
-                task_id,
-                TrainingTask.Status.PENDING,
-                expected=TrainingTask.RUNNING_STATUSES,
-                worker_id=worker_id,
-                fields={
-                    **(fields or {}),
-                    "logs": logs,
-                    "worker_id": "",
-                    "lease_expires_at": None,
-                    "failure_reason": reason,
-                },
-            )
-            if moved:
-                transaction.on_commit(lambda: training_task_enqueue(task_id=str(task_id)))
+        moved = _requeue(
+            task_id, worker_id, note=note, logs=task.logs, fields={**(fields or {}), "failure_reason": reason}
+        )
         return TrainingTask.Status.PENDING if moved else ""
     if retriable:
         message = f"{message} (gave up after {task.attempt_count} attempts)"
@@ -661,9 +647,24 @@ def training_task_release(*, task_id: Any, worker_id: str, step: int, fields: di
     if TrainingTask.objects.filter(pk=task_id, cancel_requested_at__isnull=False).exists():
         moved = training_task_cancelled(task_id=task_id, worker_id=worker_id, fields=fields)
         return TrainingTask.Status.CANCELLED if moved else ""
-    logs = fields.get("logs") or TrainingTask.objects.filter(pk=task_id).values_list("logs", flat=True).first() or ""
     where = f"the snapshot at step {step}" if step else "the start"
-    note = f"{timezone.now():%Y-%m-%d %H:%M:%S} worker {worker_id} shut down; re-queued to resume from {where}"
+    moved = _requeue(
+        task_id,
+        worker_id,
+        note=f"worker {worker_id} shut down; re-queued to resume from {where}",
+        logs=TrainingTask.objects.filter(pk=task_id).values_list("logs", flat=True).first() or "",
+        fields={
+            **fields,
+            **({"current_step": step} if step else {}),
+            "attempt_count": F("attempt_count") - 1,  # a clean hand-over is not a lost attempt
+        },
+    )
+    return TrainingTask.Status.PENDING if moved else ""
+
+
+def _requeue(task_id: Any, worker_id: str | None, *, note: str, logs: str, fields: dict[str, Any]) -> bool:
+    """Put a running task back in the queue (its log says why) and queue a start message for it."""
+    stamped = f"{timezone.now():%Y-%m-%d %H:%M:%S} {note}"
     with transaction.atomic():
         moved = _transition(
             task_id,
@@ -672,16 +673,14 @@ def training_task_release(*, task_id: Any, worker_id: str, step: int, fields: di
             worker_id=worker_id,
             fields={
                 **fields,
-                **({"current_step": step} if step else {}),
-                "logs": log_tail(logs, [note]),
+                "logs": log_tail(fields.get("logs", logs), [stamped]),
                 "worker_id": "",
                 "lease_expires_at": None,
-                "attempt_count": F("attempt_count") - 1,  # a clean hand-over is not a lost attempt
             },
         )
         if moved:
             transaction.on_commit(lambda: training_task_enqueue(task_id=str(task_id)))
-    return TrainingTask.Status.PENDING if moved else ""
+    return moved
 
 
 def training_task_cancelled(*, task_id: Any, worker_id: str, fields: dict[str, Any] | None = None) -> bool:
