@@ -12,7 +12,8 @@ from django.contrib import admin, messages
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
+from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from models_app import admin_console
@@ -376,6 +377,7 @@ TASK_SUMMARY_FIELDS = (
     "eta_seconds",
     "priority",
     "attempt_count",
+    "attempts_table",
     "failure_reason",
     "error_message",
     "weights",
@@ -403,7 +405,7 @@ class TrainingTaskAdmin(TeamScopedAdmin):
     list_filter = ["status", "training_type", "priority", "team", "created_at"]
     search_fields = ["id", "model__public_id", "model__name", "trigger_word"]
     list_select_related = ["model", "team"]
-    readonly_fields = [f.name for f in TrainingTask._meta.fields]
+    readonly_fields = [*(f.name for f in TrainingTask._meta.fields), "attempts_table"]
     fieldsets = [
         ("Summary", {"fields": TASK_SUMMARY_FIELDS}),
         (
@@ -416,6 +418,31 @@ class TrainingTaskAdmin(TeamScopedAdmin):
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # a task is created by starting a training, which checks the rules
+
+    @admin.display(description="Attempts")
+    def attempts_table(self, obj: TrainingTask) -> str:
+        """Each attempt's worker, start, seconds per phase and outcome (a lost one has none)."""
+        history = list(obj.attempt_history or [])
+        running = obj.status in TrainingTask.RUNNING_STATUSES
+        unended = "lost (the worker stopped answering)"
+        rows = format_html_join(
+            "",
+            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            (
+                (
+                    entry.get("attempt", ""),
+                    entry.get("worker", ""),
+                    str(entry.get("started_at", ""))[:19].replace("T", " "),
+                    ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in entry.get("stage_seconds", {}).items()),
+                    entry.get("outcome", "running" if running and index == len(history) - 1 else unended),
+                )
+                for index, entry in enumerate(history)
+            ),
+        )
+        if not rows:
+            return "-"
+        header = "<tr><th>#</th><th>worker</th><th>started</th><th>phases</th><th>outcome</th></tr>"
+        return format_html("<table>{}{}</table>", mark_safe(header), rows)
 
     @admin.display(description="Task", ordering="created_at")
     def short_id(self, obj: TrainingTask) -> str:

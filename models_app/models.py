@@ -370,7 +370,15 @@ class TrainingTask(models.Model):
     stage_seconds = models.JSONField(
         default=dict,
         blank=True,
-        help_text="Wall seconds spent per phase: queue, downloading, preprocessing, caching, loading, training, exporting.",
+        help_text=(
+            "Wall seconds spent per phase, summed over every attempt: queue, downloading, preprocessing, "
+            "caching, loading, training, exporting."
+        ),
+    )
+    attempt_history = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="One entry per attempt: its worker, start, its own seconds per phase, and how it ended.",
     )
 
     class Meta:

@@ -27,6 +27,8 @@ def isolated_files(settings, tmp_path: Path, base_models_root: Path) -> Iterator
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.TRAINING_WORK_DIR = tmp_path / "work"
     settings.VAR_DIR = tmp_path / "var"
+    settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "upload-tmp")
+    Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(exist_ok=True)
     settings.TRAINING_BASE_MODEL_ROOTS = [base_models_root]
     settings.TRAINING_DEFAULT_BASE_MODEL = str(base_models_root / "tiny-sd15")
     yield
@@ -34,11 +36,8 @@ def isolated_files(settings, tmp_path: Path, base_models_root: Path) -> Iterator
 
 @pytest.fixture(autouse=True)
 def no_thread_outlives_its_test() -> Iterator[None]:
-    """The webhook sender stops with the test that started it (its next attempt would find the rows gone),
-    and no other thread the test started may still run after it."""
+    """No thread a test started may still run after it."""
     import threading
-
-    from training.webhooks import stop_sender
 
     def ours(thread: threading.Thread) -> bool:
         # Our code's and the tests' threads; libraries keep process-wide ones (tqdm's monitor, torch's
@@ -49,7 +48,6 @@ def no_thread_outlives_its_test() -> Iterator[None]:
 
     before = set(threading.enumerate())
     yield
-    stop_sender()
     started = [thread for thread in set(threading.enumerate()) - before if ours(thread)]
     for thread in started:
         thread.join(timeout=30)  # a ceiling against a hang: a test's threads end with the test

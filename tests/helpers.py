@@ -20,13 +20,15 @@ def media_files(root: Path) -> list[Path]:
     return [p for p in Path(root).rglob("*") if p.is_file()] if Path(root).exists() else []
 
 
-def run_queued() -> list[object]:
-    """Run every message on django-q2's ORM queue, as a worker would, and remove it. Returns the results."""
+def run_queued(queue: str | None = None) -> list[object]:
+    """Run every message on one of django-q2's ORM queues (the training queue unless named), as that
+    queue's worker would, and remove it. Returns the results."""
+    from django.conf import settings
     from django.utils.module_loading import import_string
     from django_q.models import OrmQ
 
     results = []
-    for message in OrmQ.objects.order_by("id"):
+    for message in OrmQ.objects.filter(key=queue or settings.TRAINING_QUEUE).order_by("id"):
         package = message.task
         message.delete()
         results.append(import_string(package["func"])(*package["args"], **package.get("kwargs", {})))
@@ -64,6 +66,7 @@ def worker_environment(settings, **extra: str) -> dict[str, str]:
         "MEDIA_ROOT": str(settings.MEDIA_ROOT),
         "TRAINING_WORK_DIR": str(settings.TRAINING_WORK_DIR),
         "VAR_DIR": str(settings.VAR_DIR),
+        "FILE_UPLOAD_TEMP_DIR": str(settings.FILE_UPLOAD_TEMP_DIR),
         "TRAINING_BASE_MODEL_ROOTS": ",".join(str(p) for p in settings.TRAINING_BASE_MODEL_ROOTS),
         **extra,
     }
@@ -85,6 +88,55 @@ def start_cluster(settings, name: str, **extra: str):
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+
+
+def start_housekeeping(settings, **extra: str):
+    """A real housekeeping cluster (reaper, webhook deliveries, sweeps), as production runs it."""
+    from django.conf import settings as django_settings
+
+    return start_cluster(settings, "housekeeping", Q_CLUSTER_NAME=django_settings.HOUSEKEEPING_QUEUE, **extra)
+
+
+def restore_schedules() -> None:
+    """The django-q2 schedules the migrations create (reaper, sweep), as in a deployment: a transactional
+    test starts from flushed tables, without them."""
+    from importlib import import_module
+
+    from django.apps import apps
+
+    import_module("models_app.migrations.0005_reaper_schedule").create_schedule(apps, None)
+    import_module("models_app.migrations.0011_housekeeping_cluster_and_attempts").housekeeping_schedules(apps, None)
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_web_server(settings, log, *, threads: int = 8, workers: int = 2, **extra: str):
+    """gunicorn serving this test's database and files on a free loopback port, in its own process group.
+    Returns (process, base URL); stop it with stop_cluster."""
+    import subprocess
+    import sys
+
+    from django.conf import settings as django_settings
+
+    port = free_port()
+    command = [sys.executable, "-m", "gunicorn", "config.wsgi", "--bind", f"127.0.0.1:{port}"]
+    command += ["--workers", str(workers), "--worker-class", "gthread", "--threads", str(threads)]
+    output = open(log, "ab")  # noqa: SIM115 - closed with the process
+    process = subprocess.Popen(
+        command,
+        cwd=django_settings.BASE_DIR,
+        env=worker_environment(settings, DJANGO_SETTINGS_MODULE="config.settings.test", **extra),
+        stdout=output,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    return process, f"http://127.0.0.1:{port}"
 
 
 def stop_cluster(process, *, kill: bool = False) -> None:

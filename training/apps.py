@@ -1,3 +1,4 @@
+import os
 import sys
 
 from django.apps import AppConfig
@@ -8,7 +9,10 @@ class TrainingConfig(AppConfig):
     verbose_name = "Training workers"
 
     def ready(self) -> None:
-        if "qcluster" in sys.argv[1:2]:
+        from django.conf import settings
+
+        # The housekeeping cluster never trains: it has no use for the ML libraries.
+        if "qcluster" in sys.argv[1:2] and os.environ.get("Q_CLUSTER_NAME") != settings.HOUSEKEEPING_QUEUE:
             warm_worker_imports()
 
 

@@ -81,10 +81,21 @@ class TaskReporter:
         self.heartbeat: Heartbeat | None = None
         self.loss_history: list[list[float]] = list(task.loss_history or [])
         self.validation_history: list[list[float]] = list(task.validation_history or [])
-        # Wall seconds per phase; a retried task adds to what its earlier attempts spent.
-        self.stage_seconds: dict[str, float] = dict(task.stage_seconds or {})
-        if "queue" not in self.stage_seconds and task.started_at is not None:
-            self.stage_seconds["queue"] = round((task.started_at - task.created_at).total_seconds(), 3)
+        # Wall seconds per phase: `stage_seconds` sums every attempt (what earlier attempts had written
+        # when they last wrote, a lost one included), and `attempt_history` keeps each attempt's own.
+        self.earlier_seconds: dict[str, float] = dict(task.stage_seconds or {})
+        if "queue" not in self.earlier_seconds and task.started_at is not None:
+            self.earlier_seconds["queue"] = round((task.started_at - task.created_at).total_seconds(), 3)
+        self.attempt_seconds: dict[str, float] = {}
+        self.attempt_history: list[dict[str, Any]] = [
+            *(task.attempt_history or []),
+            {
+                "attempt": task.attempt_count,
+                "worker": worker_id,
+                "started_at": timezone.now().isoformat(),
+                "stage_seconds": {},
+            },
+        ]
         self.stage: str | None = None
         self.stage_since = time.monotonic()
 
@@ -99,14 +110,28 @@ class TaskReporter:
             return
         now = time.monotonic()
         if self.stage is not None:
-            spent = self.stage_seconds.get(self.stage, 0.0) + now - self.stage_since
-            self.stage_seconds[self.stage] = round(spent, 3)
+            spent = self.attempt_seconds.get(self.stage, 0.0) + now - self.stage_since
+            self.attempt_seconds[self.stage] = round(spent, 3)
         self.stage, self.stage_since = stage, now
-        self.pending_fields["stage_seconds"] = dict(self.stage_seconds)
 
-    def drain(self) -> dict[str, Any]:
-        """The fields written so far plus the log, and forget them."""
-        fields = dict(self.pending_fields)
+    def clock_fields(self, outcome: str = "") -> dict[str, Any]:
+        """stage_seconds and attempt_history as of now, the running phase counted up to this moment, so
+        an attempt that dies loses at most the time since its last write."""
+        current = dict(self.attempt_seconds)
+        if self.stage is not None:
+            current[self.stage] = round(current.get(self.stage, 0.0) + time.monotonic() - self.stage_since, 3)
+        total = dict(self.earlier_seconds)
+        for stage, seconds in current.items():
+            total[stage] = round(total.get(stage, 0.0) + seconds, 3)
+        self.attempt_history[-1] = {**self.attempt_history[-1], "stage_seconds": current}
+        if outcome:
+            self.attempt_history[-1]["outcome"] = outcome
+            self.attempt_history[-1]["ended_at"] = timezone.now().isoformat()
+        return {"stage_seconds": total, "attempt_history": list(self.attempt_history)}
+
+    def drain(self, outcome: str = "") -> dict[str, Any]:
+        """The fields written so far plus the log and the clocks, and forget them."""
+        fields = {**self.pending_fields, **self.clock_fields(outcome)}
         if self.pending_lines:
             self.logs = log_tail(self.logs, self.pending_lines)
             self.pending_lines = []
@@ -133,10 +158,10 @@ class TaskReporter:
         self.cancel_requested = cancel or self.cancel_requested
         self.last_write = self.last_cancel_check = now
 
-    def finish(self) -> dict[str, Any]:
-        """The last fields to write when the run ends, whatever the outcome."""
+    def finish(self, outcome: str) -> dict[str, Any]:
+        """The last fields to write when the run ends; `outcome` is recorded in the attempt's history."""
         self.enter_stage(None)
-        return self.drain()
+        return self.drain(outcome)
 
     # engine.TrainingCallbacks
     def on_stage(self, stage: str, processed: int, total: int) -> None:
@@ -365,18 +390,20 @@ def run_claimed(task: TrainingTask, worker_id: str) -> str:
             worker_id=worker_id,
             weights_path=result.weights_path,
             kohya_path=result.kohya_path,
-            fields=reporter.finish(),
+            fields=reporter.finish("completed"),
         )
         return TrainingTask.Status.COMPLETED if published else "not-claimed"
     except engine.TrainingSuspended as suspended:
         reporter.log(f"the worker is shutting down: stopped at step {suspended.step}")
         return (
-            training_task_release(task_id=task.pk, worker_id=worker_id, step=suspended.step, fields=reporter.finish())
+            training_task_release(
+                task_id=task.pk, worker_id=worker_id, step=suspended.step, fields=reporter.finish("handed back")
+            )
             or "not-claimed"
         )
     except engine.TrainingCancelled:
         reporter.log("cancelled at the user's request; checkpoints kept")
-        training_task_cancelled(task_id=task.pk, worker_id=worker_id, fields=reporter.finish())
+        training_task_cancelled(task_id=task.pk, worker_id=worker_id, fields=reporter.finish("cancelled"))
         return TrainingTask.Status.CANCELLED
     except LeaseLost:
         logger.warning("training task %s was taken from worker %s; stopping", task.pk, worker_id)
@@ -385,7 +412,7 @@ def run_claimed(task: TrainingTask, worker_id: str) -> str:
         # The dataset or the configuration: running it again would fail the same way.
         reporter.log(f"failed: {exc}")
         return training_task_fail(
-            task_id=task.pk, worker_id=worker_id, message=str(exc), reason="bad_input", fields=reporter.finish()
+            task_id=task.pk, worker_id=worker_id, message=str(exc), reason="bad_input", fields=reporter.finish("failed")
         )
     except Exception as exc:
         out_of_memory = is_out_of_memory(exc)
@@ -403,7 +430,7 @@ def run_claimed(task: TrainingTask, worker_id: str) -> str:
             message=message,
             reason="out_of_memory" if out_of_memory else "internal",
             retriable=True,
-            fields=reporter.finish(),
+            fields=reporter.finish(f"failed: {message}"),
         )
 
 

@@ -19,22 +19,32 @@ def run_generation(job_id: str) -> str:
     return run_generation_job(job_id)
 
 
+def deliver_webhook(delivery_id: int) -> str:
+    from training.webhooks import deliver_and_schedule
+
+    return deliver_and_schedule(delivery_id)
+
+
 def reap_stale_tasks() -> dict[str, object]:
+    """The reaper, every minute on the housekeeping cluster (and `manage.py reap_stale_tasks`)."""
     from models_app.services.generation import generation_jobs_reap
     from models_app.services.training import training_tasks_reap
-    from models_app.services.webhooks import webhook_due_deliveries
-    from training.webhooks import deliver
+    from models_app.services.webhooks import webhook_due_deliveries, webhook_send
 
     report = training_tasks_reap()
     jobs = generation_jobs_reap()
-    # Deliveries whose process died before sending, or whose back-off has passed.
-    delivered = [deliver(delivery_id) for delivery_id in webhook_due_deliveries()]
+    # Deliveries whose queued attempt or retry was lost: queued again (each attempt is its own task, so
+    # a receiver that hangs never holds the reaper up).
+    overdue = webhook_due_deliveries()
+    for delivery_id in overdue:
+        webhook_send(delivery_id=delivery_id)
     return {
         "requeued": report.requeued,
         "failed": report.failed,
+        "cancelled": report.cancelled,
         "enqueued": report.enqueued,
         "generation_requeued": jobs.requeued,
         "generation_failed": jobs.failed,
         "generation_cancelled": jobs.cancelled,
-        "webhooks": len(delivered),
+        "webhooks": len(overdue),
     }

@@ -129,6 +129,15 @@ MEDIA_URL_MAX_AGE_SECONDS = env_int("MEDIA_URL_MAX_AGE_SECONDS", 3600)
 PUBLIC_BASE_URL = env("PUBLIC_BASE_URL", "http://127.0.0.1:8000")
 # Uploads are read into memory up to this size, then spooled to disk; images are capped below.
 FILE_UPLOAD_MAX_MEMORY_SIZE = 5 * 1024 * 1024
+# Larger uploads are spooled to tmp*.upload.* files in this folder, which holds nothing else, so the
+# orphan sweep can remove what a killed web worker left without touching other programs' files. Django
+# does not create it, and without it every large upload would fail.
+FILE_UPLOAD_TEMP_DIR = env("FILE_UPLOAD_TEMP_DIR", str(VAR_DIR / "upload-tmp"))
+Path(FILE_UPLOAD_TEMP_DIR).mkdir(parents=True, exist_ok=True)
+# The orphan sweep (models_app/services/sweeper.py) removes stored files no row names, temporary uploads
+# and abandoned work folders only once they have not changed for this long: longer than any upload or
+# save takes, since a younger file may belong to a row about to be committed.
+ORPHAN_GRACE_SECONDS = env_int("ORPHAN_GRACE_SECONDS", 24 * 3600)
 DATA_UPLOAD_MAX_MEMORY_SIZE = 60 * 1024 * 1024
 # The largest request body the API reads (a 20 MB image as a base64 data URL is about 27 MB); larger is a 413.
 API_MAX_BODY_BYTES = env_int("API_MAX_BODY_BYTES", 40 * 1024 * 1024)
@@ -199,9 +208,15 @@ SPECTACULAR_SETTINGS = {
 # A training can run for hours: the timeout is long, and `retry` (re-delivery of a task whose
 # worker vanished) is longer still; the runner's claim makes a second delivery harmless.
 TRAINING_TIMEOUT_SECONDS = env_int("TRAINING_TIMEOUT_SECONDS", 12 * 3600)
+# Two queues. TRAINING_QUEUE: every GPU cluster of a deployment shares it (trainings, generations).
+# HOUSEKEEPING_QUEUE: a small cluster that never takes GPU work runs the reaper, webhook deliveries and
+# the orphan sweep, so a deployment whose GPUs all train for hours still reaps and delivers. It is
+# django-q2's ALT_CLUSTERS: start it with `Q_CLUSTER_NAME=housekeeping python manage.py qcluster`.
+TRAINING_QUEUE = env("Q_QUEUE_NAME", "training")
+HOUSEKEEPING_QUEUE = "housekeeping"
+HOUSEKEEPING_TIMEOUT_SECONDS = env_int("HOUSEKEEPING_TIMEOUT_SECONDS", 600)
 Q_CLUSTER: dict[str, object] = {
-    # The queue's name: every training cluster of a deployment shares it (and so shares the work).
-    "name": env("Q_CLUSTER_NAME", "training"),
+    "name": TRAINING_QUEUE,
     "workers": env_int("Q_WORKERS", 1),  # one training per GPU
     "recycle": 50,
     "timeout": TRAINING_TIMEOUT_SECONDS,
@@ -212,6 +227,15 @@ Q_CLUSTER: dict[str, object] = {
     "save_limit": 1000,
     "ack_failures": True,
     "label": "Training queue",
+    "ALT_CLUSTERS": {
+        HOUSEKEEPING_QUEUE: {
+            "workers": env_int("HOUSEKEEPING_WORKERS", 2),
+            "recycle": 500,
+            "timeout": HOUSEKEEPING_TIMEOUT_SECONDS,
+            "retry": HOUSEKEEPING_TIMEOUT_SECONDS + 60,
+            "label": "Housekeeping",
+        }
+    },
 }
 if env("Q_BROKER", "orm") == "redis":
     Q_CLUSTER["redis"] = env("REDIS_URL", "redis://127.0.0.1:6379/0")

@@ -20,7 +20,7 @@ from django.db.models import F
 from models_app import selectors
 from models_app.errors import InsufficientCredits, InvalidInput
 from models_app.models import CreditEntry, Team, TrainingTask
-from training.engine.base_models import detect_family, guess_family_from_name
+from training.engine.base_models import detect_family, guess_family_from_name, local_native_resolution
 from training.engine.errors import EngineError
 
 # Relative cost of one step at the family's native resolution, and its seconds per step on the
@@ -64,7 +64,9 @@ def training_estimate(
     """The one cost function: start, `dryRun` and the admin all quote this."""
     family = family_of(base_model)
     native = NATIVE_RESOLUTION[family]
-    size = resolution or native
+    # No resolution: the base model's own size, read from a local folder's configs (a small test base is
+    # 64 px, not its family's 512), else the family's.
+    size = resolution or local_native_resolution(base_model, family) or native
     samples = steps * batch_size * gradient_accumulation
     pixel_factor = Decimal(size * size) / Decimal(native * native)
     units = Decimal(samples) * pixel_factor * FAMILY_COST[family]

@@ -10,7 +10,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from models_app.errors import Conflict, InvalidInput
+from models_app.errors import Conflict, InvalidInput, NotFound
 from models_app.input_rules import (
     CAPTION_MAX,
     DESCRIPTION_MAX,
@@ -180,16 +180,17 @@ def training_image_replace(
     try:
         with transaction.atomic():
             _lock_editable(model.pk)
+            current = _locked_image(training_image)
             if content is not None:
                 new_asset = asset_create(
                     team=model.team, project=model.project, content=content, name=name, verified=verified
                 )
-                training_image.asset = new_asset
-                training_image.name = new_asset.original_name
+                current.asset = new_asset
+                current.name = new_asset.original_name
             if description is not None:
-                training_image.description = description.strip()
-            training_image.save()
-            return training_image
+                current.description = description.strip()
+            current.save(update_fields=["asset", "name", "description"])
+            return current
     except BaseException:
         # The asset row went with the rollback; its file must go too.
         if new_asset is not None:
@@ -222,19 +223,30 @@ def training_image_add_asset(*, model: Model, asset: Asset, description: str = "
     return TrainingImage.objects.create(model=model, asset=asset, name=asset.original_name, description=description)
 
 
+def _locked_image(training_image: TrainingImage) -> TrainingImage:
+    """The image's row as it is now, read after its model's lock (which every dataset write takes first,
+    so nothing changes it until this transaction ends). A row deleted meanwhile is a 404: saving the
+    stale instance read before the lock would insert it again, resurrecting a deleted image."""
+    current = TrainingImage.objects.filter(pk=training_image.pk, model_id=training_image.model_id).first()
+    if current is None:
+        raise NotFound(f"training image {training_image.name or training_image.pk} no longer exists")
+    return current
+
+
 @transaction.atomic
 def training_image_set_caption(*, training_image: TrainingImage, description: str) -> TrainingImage:
     description = caption_check(description)
     _lock_editable(training_image.model_id)
-    training_image.description = description.strip()
-    training_image.save(update_fields=["description"])
-    return training_image
+    current = _locked_image(training_image)
+    current.description = description.strip()
+    current.save(update_fields=["description"])
+    return current
 
 
 @transaction.atomic
 def training_image_delete(*, training_image: TrainingImage) -> None:
     _lock_editable(training_image.model_id)
-    training_image.delete()
+    _locked_image(training_image).delete()
 
 
 @transaction.atomic

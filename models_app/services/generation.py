@@ -19,6 +19,7 @@ from django.utils import timezone
 from models_app.errors import Conflict, InvalidInput
 from models_app.input_rules import PROMPT_MAX, text_check
 from models_app.models import Asset, GenerationJob, Model, Team
+from models_app.services.queue import queue_send
 
 MAX_PROMPT_CHARS = PROMPT_MAX
 MAX_ATTEMPTS = 3
@@ -106,11 +107,15 @@ def generation_create(
 
 
 def generation_job_enqueue(*, job_id: str) -> str:
-    from django_q.tasks import async_task
-
-    queue_id = async_task("training.tasks.run_generation", job_id, task_name=f"generation-{job_id}", group="generation")
+    queue_id = queue_send(
+        "training.tasks.run_generation",
+        job_id,
+        queue=settings.TRAINING_QUEUE,
+        task_name=f"generation-{job_id}",
+        group="generation",
+    )
     GenerationJob.objects.filter(public_id=job_id).update(queue_task_id=queue_id)
-    return str(queue_id)
+    return queue_id
 
 
 def _lease() -> Any:

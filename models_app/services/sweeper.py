@@ -49,7 +49,6 @@ from models_app.models import (
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_GRACE_SECONDS = 24 * 3600
 
 # Storage folder -> the FileFields whose names live under it (see the models' `upload_to`), and the
 # JSON field of storage names that TrainingCheckpoint keeps. A new FileField must be listed here, or
@@ -126,7 +125,7 @@ class SweepReport:
 
 
 def orphan_grace_seconds() -> int:
-    return int(getattr(settings, "ORPHAN_GRACE_SECONDS", DEFAULT_GRACE_SECONDS))
+    return int(settings.ORPHAN_GRACE_SECONDS)
 
 
 def orphans_find(*, grace_seconds: int | None = None, now: datetime | None = None) -> list[Orphan]:

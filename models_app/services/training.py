@@ -31,6 +31,7 @@ from models_app.models import (
     checkpoint_upload_to,
 )
 from models_app.services.credits import Estimate, credits_reserve, credits_settle, training_estimate
+from models_app.services.queue import queue_send, queue_waiting
 from models_app.services.webhooks import webhook_emit
 from models_app.training_parameters import effective_parameters, validate_parameters
 
@@ -255,7 +256,8 @@ def training_start(
     origin: dict[str, str | None] | None = None,
 ) -> TrainingTask:
     """Queue a training of the model's current dataset with its parameters (and these overrides)."""
-    model = Model.objects.select_for_update().select_related("team").get(pk=model.pk)
+    model = Model.objects.select_for_update().get(pk=model.pk)  # LOCK ORDER: model, team, task
+    model.team = Team.objects.select_for_update().get(pk=model.team_id)
     plan = _plan(model, overrides)
     if plan.problems:
         raise plan.problems[0]
@@ -324,6 +326,9 @@ def _default_trigger_word(model: Model) -> str:
     return "sks" + model.public_id.split("_", 1)[1][:4].lower()
 
 
+START_MESSAGE = "training.tasks.run_next_training"
+
+
 def training_task_enqueue(*, task_id: str | None = None) -> str:
     """Put a "run the next training" message on django-q2's queue.
 
@@ -331,9 +336,7 @@ def training_task_enqueue(*, task_id: str | None = None) -> str:
     (highest priority, then oldest), so priority decides the order with any broker, and a message
     that finds nothing to claim is harmless.
     """
-    from django_q.tasks import async_task
-
-    queue_id = str(async_task("training.tasks.run_next_training", task_name="training", group="training"))
+    queue_id = queue_send(START_MESSAGE, queue=settings.TRAINING_QUEUE, task_name="training", group="training")
     if task_id is not None:
         TrainingTask.objects.filter(pk=task_id).update(celery_training_task_id=queue_id)
     return queue_id
@@ -349,7 +352,12 @@ def training_cancel(*, model: Model) -> TrainingTask:
 
 @transaction.atomic
 def training_task_cancel(*, task: TrainingTask) -> TrainingTask:
-    """A queued task is cancelled at once; a running one is flagged and stops at its runner's next step."""
+    """A queued task is cancelled at once; a running one is flagged and stops at its runner's next step.
+
+    The flag is durable: no claim clears it, and a task whose worker is lost or hands it back with the
+    flag set ends CANCELLED (unrun steps refunded) instead of going back to the queue.
+    """
+    _lock_task_rows(task.pk)
     task = TrainingTask.objects.select_for_update().get(pk=task.pk)
     if task.status not in TrainingTask.ACTIVE_STATUSES:
         raise Conflict(f"training task {task.pk} is {task.status} and cannot be cancelled")
@@ -367,6 +375,25 @@ def training_task_cancel(*, task: TrainingTask) -> TrainingTask:
     return task
 
 
+def _lock_task_rows(task_id: Any) -> bool:
+    """Lock, for the rest of the transaction, the rows a change of this task writes besides its own.
+
+    LOCK ORDER. Every transaction that writes more than one of a model's, its team's and a task's rows
+    takes their locks in this order: the Model row, then the Team row, then the TrainingTask row (then
+    rows that belong to them: credit entries, webhook deliveries, checkpoints). Starting a training
+    (model, team, new task), cancelling one, and every worker transition (claim, requeue, complete,
+    fail) follow it, so two of them wait for each other instead of deadlocking. A task's model and team
+    never change, so reading their ids first, unlocked, is safe. False if the task does not exist.
+    """
+    ids = TrainingTask.objects.filter(pk=task_id).values_list("model_id", "team_id").first()
+    if ids is None:
+        return False
+    model_uuid, team_id = ids
+    list(Model.objects.select_for_update().filter(uuid=model_uuid).values_list("pk", flat=True))
+    list(Team.objects.select_for_update().filter(pk=team_id).values_list("pk", flat=True))
+    return True
+
+
 def _transition(
     task_id: Any,
     to_status: str,
@@ -374,13 +401,17 @@ def _transition(
     expected: tuple[str, ...],
     fields: dict[str, Any] | None = None,
     worker_id: str | None = None,
+    where: dict[str, Any] | None = None,
 ) -> bool:
-    """Move the task if it is still in one of `expected` (and owned by worker_id); sync its model."""
+    """Move the task if it is still in one of `expected` (and owned by worker_id, and matching `where`);
+    sync its model, settle its credits and emit its webhook in the same transaction."""
     for status in expected:
         if to_status not in TASK_TRANSITIONS[status]:
             raise ValueError(f"a training task cannot go from {status} to {to_status}")
     with transaction.atomic():
-        query = TrainingTask.objects.filter(pk=task_id, status__in=expected)
+        if not _lock_task_rows(task_id):
+            return False
+        query = TrainingTask.objects.filter(pk=task_id, status__in=expected, **(where or {}))
         if worker_id is not None:
             query = query.filter(worker_id=worker_id)
         moved = query.update(status=to_status, updated_at=timezone.now(), **(fields or {}))
@@ -406,18 +437,28 @@ def _claim_fields(worker_id: str) -> dict[str, Any]:
         "preprocessing_started_at": now,
         "preprocessing_stage": "starting",
         "processed_files_count": 0,
-        "cancel_requested_at": None,
     }
 
 
 def training_task_claim(*, task_id: str, worker_id: str) -> TrainingTask | None:
-    """Take this pending task for this worker, or None if another worker (or a cancel) got there first."""
+    """Take this pending task for this worker, or None if another worker (or a cancel) got there first.
+
+    A pending task never carries a cancel request (a cancel of a queued task ends it at once, and a
+    requeue honours one), but should one be found it is finalised CANCELLED here, never run."""
     if not _transition(
         task_id,
         TrainingTask.Status.PREPROCESSING,
         expected=(TrainingTask.Status.PENDING,),
         fields=_claim_fields(worker_id),
+        where={"cancel_requested_at__isnull": True},
     ):
+        _transition(
+            task_id,
+            TrainingTask.Status.CANCELLED,
+            expected=(TrainingTask.Status.PENDING,),
+            where={"cancel_requested_at__isnull": False},
+            fields={"completed_at": timezone.now(), "lease_expires_at": None},
+        )
         return None
     return TrainingTask.objects.select_related("model", "team").get(pk=task_id)
 
@@ -520,6 +561,7 @@ def training_task_complete(
                 "progress": 100.0,
                 "eta_seconds": 0,
                 "lease_expires_at": None,
+                "failure_reason": "",  # an earlier attempt's (worker_lost, say) no longer describes the task
             },
         )
         if moved:
@@ -554,16 +596,23 @@ def training_task_fail(
 
     Returns the task's new status, or "" if the task was no longer this worker's.
     """
-    task = TrainingTask.objects.filter(pk=task_id).only("attempt_count", "max_attempts", "logs").first()
+    task = (
+        TrainingTask.objects.filter(pk=task_id)
+        .only("attempt_count", "max_attempts", "logs", "cancel_requested_at")
+        .first()
+    )
     if task is None:
         return ""
+    if task.cancel_requested_at is not None:
+        # The user asked to stop before this attempt ended: that is the outcome, whatever broke.
+        moved = _cancel_running(task_id, worker_id, note=f"cancelled as requested (the attempt ended: {message})")
+        return TrainingTask.Status.CANCELLED if moved else ""
     expected = (TrainingTask.Status.PENDING, *TrainingTask.RUNNING_STATUSES)
     if retriable and task.attempt_count < task.max_attempts:
         note = f"attempt {task.attempt_count} of {task.max_attempts} failed ({message}); re-queued"
-        moved = _requeue(
+        return _requeue(
             task_id, worker_id, note=note, logs=task.logs, fields={**(fields or {}), "failure_reason": reason}
         )
-        return TrainingTask.Status.PENDING if moved else ""
     if retriable:
         message = f"{message} (gave up after {task.attempt_count} attempts)"
     moved = _transition(
@@ -587,12 +636,13 @@ class ReapReport:
     requeued: list[str]
     failed: list[str]
     enqueued: int
+    cancelled: list[str]
 
 
 def training_tasks_reap() -> ReapReport:
     """Re-queue tasks whose worker stopped renewing its lease (or fail them after max_attempts), and make
     sure every pending task has a queue message to start it."""
-    report = ReapReport(requeued=[], failed=[], enqueued=0)
+    report = ReapReport(requeued=[], failed=[], enqueued=0, cancelled=[])
     expired = TrainingTask.objects.filter(
         status__in=TrainingTask.RUNNING_STATUSES, lease_expires_at__lt=timezone.now()
     ).values_list("pk", "worker_id")
@@ -608,32 +658,29 @@ def training_tasks_reap() -> ReapReport:
             report.requeued.append(str(task_id))
         elif outcome == TrainingTask.Status.FAILED:
             report.failed.append(str(task_id))
+        elif outcome == TrainingTask.Status.CANCELLED:  # its cancel request outlived its worker
+            report.cancelled.append(str(task_id))
     report.enqueued = training_queue_top_up()
     return report
 
 
 def training_queue_top_up() -> int:
-    """Enqueue start messages for pending tasks that have none (a lost message, a crashed web process)."""
-    from django_q.models import OrmQ
-
+    """Add start messages so that every pending task has one waiting (a lost message, a crashed web
+    process, a message taken by a cluster that was then killed). Extra messages are harmless: each
+    claims the best pending task or finds none."""
     pending = TrainingTask.objects.filter(status=TrainingTask.Status.PENDING).count()
     if not pending:
         return 0
-    if settings.Q_CLUSTER.get("orm") is None:
-        # Another broker cannot be inspected: add a message for each task waiting unusually long.
-        # Extra messages are harmless, they find nothing to claim.
-        stale = TrainingTask.objects.filter(
-            status=TrainingTask.Status.PENDING, updated_at__lt=timezone.now() - timedelta(minutes=2)
-        ).count()
-        for _ in range(stale):
-            training_task_enqueue()
-        return stale
-    queued = sum(
-        1
-        for message in OrmQ.objects.filter(key=settings.Q_CLUSTER["name"])
-        if message.func() == "training.tasks.run_next_training"
-    )
-    missing = max(0, pending - queued)
+    waiting = queue_waiting(START_MESSAGE, queue=settings.TRAINING_QUEUE)
+    if waiting is None:
+        # A broker that cannot be read: a message for each task waiting unusually long.
+        waiting = (
+            pending
+            - TrainingTask.objects.filter(
+                status=TrainingTask.Status.PENDING, updated_at__lt=timezone.now() - timedelta(minutes=2)
+            ).count()
+        )
+    missing = max(0, pending - waiting)
     for _ in range(missing):
         training_task_enqueue()
     return missing
@@ -644,11 +691,8 @@ def training_task_release(*, task_id: Any, worker_id: str, step: int, fields: di
     attempt is not counted, and the next worker resumes from the snapshot saved at `step`. A task
     with a pending cancel ends cancelled instead. Returns the new status, or "" if it was not ours."""
     fields = dict(fields or {})
-    if TrainingTask.objects.filter(pk=task_id, cancel_requested_at__isnull=False).exists():
-        moved = training_task_cancelled(task_id=task_id, worker_id=worker_id, fields=fields)
-        return TrainingTask.Status.CANCELLED if moved else ""
     where = f"the snapshot at step {step}" if step else "the start"
-    moved = _requeue(
+    return _requeue(
         task_id,
         worker_id,
         note=f"worker {worker_id} shut down; re-queued to resume from {where}",
@@ -659,11 +703,11 @@ def training_task_release(*, task_id: Any, worker_id: str, step: int, fields: di
             "attempt_count": F("attempt_count") - 1,  # a clean hand-over is not a lost attempt
         },
     )
-    return TrainingTask.Status.PENDING if moved else ""
 
 
-def _requeue(task_id: Any, worker_id: str | None, *, note: str, logs: str, fields: dict[str, Any]) -> bool:
-    """Put a running task back in the queue (its log says why) and queue a start message for it."""
+def _requeue(task_id: Any, worker_id: str | None, *, note: str, logs: str, fields: dict[str, Any]) -> str:
+    """Put a running task back in the queue (its log says why) and queue a start message for it; a task
+    with a pending cancel ends CANCELLED instead. Returns the new status, or "" if it was not ours."""
     stamped = f"{timezone.now():%Y-%m-%d %H:%M:%S} {note}"
     with transaction.atomic():
         moved = _transition(
@@ -671,6 +715,7 @@ def _requeue(task_id: Any, worker_id: str | None, *, note: str, logs: str, field
             TrainingTask.Status.PENDING,
             expected=TrainingTask.RUNNING_STATUSES,
             worker_id=worker_id,
+            where={"cancel_requested_at__isnull": True},
             fields={
                 **fields,
                 "logs": log_tail(fields.get("logs", logs), [stamped]),
@@ -680,10 +725,33 @@ def _requeue(task_id: Any, worker_id: str | None, *, note: str, logs: str, field
         )
         if moved:
             transaction.on_commit(lambda: training_task_enqueue(task_id=str(task_id)))
-    return moved
+            return TrainingTask.Status.PENDING
+    dropped = ("attempt_count", "current_step", "failure_reason")
+    cancel_fields = {name: value for name, value in fields.items() if name not in dropped}
+    if _cancel_running(task_id, worker_id, note=f"{note.split(';')[0]}; cancelled as requested", fields=cancel_fields):
+        return TrainingTask.Status.CANCELLED
+    return ""
+
+
+def _cancel_running(task_id: Any, worker_id: str | None, *, note: str, fields: dict[str, Any] | None = None) -> bool:
+    """End a running task that has a cancel request as CANCELLED (credits for unrun steps refunded)."""
+    fields = dict(fields or {})
+    logs = fields.pop("logs", None)
+    if logs is None:
+        logs = TrainingTask.objects.filter(pk=task_id).values_list("logs", flat=True).first() or ""
+    stamped = f"{timezone.now():%Y-%m-%d %H:%M:%S} {note}"
+    return _transition(
+        task_id,
+        TrainingTask.Status.CANCELLED,
+        expected=TrainingTask.RUNNING_STATUSES,
+        worker_id=worker_id,
+        where={"cancel_requested_at__isnull": False},
+        fields={**fields, "logs": log_tail(logs, [stamped]), "completed_at": timezone.now(), "lease_expires_at": None},
+    )
 
 
 def training_task_cancelled(*, task_id: Any, worker_id: str, fields: dict[str, Any] | None = None) -> bool:
+    """The runner stopped a running task because its cancel was requested."""
     return _transition(
         task_id,
         TrainingTask.Status.CANCELLED,

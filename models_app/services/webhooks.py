@@ -5,13 +5,16 @@ from __future__ import annotations
 import hashlib
 import hmac
 import json
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
+from django.conf import settings
 from django.db import transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from models_app.models import TrainingTask, WebhookDelivery
+from models_app.services.queue import queue_send, queue_send_at
 
 EVENTS = ("queued", "started", "progress", "checkpoint", "completed", "failed", "cancelled")
 SIGNATURE_HEADER = "X-Webhook-Signature"
@@ -45,7 +48,8 @@ def task_payload(task: TrainingTask, event: str, data: dict[str, Any] | None = N
 
 
 def webhook_emit(*, task_id: Any, event: str, data: dict[str, Any] | None = None) -> WebhookDelivery | None:
-    """Record the event for the task's webhook (if it has one) and hand it to the sender after commit."""
+    """Record the event for the task's webhook (if it has one) and, after commit, queue its delivery on
+    the housekeeping cluster: no training or request ever waits for a receiver."""
     task = TrainingTask.objects.select_related("model", "team").filter(pk=task_id).first()
     if task is None or not task.webhook_url:
         return None
@@ -58,13 +62,37 @@ def webhook_emit(*, task_id: Any, event: str, data: dict[str, Any] | None = None
         next_attempt_at=timezone.now(),
     )
 
-    def send() -> None:
-        from training.webhooks import sender
-
-        sender().submit(delivery.pk)
-
-    transaction.on_commit(send)
+    transaction.on_commit(lambda: webhook_send(delivery_id=delivery.pk))
     return delivery
+
+
+DELIVER_MESSAGE = "training.tasks.deliver_webhook"
+
+
+def webhook_send(*, delivery_id: int, when: datetime | None = None) -> None:
+    """Queue an attempt of this delivery on the housekeeping cluster, now or (a retry's back-off) at
+    `when`, as a django-q2 schedule named after the delivery, so a retry moves rather than doubles."""
+    if when is None:
+        queue_send(DELIVER_MESSAGE, delivery_id, queue=settings.HOUSEKEEPING_QUEUE, task_name=f"webhook-{delivery_id}")
+    else:
+        queue_send_at(
+            DELIVER_MESSAGE, delivery_id, queue=settings.HOUSEKEEPING_QUEUE, when=when, name=f"webhook-{delivery_id}"
+        )
+
+
+def webhook_claim_attempt(*, delivery_id: int) -> WebhookDelivery | None:
+    """Take a due delivery for one attempt, or None if it is not due (delivered, given up, or already being
+    attempted: the claim moves its next attempt past the attempt's own time limit, so a reaper re-send
+    and a scheduled retry never post the same event twice at once, while a sender that dies mid-attempt
+    leaves it due again a minute later)."""
+    now = timezone.now()
+    due = Q(next_attempt_at__lte=now) | Q(next_attempt_at__isnull=True)
+    claimed = WebhookDelivery.objects.filter(due, pk=delivery_id, status=WebhookDelivery.Status.PENDING).update(
+        next_attempt_at=now + timedelta(seconds=settings.WEBHOOK_TIMEOUT_SECONDS + 60)
+    )
+    if not claimed:
+        return None
+    return WebhookDelivery.objects.select_related("team").get(pk=delivery_id)
 
 
 def webhook_record_attempt(
@@ -95,10 +123,12 @@ def webhook_record_attempt(
         return delivery
 
 
-def webhook_due_deliveries(*, limit: int = 100) -> list[int]:
-    """Deliveries whose next attempt is due (their sender died, or their back-off passed)."""
+def webhook_due_deliveries(*, overdue_seconds: float = 60, limit: int = 100) -> list[int]:
+    """Deliveries whose next attempt is overdue: their queued attempt or retry schedule was lost (a
+    process died between the commit and the enqueue, or mid-attempt). The reaper queues them again."""
+    cutoff = timezone.now() - timedelta(seconds=overdue_seconds)
     return list(
-        WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=timezone.now())
+        WebhookDelivery.objects.filter(status=WebhookDelivery.Status.PENDING, next_attempt_at__lte=cutoff)
         .order_by("next_attempt_at")
         .values_list("pk", flat=True)[:limit]
     )

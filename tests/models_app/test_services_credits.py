@@ -101,3 +101,17 @@ def test_the_time_estimate_says_what_it_assumes_and_uses_the_workers_measured_ra
     assert abs(measured["estimated_seconds"] - task.stage_seconds["training"]) <= 1
     doubled = training_quote(model=model, overrides={"steps": 2 * task.steps})["estimate"]
     assert abs(doubled["estimated_seconds"] - 2 * task.stage_seconds["training"]) <= 1
+
+
+def test_the_ledger_note_names_the_resolution_the_run_will_use(tiny_sd15) -> None:
+    from training.engine.base_models import local_native_resolution
+
+    team = TeamFactory(credit_balance=Decimal("100.00"))
+    model = ModelFactory(team=team, parameters={"steps": 100})  # no resolution: the base model's own size
+    add_images(model, 12)
+    task = training_start(model=model)
+    native = local_native_resolution(str(tiny_sd15), "sd15")
+    assert native is not None and native < 512  # a small test base, not its family's 512 px
+    reserve = CreditEntry.objects.get(task=task, kind=CreditEntry.Kind.RESERVE)
+    assert reserve.note == f"100 steps, sd15, {native}px"
+    assert training_quote(model=model)["estimate"]["resolution"] == native

@@ -34,13 +34,10 @@ DAY = 24 * 3600
 HANG_GUARD = 60  # seconds: only ever reached when something hangs
 
 
-@pytest.fixture(autouse=True)
-def upload_temp_dir(settings, tmp_path: Path) -> Path:
-    """Temporary uploads in a folder of the test's own: a sweep never looks at the machine's /tmp here."""
-    folder = tmp_path / "upload-tmp"
-    folder.mkdir()
-    settings.FILE_UPLOAD_TEMP_DIR = str(folder)
-    return folder
+@pytest.fixture
+def upload_temp_dir(settings) -> Path:
+    """The test's own temporary-upload folder (conftest's isolated_files makes one per test)."""
+    return Path(settings.FILE_UPLOAD_TEMP_DIR)
 
 
 def make_old(path: Path, seconds: float = DAY + 3600) -> None:

@@ -16,6 +16,28 @@ PIPELINE_FAMILIES = {
 SUPPORTED_FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext")
 
 
+def native_resolution(family: str, *, vae_config: dict, denoiser_config: dict) -> int:
+    """The side in pixels a base model was trained at, from its VAE's and denoiser's configs: what a
+    training with no `resolution` uses (the family classes and the cost estimate both ask here)."""
+    vae_scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    if family in ("sd15", "sdxl"):
+        return int(denoiser_config["sample_size"]) * vae_scale
+    # FLUX configs carry no usable sample size for the transformer: full-size VAEs mean 1024 px.
+    return 1024 if vae_scale == 8 else int(vae_config.get("sample_size", 64))
+
+
+def local_native_resolution(base_model: str, family: str) -> int | None:
+    """native_resolution of a local diffusers folder (None for a hub id or an unreadable folder)."""
+    folder = Path(base_model)
+    denoiser = "unet" if family in ("sd15", "sdxl") else "transformer"
+    try:
+        vae_config = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+        denoiser_config = json.loads((folder / denoiser / "config.json").read_text(encoding="utf-8"))
+        return native_resolution(family, vae_config=vae_config, denoiser_config=denoiser_config)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def resolve_family(base_model: str) -> str:
     """The family of a base model this engine can train; EngineError naming the problem otherwise."""
     family = detect_family(base_model)

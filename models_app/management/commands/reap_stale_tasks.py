@@ -12,19 +12,23 @@ from training.tasks import reap_stale_tasks
 class Command(BaseCommand):
     help = (
         "Re-queue trainings and generation jobs whose worker stopped renewing its lease (fail them after their "
-        "attempts run out) and send due webhook deliveries."
+        "attempts run out; cancel those with a cancel request), add lost start messages and re-send overdue "
+        "webhook deliveries."
     )
 
     def handle(self, *args: Any, **options: Any) -> None:
         report = reap_stale_tasks()
         self.stdout.write(
             f"re-queued {len(report['requeued'])}, failed {len(report['failed'])}, "  # type: ignore[arg-type]
-            f"start messages added {report['enqueued']}, webhook deliveries attempted {report['webhooks']}"
+            f"cancelled {len(report['cancelled'])}, "  # type: ignore[arg-type]
+            f"start messages added {report['enqueued']}, webhook deliveries re-sent {report['webhooks']}"
         )
         for task_id in report["requeued"]:  # type: ignore[union-attr]
             self.stdout.write(f"  re-queued {task_id}")
         for task_id in report["failed"]:  # type: ignore[union-attr]
             self.stdout.write(f"  failed {task_id}")
+        for task_id in report["cancelled"]:  # type: ignore[union-attr]
+            self.stdout.write(f"  cancelled {task_id} (its cancel request outlived its worker)")
         for outcome in ("requeued", "failed", "cancelled"):
             for job_id in report[f"generation_{outcome}"]:  # type: ignore[union-attr]
                 self.stdout.write(f"  generation job {job_id} {outcome.replace('requeued', 're-queued')}")

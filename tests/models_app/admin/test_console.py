@@ -183,3 +183,21 @@ def test_list_pages_cost_the_same_queries_for_more_rows(client, page: str, tiny_
     with CaptureQueriesContext(connection) as many:
         assert client.get(url(page)).status_code == 200
     assert len(many) == len(few)
+
+
+def test_the_task_page_lists_each_attempt_with_its_worker_phases_and_outcome(staff, tiny_sd15: Path) -> None:
+    model = ModelFactory(team=staff.team)
+    add_images(model, 12)
+    task = training_start(model=model)
+    TrainingTask.objects.filter(pk=task.pk).update(
+        status=TrainingTask.Status.TRAINING,
+        attempt_count=2,
+        attempt_history=[
+            {"attempt": 1, "worker": "box1:gpu0:11:aa", "started_at": "2026-11-24T10:00:00", "stage_seconds": {"training": 41.5}},
+            {"attempt": 2, "worker": "box2:gpu1:22:bb", "started_at": "2026-11-24T10:09:00", "stage_seconds": {"training": 3.0}},
+        ],
+    )  # fmt: skip
+    page = staff.get(url("models_app_trainingtask_change", task.pk)).content.decode()
+    assert "box1:gpu0:11:aa" in page and "training 41.5 s" in page
+    assert "lost (the worker stopped answering)" in page  # the first attempt never said how it ended
+    assert "box2:gpu1:22:bb" in page and ">running<" in page

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from training.engine.base_models import native_resolution
 from training.engine.families.base import Family, NoisedBatch, NoiseSettings, randn
 from training.engine.families.sd import _vae_config
 
@@ -60,7 +61,7 @@ class FluxFamily(Family):
         return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
 
     def default_resolution(self) -> int:
-        return 1024 if self.vae_scale() == 8 else int(self.vae_config.get("sample_size", 64))
+        return native_resolution("flux", vae_config=self.vae_config, denoiser_config=dict(self.transformer_config))
 
     def size_multiple(self) -> int:
         return self.vae_scale() * 2  # latents are packed in 2x2 patches

@@ -8,6 +8,7 @@ from typing import Any
 
 import torch
 
+from training.engine.base_models import native_resolution
 from training.engine.families.base import Family, NoisedBatch, NoiseSettings, randn
 
 
@@ -32,7 +33,7 @@ class SD15Family(Family):
         return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
 
     def default_resolution(self) -> int:
-        return int(self.unet_config["sample_size"]) * self.vae_scale()
+        return native_resolution("sd15", vae_config=self.vae_config, denoiser_config=dict(self.unet_config))
 
     def size_multiple(self) -> int:
         return self.vae_scale() * 2 ** (len(self.unet_config["block_out_channels"]) - 1)
