@@ -10,6 +10,11 @@ generalises; a rise after it is overfitting (9 training images), which is what v
 
 Targets: the held-out loss's lowest point is at least `LOSS_DROP` below its start (a flow model's velocity loss
 has a higher floor: `FLOW_LOSS_DROP`), and generations close at least `CLOSER` of the distance.
+
+The trigger word: a LoRA on red discs captioned with the trigger word and blue discs captioned without it;
+from the same seeds, the prompt with the trigger word must generate at least `TRIGGER_PULL` of the blue-red
+distance nearer red than the prompt without it, beyond what the base model's text path already does. The
+SD family trains with offset noise there (see tests/training/test_learning.py for why).
 """
 
 from __future__ import annotations
@@ -27,6 +32,13 @@ RUNS: dict[str, dict[str, Any]] = {  # steps and learning rate per family (batch
     "sdxl": {"steps": 400, "learning_rate": 3e-3},
     "flux": {"steps": 300, "learning_rate": 2e-3},
     "flux-kontext": {"steps": 300, "learning_rate": 2e-3},
+}
+
+TRIGGER_PULL = 0.25
+TRIGGER_RUNS: dict[str, dict[str, Any]] = {
+    "sd15": {"steps": 300, "learning_rate": 3e-3, "noise_offset": 0.5},
+    "sdxl": {"steps": 300, "learning_rate": 3e-3, "noise_offset": 0.5},
+    "flux": {"steps": 300, "learning_rate": 2e-3},
 }
 
 
@@ -103,9 +115,44 @@ def run_family(family: str, folder: Path, *, quick: bool) -> dict[str, Any]:
     }
 
 
+def run_trigger(family: str, base: Path, folder: Path, *, quick: bool) -> dict[str, Any]:
+    from training.demo_dataset import write_concept
+    from training.engine import SilentCallbacks, TrainingSpec, train
+    from training.engine.evaluate import trigger_pull
+
+    red = write_concept(folder / "red", 8, colour=(200, 30, 30), caption="zxq, a disc", size=SIZE)
+    blue = write_concept(folder / "blue", 8, colour=(30, 40, 200), caption="a disc", size=SIZE, seed=1, prefix="b")
+    settings = dict(TRIGGER_RUNS[family])
+    if quick:
+        settings["steps"] = settings["steps"] // 2
+    result = train(
+        TrainingSpec(
+            base_model=str(base), output_dir=folder / "out", images=red + blue, trigger_word="", rank=4,
+            batch_size=2, optimizer="adamw", captioning_strategy="description", resolution=SIZE,
+            sample_every=settings["steps"], save_every=100_000, compile="off", **settings,
+        ),
+        SilentCallbacks(),
+    )  # fmt: skip
+    pull = trigger_pull(
+        str(base), [item.path for item in red], [item.path for item in blue], adapter=result.weights_path,
+        trigger_prompt="zxq, a disc", plain_prompt="a disc", seeds=[1, 2, 3, 4], size=SIZE,
+    )  # fmt: skip
+    return {
+        "trigger_steps": settings["steps"],
+        "trigger_pull_base": round(pull.base, 3),
+        "trigger_pull_trained": round(pull.trained, 3),
+        "trigger_pull_learned": round(pull.learned, 3),
+        "target_trigger_pull": TRIGGER_PULL,
+    }
+
+
 def run(folder: Path, *, quick: bool = False) -> dict[str, Any]:
     results = {}
     for family in RUNS:
         print(f"learning: {family} ...", flush=True)
         results[family] = run_family(family, folder / family, quick=quick)
+        if family in TRIGGER_RUNS:
+            print(f"learning: {family} trigger word ...", flush=True)
+            base = folder / family / "base"
+            results[family].update(run_trigger(family, base, folder / family / "trigger", quick=quick))
     return results

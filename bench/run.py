@@ -4,8 +4,8 @@
 
 - train: our trainer against a diffusers-example reference loop on this machine's CPU, and each
   optimisation switched on/off (bench/train.py);
-- learning: per family, held-out loss before/after a LoRA and how far generations move towards the
-  training data with it (bench/learning.py);
+- learning: per family, held-out loss before/after a LoRA, how far generations move towards the
+  training data with it, and how much a trigger word comes to matter (bench/learning.py);
 - preprocess: 20 camera-sized JPEGs verified, oriented and resized (bench/preprocess.py);
 - queue, api, e2e: start-to-pickup latency with a real qcluster, API throughput under gunicorn with
   PostgreSQL, and a 15-image 1000-step training from the start call to `ready` (bench/service.py);
@@ -190,6 +190,15 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
                 row["generation_closer"] >= row["target_closer"],
             )
         )
+        if "trigger_pull_learned" in row:
+            rows.append(
+                (
+                    f"learning {family}: trigger word ({row['trigger_steps']} steps)",
+                    f"+{row['trigger_pull_learned']:.2f} of blue->red ({row['trigger_pull_base']} -> {row['trigger_pull_trained']})",
+                    f">= +{row['target_trigger_pull']:.2f}",
+                    row["trigger_pull_learned"] >= row["target_trigger_pull"],
+                )
+            )
     return rows  # fmt: skip
 
 

@@ -15,7 +15,7 @@ from PIL import Image
 
 from training.demo_dataset import write_concept
 from training.engine import DatasetPair, SilentCallbacks, TrainingSpec, train
-from training.engine.evaluate import shift_towards
+from training.engine.evaluate import shift_towards, trigger_pull
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 
@@ -60,10 +60,11 @@ def run(base: Path, out: Path, images: list, *, steps: int, **overrides: Any) ->
 # model removes (the noise in a nearly clean image cannot be told apart), so its share is smaller; and
 # SDXL, like the real one, has no attention at its highest resolution, where the default targets act.
 # The share of the generations' distance to the data the LoRA must remove is smallest for SD 1.5,
-# whose random base drifts furthest from any data while sampling.
+# whose random base drifts furthest from any data while sampling, and for SDXL, whose adapters act
+# at low resolution only (measured 0.16 of the distance in 150 steps).
 FAMILY_RUNS = {
     "sd15": (150, 3e-3, 0.15, 0.08),
-    "sdxl": (150, 3e-3, 0.1, 0.2),
+    "sdxl": (150, 3e-3, 0.1, 0.1),
     "flux": (150, 2e-3, 0.1, 0.2),
 }
 
@@ -86,6 +87,42 @@ def test_a_lora_with_the_default_targets_learns_its_data(
         str(tiny_models[family]), trained, adapter=result.weights_path, prompt="zxq, a disc", seeds=SEEDS, size=SIZE
     )
     assert shift.closer > closer, shift
+
+
+# Steps, learning rate, extra settings and the share of the red-blue distance the trigger word must come to
+# move generations by, per family. SD's noise prediction sees an image's overall colour through the noise
+# (the mean of 8x8 latents' noise is far from zero), so without offset noise it never needs the caption for
+# it, as real SD never learns a dark or bright image from a prompt without it; 0.5 on 8x8 latents is what
+# 0.06 is on SD 1.5's 64x64. A flow model's velocity target holds the clean image itself and needs none.
+TRIGGER_RUNS: dict[str, tuple[int, float, dict[str, Any], float]] = {
+    "sd15": (150, 3e-3, {"noise_offset": 0.5}, 0.15),
+    "flux": (150, 2e-3, {}, 0.1),
+}
+
+
+@pytest.mark.parametrize("family", sorted(TRIGGER_RUNS))
+def test_the_trigger_word_selects_the_concept_it_was_captioned_on(
+    family: str, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Red discs captioned with the trigger word, blue ones without it (no automatic trigger word): from
+    the same seeds, the prompt with the trigger word now generates nearer red than the prompt without."""
+    steps, rate, extra, margin = TRIGGER_RUNS[family]
+    red = write_concept(tmp_path / "red", 8, colour=RED, caption="zxq, a disc", size=SIZE)
+    blue = write_concept(tmp_path / "blue", 8, colour=BLUE, caption="a disc", size=SIZE, seed=1, prefix="b")
+    base = tiny_models[family]
+    result, _ = run(base, tmp_path / "out", red + blue, steps=steps, learning_rate=rate, trigger_word="", **extra)
+
+    pull = trigger_pull(
+        str(base),
+        [image.path for image in red],
+        [image.path for image in blue],
+        adapter=result.weights_path,
+        trigger_prompt="zxq, a disc",
+        plain_prompt="a disc",
+        seeds=SEEDS,
+        size=SIZE,
+    )
+    assert pull.learned > margin, pull
 
 
 def test_full_fine_tuning_learns_its_data(tiny_models: dict[str, Path], tmp_path: Path) -> None:

@@ -105,6 +105,48 @@ def shift_towards(
     )
 
 
+@dataclass(frozen=True)
+class TriggerPull:
+    """Where the generations of a prompt with the trigger word land relative to those of the same prompt
+    without it, on the axis from the `other` data (0) to the trigger's `concept` data (1), averaged over
+    seeds: 1 means the trigger word alone moves a generation all the way from one concept to the other."""
+
+    base: float  # the base model's (a random model's text path already moves generations a little)
+    trained: float  # with the trained weights
+
+    @property
+    def learned(self) -> float:
+        """What the training added: how far the trigger word now moves generations toward its concept."""
+        return self.trained - self.base
+
+
+def trigger_pull(
+    base_model: str,
+    concept: list[Path],
+    other: list[Path],
+    *,
+    adapter: Path,
+    trigger_prompt: str,
+    plain_prompt: str,
+    seeds: list[int],
+    size: int,
+) -> TriggerPull:
+    """How much the trigger word matters after a training on `concept` captioned with it and `other`
+    captioned without it: the same seeds generated with both prompts, with and without `adapter`."""
+    target = data_features(base_model, concept, size=size).mean(dim=0)
+    origin = data_features(base_model, other, size=size).mean(dim=0)
+    axis = target - origin
+
+    def pull(weights: Path | None) -> float:
+        positions = [
+            (generated_features(base_model, prompt=prompt, seeds=seeds, size=size, adapter=weights) - origin) @ axis
+            for prompt in (trigger_prompt, plain_prompt)
+        ]
+        return float((positions[0] - positions[1]).mean() / axis.dot(axis))
+
+    return TriggerPull(base=pull(None), trained=pull(adapter))
+
+
 # Noise levels (0 clean, 1 pure noise) at which `denoising_loss` measures, as the trainer's validation.
 LEVELS = (0.1, 0.3, 0.5, 0.7, 0.9)
 
