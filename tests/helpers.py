@@ -160,6 +160,12 @@ def stop_cluster(process, *, kill: bool = False) -> None:
         os.killpg(process.pid, signal.SIGKILL)
 
 
+# The ceiling of every wait on an event in the tests (a step reached, a task completed, a server up). It only
+# guards against a hang: a wait returns as soon as its event happens, so a slow machine takes longer and
+# still passes. Never a measure of speed (those live in bench/).
+HANG_GUARD = 900.0
+
+
 def wait_for(predicate, *, timeout: float, interval: float = 0.3, what: str = "condition"):
     import time
 

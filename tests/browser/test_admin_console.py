@@ -15,7 +15,7 @@ from django.conf import settings as django_settings
 
 from models_app.models import Model, TrainingTask
 from tests.factories import MembershipFactory, ModelFactory, UserFactory, add_images
-from tests.helpers import png, start_cluster, stop_cluster
+from tests.helpers import HANG_GUARD, png, start_cluster, stop_cluster
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(django_settings.BASE_DIR) / "test-artifacts"
@@ -106,9 +106,13 @@ def test_curate_and_train_from_the_admin(browser_page, live_server, settings, ti
             page.click("#start-training")
         assert "/trainingtask/" in page.url
         # The page refreshes itself, and reloads once at the end to show the weights' links.
-        page.wait_for_function("document.getElementById('live-percent')?.textContent === '100'", timeout=180_000)
-        page.wait_for_function("document.getElementById('live-status')?.textContent === 'COMPLETED'", timeout=30_000)
-        page.wait_for_selector("#weights-link", timeout=30_000)
+        page.wait_for_function(
+            "document.getElementById('live-percent')?.textContent === '100'", timeout=HANG_GUARD * 1000
+        )  # a ceiling against a hang, not a measure
+        page.wait_for_function(
+            "document.getElementById('live-status')?.textContent === 'COMPLETED'", timeout=HANG_GUARD * 1000
+        )
+        page.wait_for_selector("#weights-link", timeout=HANG_GUARD * 1000)
         page.wait_for_selector("#samples img")
         page.screenshot(path=str(ARTIFACTS / "03-training-complete.png"), full_page=True)
         assert TrainingTask.objects.get(model=model).status == TrainingTask.Status.COMPLETED

@@ -38,6 +38,7 @@ from models_app.services.training import (
 from models_app.services.webhooks import SIGNATURE_HEADER, sign
 from tests.factories import ModelFactory, TeamFactory, add_images, api_token
 from tests.helpers import (
+    HANG_GUARD,
     restore_schedules,
     start_cluster,
     start_housekeeping,
@@ -57,7 +58,6 @@ pytestmark = [
 ]
 
 FAST = {"rank": 4, "learning_rate": 0.001, "batch_size": 2, "resolution": 64, "optimizer": "adamw"}
-HANG_GUARD = 300  # seconds: only against a hang, never a measure
 
 
 def task_of(model: Model) -> TrainingTask:

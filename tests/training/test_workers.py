@@ -26,7 +26,7 @@ from models_app.services.training import (
     training_tasks_reap,
 )
 from tests.factories import ModelFactory, TeamFactory, add_images
-from tests.helpers import run_queued, start_cluster, stop_cluster, wait_for
+from tests.helpers import HANG_GUARD, run_queued, start_cluster, stop_cluster, wait_for
 from training.runner import run_training_task
 
 pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
@@ -47,7 +47,7 @@ def test_a_killed_worker_is_reaped_and_its_task_resumes_from_the_checkpoint_on_a
     training_start(model=model)  # enqueues a start message on commit (this test commits)
     first = start_cluster(settings, "gpu0", TRAINING_LEASE_SECONDS="4")
     try:
-        wait_for(lambda: task_of(model).current_step >= 35, timeout=300, what="step 35")
+        wait_for(lambda: task_of(model).current_step >= 35, timeout=HANG_GUARD, what="step 35")
     finally:
         stop_cluster(first, kill=True)  # SIGKILL: no clean-up, no goodbye
     killed = task_of(model)
@@ -70,7 +70,7 @@ def test_a_killed_worker_is_reaped_and_its_task_resumes_from_the_checkpoint_on_a
 
     second = start_cluster(settings, "gpu1", TRAINING_LEASE_SECONDS="4")
     try:
-        wait_for(lambda: task_of(model).status == TrainingTask.Status.COMPLETED, timeout=300, what="completion")
+        wait_for(lambda: task_of(model).status == TrainingTask.Status.COMPLETED, timeout=HANG_GUARD, what="completion")
     finally:
         stop_cluster(second)
     done = task_of(model)
@@ -148,7 +148,7 @@ def run_threads(count: int, work) -> list[object]:
     for thread in threads:
         thread.start()
     for thread in threads:
-        thread.join(timeout=120)
+        thread.join(timeout=HANG_GUARD)
     return results
 
 
@@ -205,7 +205,7 @@ def test_two_clusters_run_ten_tasks_once_each_in_priority_order(tiny_sd15: Path,
     try:
         wait_for(
             lambda: TrainingTask.objects.filter(status=TrainingTask.Status.COMPLETED).count() == 10,
-            timeout=400,
+            timeout=HANG_GUARD,
             what="ten completed tasks",
         )
     finally:
@@ -227,10 +227,10 @@ def test_sigterm_to_a_training_cluster_snapshots_and_hands_the_task_to_the_next_
     training_start(model=model)
     first = start_cluster(settings, "gpu0")
     try:
-        seen = wait_for(lambda: task_of(model).current_step >= 10 and task_of(model).current_step, timeout=300,
+        seen = wait_for(lambda: task_of(model).current_step >= 10 and task_of(model).current_step, timeout=HANG_GUARD,
                         what="step 10")  # fmt: skip
         os.kill(first.pid, signal.SIGTERM)  # as systemd or docker would stop it: the main process only
-        first.wait(timeout=180)  # a ceiling against a hang; the grace period bounds the real wait
+        first.wait(timeout=HANG_GUARD)  # a ceiling against a hang; the grace period bounds the real wait
     finally:
         stop_cluster(first, kill=True)
     assert first.returncode == 0
@@ -244,7 +244,7 @@ def test_sigterm_to_a_training_cluster_snapshots_and_hands_the_task_to_the_next_
 
     second = start_cluster(settings, "gpu1")  # its start message was queued by the hand-over
     try:
-        wait_for(lambda: task_of(model).status == TrainingTask.Status.COMPLETED, timeout=300, what="completion")
+        wait_for(lambda: task_of(model).status == TrainingTask.Status.COMPLETED, timeout=HANG_GUARD, what="completion")
     finally:
         stop_cluster(second)
     done = task_of(model)
@@ -261,9 +261,9 @@ def test_cancel_of_a_running_training_stops_it_within_seconds_and_keeps_its_chec
     outcome: list[str] = []
     worker = threading.Thread(target=lambda: (outcome.append(run_training_task(str(task.pk))), connection.close()))
     worker.start()
-    wait_for(lambda: task_of(model).current_step >= 12, timeout=120, what="step 12")
+    wait_for(lambda: task_of(model).current_step >= 12, timeout=HANG_GUARD, what="step 12")
     training_cancel(model=model)
-    worker.join(timeout=120)  # a ceiling against a hang: the runner reads the flag at its next step
+    worker.join(timeout=HANG_GUARD)  # a ceiling against a hang: the runner reads the flag at its next step
     assert not worker.is_alive() and outcome == [TrainingTask.Status.CANCELLED]
     task.refresh_from_db()
     assert task.status == TrainingTask.Status.CANCELLED and task.current_step < 400
