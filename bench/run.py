@@ -194,7 +194,7 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
             rows.append(
                 (
                     f"learning {family}: trigger word ({row['trigger_steps']} steps)",
-                    f"+{row['trigger_pull_learned']:.2f} of blue->red ({row['trigger_pull_base']} -> {row['trigger_pull_trained']})",
+                    f"{row['trigger_pull_learned']:+.2f} of blue->red ({row['trigger_pull_base']} -> {row['trigger_pull_trained']})",
                     f">= +{row['target_trigger_pull']:.2f}",
                     row["trigger_pull_learned"] >= row["target_trigger_pull"],
                 )
