@@ -7,15 +7,32 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/platform
 HOST ?= 127.0.0.1:8000
 
-.PHONY: setup demo sample-images serve test test-sqlite test-postgres lint services bench
+.PHONY: setup lock demo sample-images serve test test-sqlite test-postgres lint services bench
 
-$(BIN)/.installed: requirements/base.txt requirements/dev.txt
+# Installs exactly the versions (and files, by hash) that requirements/dev.lock pins, so two machines or two
+# CI runs test the same code. The .txt inputs are prerequisites too: after editing one, setup stops with a
+# message until `make lock` has brought the lock up to date.
+$(BIN)/.installed: requirements/dev.lock requirements/base.txt requirements/dev.txt
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -r requirements/dev.txt
+	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
+	@$(BIN)/python -m pip install --quiet --no-index --dry-run -r requirements/dev.txt >/dev/null 2>&1 || { \
+		echo "requirements/dev.lock does not satisfy requirements/dev.txt and base.txt: run make lock"; exit 1; }
 	touch $@
 
 setup: $(BIN)/.installed
+
+# Refreshes requirements/dev.lock and production.lock from the .txt inputs with pip-tools (in var/lock-tools,
+# not the project's .venv). Pins that still fit are kept; UPGRADE=1 takes the newest version in every range,
+# UPGRADE="gunicorn redis" only those. torch resolves to the machine's local CPU wheel (2.13.0+cpu).
+LOCK_TOOLS := pip==26.3 pip-tools==7.6.2
+PIP_COMPILE = CUSTOM_COMPILE_COMMAND="make lock" var/lock-tools/bin/pip-compile --quiet --generate-hashes \
+	--allow-unsafe --strip-extras --no-emit-index-url --no-emit-find-links \
+	$(if $(filter 1,$(UPGRADE)),--upgrade,$(foreach p,$(UPGRADE),--upgrade-package $(p)))
+lock:
+	$(PYTHON) -m venv var/lock-tools
+	var/lock-tools/bin/python -m pip install --quiet $(LOCK_TOOLS)
+	$(PIP_COMPILE) -o requirements/dev.lock requirements/dev.txt
+	$(PIP_COMPILE) -c requirements/dev.lock -o requirements/production.lock requirements/production.txt
 
 # make demo STEPS=600 TIMEOUT=1200: more steps; give up after TIMEOUT seconds without progress
 demo: setup
