@@ -17,7 +17,7 @@ from django.utils.safestring import mark_safe
 from django.views.decorators.http import require_POST
 
 from models_app import admin_console
-from models_app.errors import ApplicationError, InvalidInput
+from models_app.errors import ApplicationError, Conflict, InvalidInput
 from models_app.input_rules import CAPTION_MAX, DESCRIPTION_MAX, INSTRUCTION_MAX, NAME_MAX, TRIGGER_WORD_MAX, text_check
 from models_app.media_access import media_url
 from models_app.models import (
@@ -185,9 +185,15 @@ class ApiKeyAdmin(TeamScopedAdmin):
 
     @admin.action(description="Revoke the selected keys")
     def revoke(self, request: HttpRequest, queryset: QuerySet[ApiKey]) -> None:
+        revoked, already = 0, 0
         for api_key in queryset:
-            api_key_revoke(api_key=api_key)
-        self.message_user(request, f"{queryset.count()} key(s) revoked", messages.SUCCESS)
+            try:
+                api_key_revoke(api_key=api_key)
+                revoked += 1
+            except Conflict:
+                already += 1
+        note = f"; {already} were already revoked" if already else ""
+        self.message_user(request, f"{revoked} key(s) revoked{note}", messages.SUCCESS)
 
 
 @admin.register(Asset)

@@ -177,3 +177,8 @@ def training_measured_seconds_per_unit(*, base_model: str, native_resolution: in
     if not rates:
         return None
     return statistics.median(rates), len(rates), ", ".join(sorted(workers))
+
+
+def credit_entries_recent(*, team: Team, limit: int = 20) -> list[CreditEntry]:
+    """The team's newest ledger entries, newest first."""
+    return list(CreditEntry.objects.filter(team=team).select_related("task").order_by("-created_at", "-pk")[:limit])

@@ -5,12 +5,13 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+from typing import Any
 
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import transaction
 from django.utils import timezone
 
-from models_app.errors import InvalidInput
+from models_app.errors import Conflict, InvalidInput
 from models_app.models import ApiKey, Membership, Project, Team
 
 SECRET_BYTES = 32
@@ -30,6 +31,15 @@ def team_create(*, name: str, owner: AbstractBaseUser | None = None, max_paralle
     name = name.strip()
     if not name:
         raise InvalidInput("a team needs a name", field="name")
+    if max_parallel_trainings is not None and (
+        isinstance(max_parallel_trainings, bool)
+        or not isinstance(max_parallel_trainings, int)
+        or max_parallel_trainings < 0
+    ):
+        raise InvalidInput(
+            f"max_parallel_trainings must be a whole number, 0 or more (0: no training at all); got {max_parallel_trainings!r}",
+            field="max_parallel_trainings",
+        )
     team = Team.objects.create(name=name, max_parallel_trainings=max_parallel_trainings)
     if owner is not None:
         Membership.objects.create(team=team, user=owner, role=Membership.Role.OWNER)
@@ -64,10 +74,51 @@ def api_key_create(*, team: Team, name: str = "", created_by: AbstractBaseUser |
 
 @transaction.atomic
 def api_key_revoke(*, api_key: ApiKey) -> ApiKey:
-    if api_key.revoked_at is None:
-        api_key.revoked_at = timezone.now()
-        api_key.save(update_fields=["revoked_at"])
+    """Revoke the key now; a key revoked before is a Conflict naming when (nothing changes)."""
+    revoked = ApiKey.objects.filter(pk=api_key.pk, revoked_at__isnull=True).update(revoked_at=timezone.now())
+    api_key.refresh_from_db(fields=["revoked_at"])
+    if not revoked:
+        raise Conflict(f"API key {api_key.key} was already revoked on {api_key.revoked_at:%Y-%m-%d %H:%M} UTC")
     return api_key
+
+
+@transaction.atomic
+def staff_user_create(*, username: str, password: str, team: Team, role: str = Membership.Role.MEMBER) -> Any:
+    """A staff account (it can sign in to the admin) with a password, a member of the team with `role`."""
+    from django.contrib.auth import get_user_model
+    from django.contrib.auth.password_validation import validate_password
+    from django.core.exceptions import ValidationError
+
+    username = username.strip()
+    if not username:
+        raise InvalidInput("a user needs a username", field="username")
+    users = get_user_model()
+    if users.objects.filter(username=username).exists():
+        raise Conflict(f"user {username!r} already exists (use `user password` to change its password)")
+    user = users(username=username, is_staff=True)
+    try:
+        validate_password(password, user)
+    except ValidationError as exc:
+        raise InvalidInput(" ".join(exc.messages), field="password") from exc
+    user.set_password(password)
+    user.save()
+    membership_set(team=team, user=user, role=role)
+    return user
+
+
+@transaction.atomic
+def user_set_password(*, user: AbstractBaseUser, password: str) -> AbstractBaseUser:
+    """Set a user's password, checked by the project's password validators."""
+    from django.contrib.auth.password_validation import validate_password
+    from django.core.exceptions import ValidationError
+
+    try:
+        validate_password(password, user)
+    except ValidationError as exc:
+        raise InvalidInput(" ".join(exc.messages), field="password") from exc
+    user.set_password(password)
+    user.save(update_fields=["password"])
+    return user
 
 
 def api_key_token(api_key: ApiKey, secret: str) -> str:

@@ -31,11 +31,12 @@ LOCKED_STATUSES = (Model.Status.QUEUED, Model.Status.TRAINING)
 def _lock_editable(model_id: int) -> Model:
     """The model row, locked for this transaction and read fresh, if its dataset may change now."""
     model = Model.objects.select_for_update().get(pk=model_id)
-    _ensure_editable(model)
+    ensure_editable(model)
     return model
 
 
-def _ensure_editable(model: Model) -> None:
+def ensure_editable(model: Model) -> None:
+    """Conflict unless the model's dataset may change now (not deleted, not queued or training)."""
     if model.status == Model.Status.DELETED:
         raise Conflict(f"model {model.public_id} is deleted")
     if model.status in LOCKED_STATUSES:
@@ -121,7 +122,7 @@ def training_images_add(
     *, model: Model, sources: Sequence[ImageSource], descriptions: Sequence[str] | None = None, field: str = "images"
 ) -> list[TrainingImage]:
     """Add several images at once: all are verified first, and either all are added or none is."""
-    _ensure_editable(model)
+    ensure_editable(model)
     descriptions = [caption_check(text) for text in (descriptions or [""] * len(sources))]
     item_fields = [field if len(sources) == 1 else f"{field}[{index}]" for index in range(len(sources))]
     for source, item_field in zip(sources, item_fields, strict=True):
@@ -166,7 +167,7 @@ def training_image_replace(
     asset row nor its file behind.
     """
     model = training_image.model
-    _ensure_editable(model)
+    ensure_editable(model)
     if content is None and description is None:
         raise InvalidInput("send a new file, a new description, or both", field="file")
     if description is not None:

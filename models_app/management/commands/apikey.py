@@ -6,7 +6,7 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from models_app.management.cli import team_by_id
+from models_app.management.cli import application_errors, team_by_id
 from models_app.models import ApiKey
 from models_app.services.accounts import api_key_create, api_key_revoke, api_key_token
 
@@ -16,13 +16,13 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         commands = parser.add_subparsers(dest="command", required=True)
-        create = commands.add_parser("create")
-        create.add_argument("--team-id")
-        create.add_argument("--name", default="")
-        listing = commands.add_parser("list")
-        listing.add_argument("--team-id")
-        revoke = commands.add_parser("revoke")
-        revoke.add_argument("key")
+        create = commands.add_parser("create", help="create a key; its secret is printed this once")
+        create.add_argument("--team-id", help="the team the key acts for (team_…); optional when there is one team")
+        create.add_argument("--name", default="", help="a label to tell keys apart (e.g. 'ci')")
+        listing = commands.add_parser("list", help="list keys: id, team, name, state, last use (never the secret)")
+        listing.add_argument("--team-id", help="only this team's keys")
+        revoke = commands.add_parser("revoke", help="revoke a key at once (its requests get 401 from then on)")
+        revoke.add_argument("key", help="the key id (key_…) or the whole token")
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["command"] == "create":
@@ -41,5 +41,6 @@ class Command(BaseCommand):
             api_key = ApiKey.objects.filter(key=options["key"].split(".", 1)[0]).first()
             if api_key is None:
                 raise CommandError(f"API key {options['key']} not found")
-            api_key_revoke(api_key=api_key)
+            with application_errors():
+                api_key_revoke(api_key=api_key)
             self.stdout.write(f"{api_key.key} revoked")

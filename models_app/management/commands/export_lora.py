@@ -17,8 +17,14 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("source", help="a training task id (UUID) or a model id (its published weights)")
-        parser.add_argument("--format", choices=("diffusers", "kohya"), default="diffusers")
-        parser.add_argument("--out", type=Path, required=True)
+        parser.add_argument(
+            "--format",
+            choices=("diffusers", "kohya"),
+            default="diffusers",
+            help="diffusers (load_lora_weights) or kohya (ComfyUI, A1111); default: diffusers",
+        )
+        parser.add_argument("--out", type=Path, required=True, help="the file to write (.safetensors)")
+        parser.add_argument("--force", action="store_true", help="overwrite --out if it exists")
 
     def handle(self, *args: Any, **options: Any) -> None:
         task = self.find_task(options["source"])
@@ -28,6 +34,8 @@ class Command(BaseCommand):
         out: Path = options["out"]
         if out.is_dir():
             raise CommandError(f"{out} is a folder; give a file name")
+        if out.exists() and not options["force"]:
+            raise CommandError(f"{out} exists; pass --force to overwrite it")
         out.parent.mkdir(parents=True, exist_ok=True)
         partial = out.with_name(out.name + ".partial")
         with field.open("rb") as source, open(partial, "wb") as target:

@@ -9,8 +9,10 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 
 from models_app.errors import ApplicationError
 from models_app.management.cli import model_by_id, progress
-from models_app.services.datasets import training_images_add
+from models_app.models import Model
+from models_app.services.datasets import ensure_editable, training_images_add
 from models_app.services.image_sources import ImageSource
+from models_app.services.training import image_count_bounds
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp"}
 
@@ -19,9 +21,9 @@ class Command(BaseCommand):
     help = "Add the images of a folder (with .txt captions beside them) to a model; reports what was skipped."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("folder", type=Path)
-        parser.add_argument("--model-id", required=True)
-        parser.add_argument("--recursive", action="store_true")
+        parser.add_argument("folder", type=Path, help="a folder of images, each with an optional NAME.txt caption")
+        parser.add_argument("--model-id", required=True, help="the model to add them to (model_…)")
+        parser.add_argument("--recursive", action="store_true", help="also read the folder's subfolders")
 
     def handle(self, *args: Any, **options: Any) -> None:
         folder: Path = options["folder"]
@@ -30,6 +32,7 @@ class Command(BaseCommand):
         model = model_by_id(options["model_id"])
         pattern = "**/*" if options["recursive"] else "*"
         files = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() != ".txt")
+        self.check_room(model, sum(1 for path in files if path.suffix.lower() in IMAGE_SUFFIXES))
         added, skipped = 0, []
         for path in progress(files, total=len(files), description="importing", stream=self.stderr._out):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
@@ -51,3 +54,18 @@ class Command(BaseCommand):
             self.stdout.write(f"  skipped {path.relative_to(folder)}: {reason}")
         if not added and files:
             raise CommandError("no image was imported")
+
+    @staticmethod
+    def check_room(model: Model, incoming: int) -> None:
+        """Before reading any file: the dataset must be editable and have room for what the folder holds."""
+        try:
+            ensure_editable(model)
+        except ApplicationError as exc:
+            raise CommandError(exc.message) from exc
+        have = model.training_images.count()
+        _, most = image_count_bounds(model)
+        if have + incoming > most:
+            raise CommandError(
+                f"model {model.public_id} has {have} training images and the folder {incoming}: {have + incoming} "
+                f"would pass the maximum of {most}; import fewer (or remove some first)"
+            )

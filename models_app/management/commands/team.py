@@ -18,16 +18,22 @@ class Command(BaseCommand):
     def add_arguments(self, parser: CommandParser) -> None:
         commands = parser.add_subparsers(dest="command", required=True)
         create = commands.add_parser("create", help="create a team")
-        create.add_argument("name")
-        create.add_argument("--owner", help="username of its owner")
-        create.add_argument("--max-parallel-trainings", type=int)
+        create.add_argument("name", help="the team's name (two teams may share one; their ids differ)")
+        create.add_argument("--owner", help="username of its owner (an existing user)")
+        create.add_argument(
+            "--max-parallel-trainings",
+            type=int,
+            help="trainings the team may have queued or running at once (0 or more; default: the server's limit)",
+        )
         project = commands.add_parser("project", help="create a project in a team")
-        project.add_argument("team_id")
-        project.add_argument("name")
+        project.add_argument("team_id", help="the team (team_…)")
+        project.add_argument("name", help="the project's name, unique in the team")
         member = commands.add_parser("member", help="add a user to a team (or change their role)")
-        member.add_argument("team_id")
-        member.add_argument("username")
-        member.add_argument("--role", choices=Membership.Role.values, default=Membership.Role.MEMBER)
+        member.add_argument("team_id", help="the team (team_…)")
+        member.add_argument("username", help="an existing user (create one with `user create`)")
+        member.add_argument(
+            "--role", choices=Membership.Role.values, default=Membership.Role.MEMBER, help="default: member"
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         with application_errors():

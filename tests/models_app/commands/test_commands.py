@@ -11,7 +11,7 @@ from django.contrib.auth import get_user_model
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from models_app.models import ApiKey, Membership, Project, Team, TrainingImage, TrainingTask
+from models_app.models import ApiKey, CreditEntry, Membership, Project, Team, TrainingImage, TrainingTask
 from models_app.services.accounts import api_key_create
 from models_app.services.datasets import model_configure
 from models_app.services.training import training_start
@@ -44,6 +44,8 @@ def test_team_project_member_and_apikey_commands() -> None:
     assert key.key in listing and "active" in listing and token.split(".")[1] not in listing
     assert run("apikey", "revoke", token).strip() == f"{key.key} revoked"
     assert "revoked" in run("apikey", "list")
+    with pytest.raises(CommandError, match=f"API key {key.key} was already revoked on "):
+        run("apikey", "revoke", key.key)  # a second revoke says so, and fails
 
 
 @pytest.mark.parametrize(
@@ -56,6 +58,11 @@ def test_team_project_member_and_apikey_commands() -> None:
         (("train", "start", "--model-id", "model_nope"), "model model_nope not found"),
         (("import_dataset", "/no/such/folder", "--model-id", "model_x"), "/no/such/folder is not a folder"),
         (("export_lora", "model_nope", "--out", "/tmp/x.safetensors"), "no model or training task model_nope"),
+        (("team", "create", "Neg", "--max-parallel-trainings", "-1"), "max_parallel_trainings must be a whole number"),
+        (("make_base_model", "--out", "/proc/nope/x"), "cannot create /proc/nope"),
+        (("credits", "grant", "team_nope", "5"), "team team_nope not found"),
+        (("credits", "show", "team_nope"), "team team_nope not found"),
+        (("user", "password", "ghost", "--password-stdin"), "user 'ghost' not found"),
     ],
 )
 def test_commands_refuse_bad_input_in_one_line(args: tuple[str, ...], message: str) -> None:
@@ -158,3 +165,128 @@ def test_reap_stale_tasks_command_reports(tiny_sd15: Path) -> None:
     TrainingTask.objects.filter(pk=task.pk).update(lease_expires_at=timezone.now())
     output = run("reap_stale_tasks")
     assert output.startswith("re-queued 1, failed 0") and f"re-queued {task.pk}" in output
+
+
+def test_make_base_model_refuses_an_existing_folder_before_building_anything(tmp_path: Path) -> None:
+    parent = tmp_path / "models"
+    (parent / "taken").mkdir(parents=True)
+    with pytest.raises(CommandError, match="already exists; give a new folder"):
+        run("make_base_model", "--family", "flux", "--out", str(parent / "taken"))
+    assert list((parent / "taken").iterdir()) == []  # nothing was built or staged beside it
+    assert [p.name for p in parent.iterdir()] == ["taken"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("grant", "{team}", "abc"), "AMOUNT must be a number of credits, like 50 or 12.5; got 'abc'"),
+        (("grant", "{team}", "-5"), "AMOUNT must be positive with at most 2 decimals; got '-5'"),
+        (("grant", "{team}", "1.005"), "AMOUNT must be positive with at most 2 decimals"),
+        (("grant", "{team}", "NaN"), "AMOUNT must be positive"),
+        (("show", "{team}", "--limit", "0"), "--limit must be 1 or more"),
+    ],
+)
+def test_the_credits_command_refuses_bad_amounts(args: tuple[str, ...], message: str) -> None:
+    team = TeamFactory()
+    with pytest.raises(CommandError, match=message):
+        run("credits", *(arg.format(team=team.public_id) for arg in args))
+    assert not CreditEntry.objects.filter(team=team).exists()
+
+
+def test_credits_grant_and_show() -> None:
+    team = TeamFactory()
+    assert run("credits", "show", team.public_id).startswith(f"{team.public_id}\t{team.name}\tbalance unlimited")
+    output = run("credits", "grant", team.public_id, "50", "--note", "invoice 7")
+    assert output.strip() == f"granted 50 credits to {team.public_id}; balance 50.00"
+    run("credits", "grant", team.public_id, "12.5")
+    shown = run("credits", "show", team.public_id).splitlines()
+    assert shown[0].endswith("balance 62.50")
+    assert "grant\t+12.50\tbalance 62.50" in shown[1] and "invoice 7" in shown[2]
+
+
+def test_user_create_makes_a_staff_member_of_the_team_who_can_sign_in_and_password_changes_it() -> None:
+    team = TeamFactory()
+    out = io.StringIO()
+    call_command(
+        "user", "create", "cleo", "--team-id", team.public_id, "--role", "admin", "--password-stdin",
+        stdin=io.StringIO("a long enough secret 42\n"), stdout=out,
+    )  # fmt: skip
+    assert out.getvalue().strip() == f"cleo created: staff, admin of {team.public_id}"
+    user = get_user_model().objects.get(username="cleo")
+    assert user.is_staff and not user.is_superuser and user.check_password("a long enough secret 42")
+    assert Membership.objects.get(team=team, user=user).role == "admin"
+    call_command(
+        "user", "password", "cleo", "--password-stdin", stdin=io.StringIO("another fine secret 7\n"), stdout=out
+    )
+    user.refresh_from_db()
+    assert user.check_password("another fine secret 7")
+    with pytest.raises(CommandError, match="user 'cleo' already exists"):
+        call_command(
+            "user",
+            "create",
+            "cleo",
+            "--team-id",
+            team.public_id,
+            "--password-stdin",
+            stdin=io.StringIO("x y z w q r 1\n"),
+        )
+    with pytest.raises(CommandError, match="no terminal to ask the password on"):
+        call_command("user", "password", "cleo", stdin=io.StringIO(""))
+    with pytest.raises(CommandError, match="the password is empty"):
+        call_command("user", "password", "cleo", "--password-stdin", stdin=io.StringIO("\n"))
+
+
+def test_import_dataset_checks_the_lock_and_the_bounds_before_reading_any_file(tiny_sd15: Path, tmp_path: Path) -> None:
+    model = ModelFactory()
+    add_images(model, 17)
+    folder = tmp_path / "more"
+    folder.mkdir()
+    for index in range(14):
+        (folder / f"{index}.png").write_bytes(png(colour=(index * 15, 10, 10)))
+    with pytest.raises(CommandError, match="has 17 training images and the folder 14: 31 would pass the maximum of 20"):
+        run("import_dataset", str(folder), "--model-id", model.public_id)
+    assert model.training_images.count() == 17
+    training_start(model=model)
+    with pytest.raises(CommandError, match="its dataset cannot change until training ends"):
+        run("import_dataset", str(folder / ".."), "--model-id", model.public_id)
+    assert model.training_images.count() == 17
+
+
+def test_export_lora_refuses_to_overwrite_without_force(tiny_sd15: Path, fast_training: dict, tmp_path: Path) -> None:
+    model = ModelFactory()
+    add_images(model, 12)
+    model_configure(model=model, parameters={**fast_training, "steps": 2})
+    task = training_start(model=model)
+    assert run_training_task(str(task.pk)) == TrainingTask.Status.COMPLETED
+    target = tmp_path / "mine.safetensors"
+    target.write_bytes(b"keep me")
+    with pytest.raises(CommandError, match="exists; pass --force to overwrite it"):
+        run("export_lora", model.public_id, "--out", str(target))
+    assert target.read_bytes() == b"keep me"
+    run("export_lora", model.public_id, "--out", str(target), "--force")
+    assert target.stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    "command", ["team", "apikey", "credits", "user", "import_dataset", "export_lora", "make_base_model"]
+)
+def test_every_option_of_the_staff_commands_has_help(command: str) -> None:
+    from django.core.management import load_command_class
+
+    parser = load_command_class("models_app", command).create_parser("manage.py", command)
+
+    def undocumented(parser) -> list[str]:
+        missing = []
+        for action in parser._actions:
+            if action.dest in ("help", "version", "verbosity", "settings", "pythonpath", "traceback", "no_color",
+                               "force_color", "skip_checks"):  # fmt: skip
+                continue
+            if hasattr(action, "choices") and isinstance(action.choices, dict):  # sub-commands
+                for sub in action.choices.values():
+                    missing += undocumented(sub)
+                continue
+            if not action.help:
+                missing.append("/".join(action.option_strings) or action.dest)
+        return missing
+
+    assert undocumented(parser) == []
