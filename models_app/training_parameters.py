@@ -133,7 +133,7 @@ def _check(name: str, spec: Parameter, value: Any, *, field: str) -> Any:
         if spec.nullable:
             return None
         raise InvalidInput(f"{name} cannot be null", field=field)
-    kinds = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
+    kinds: tuple[type[Any], ...] = spec.kind if isinstance(spec.kind, tuple) else (spec.kind,)
     # bool is an int in Python; a JSON true is never a valid number here.
     if isinstance(value, bool) and bool not in kinds:
         raise InvalidInput(f"{name} must be {_kind_name(kinds)}, not a boolean", field=field)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 from training.generation import run_generation_job
 from training.runner import run_next_training as run_next
 from training.runner import run_training_task
@@ -25,7 +27,18 @@ def deliver_webhook(delivery_id: int) -> str:
     return deliver_and_schedule(delivery_id)
 
 
-def reap_stale_tasks() -> dict[str, object]:
+class StaleTasksReport(TypedDict):
+    requeued: list[str]
+    failed: list[str]
+    cancelled: list[str]
+    enqueued: int
+    generation_requeued: list[str]
+    generation_failed: list[str]
+    generation_cancelled: list[str]
+    webhooks: int
+
+
+def reap_stale_tasks() -> StaleTasksReport:
     """The reaper, every minute on the housekeeping cluster (and `manage.py reap_stale_tasks`)."""
     from models_app.services.generation import generation_jobs_reap
     from models_app.services.training import training_tasks_reap

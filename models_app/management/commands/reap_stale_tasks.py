@@ -19,16 +19,20 @@ class Command(BaseCommand):
     def handle(self, *args: Any, **options: Any) -> None:
         report = reap_stale_tasks()
         self.stdout.write(
-            f"re-queued {len(report['requeued'])}, failed {len(report['failed'])}, "  # type: ignore[arg-type]
-            f"cancelled {len(report['cancelled'])}, "  # type: ignore[arg-type]
+            f"re-queued {len(report['requeued'])}, failed {len(report['failed'])}, "
+            f"cancelled {len(report['cancelled'])}, "
             f"start messages added {report['enqueued']}, webhook deliveries re-sent {report['webhooks']}"
         )
-        for task_id in report["requeued"]:  # type: ignore[union-attr]
+        for task_id in report["requeued"]:
             self.stdout.write(f"  re-queued {task_id}")
-        for task_id in report["failed"]:  # type: ignore[union-attr]
+        for task_id in report["failed"]:
             self.stdout.write(f"  failed {task_id}")
-        for task_id in report["cancelled"]:  # type: ignore[union-attr]
+        for task_id in report["cancelled"]:
             self.stdout.write(f"  cancelled {task_id} (its cancel request outlived its worker)")
-        for outcome in ("requeued", "failed", "cancelled"):
-            for job_id in report[f"generation_{outcome}"]:  # type: ignore[union-attr]
-                self.stdout.write(f"  generation job {job_id} {outcome.replace('requeued', 're-queued')}")
+        for outcome, job_ids in (
+            ("re-queued", report["generation_requeued"]),
+            ("failed", report["generation_failed"]),
+            ("cancelled", report["generation_cancelled"]),
+        ):
+            for job_id in job_ids:
+                self.stdout.write(f"  generation job {job_id} {outcome}")
