@@ -24,7 +24,7 @@ from models_app.services.training import LeaseLost
 from training.engine.errors import EngineError
 from training.engine.generate import generate
 from training.runner import Heartbeat, worker_identity
-from training.storage_io import local_copy
+from training.storage_io import local_copy, stored_name
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,7 @@ def generate_with_model(
     if model.status != Model.Status.READY or task is None or not task.weights:
         raise Conflict(f"model {model.public_id} is {model.status}; it must be ready to generate")
     with tempfile.TemporaryDirectory(dir=_scratch_dir()) as scratch:
-        weights = local_copy(task.weights, Path(scratch) / Path(task.weights.name).name)
+        weights = local_copy(task.weights, Path(scratch) / Path(stored_name(task.weights)).name)
         picture = None
         if source_image is not None:
             with source_image.file.open("rb") as handle:

@@ -43,7 +43,7 @@ from models_app.services.training import (
 )
 from models_app.services.webhooks import webhook_emit
 from training import engine
-from training.storage_io import local_copy
+from training.storage_io import local_copy, stored_name
 
 logger = logging.getLogger(__name__)
 
@@ -264,7 +264,7 @@ class Heartbeat:
     the task itself and ends the process, wherever the run is.
     """
 
-    def __init__(self, task_id: object, worker_id: str) -> None:
+    def __init__(self, task_id: uuid.UUID, worker_id: str) -> None:
         self.task_id = task_id
         self.worker_id = worker_id
         self.lost = False
@@ -496,7 +496,7 @@ def build_spec(task: TrainingTask, work_dir: Path, reporter: TaskReporter) -> en
     reporter.on_stage("downloading", 0, len(task.source_images))
     for index, asset_id in enumerate(task.source_images):
         image = images[asset_id]
-        suffix = Path(image.asset.file.name).suffix
+        suffix = Path(stored_name(image.asset.file)).suffix
         path = local_copy(image.asset.file, dataset_dir / f"{index:04d}-{asset_id}{suffix}")
         if image.sidecar_caption:
             # Kohya layout: the caption file beside the image, for the `filename` strategy.

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import TextIO, TypeVar
 
 from django.core.management.base import CommandError
 
@@ -49,14 +49,14 @@ def application_errors() -> Iterator[None]:
         raise CommandError(exc.message) from exc
 
 
-def progress(items: Iterable[T], *, total: int, description: str, stream: object = None) -> Iterable[T]:
+def progress(items: Iterable[T], *, total: int, description: str, stream: TextIO | None = None) -> Iterable[T]:
     """A tqdm bar on a terminal; plain numbered lines otherwise (logs, CI, pipes)."""
     out = stream or sys.stderr
     if getattr(out, "isatty", lambda: False)():
         from tqdm import tqdm
 
-        yield from tqdm(items, total=total, desc=description, file=out)  # type: ignore[call-overload]
+        yield from tqdm(items, total=total, desc=description, file=out)
         return
     for index, item in enumerate(items, start=1):
         yield item
-        print(f"{description}: {index}/{total}", file=out, flush=True)  # type: ignore[call-overload]
+        print(f"{description}: {index}/{total}", file=out, flush=True)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import timedelta
+from functools import partial
 from typing import Any
 
 from django.conf import settings
@@ -199,7 +200,7 @@ def generation_jobs_reap() -> GenerationReapReport:
         with transaction.atomic():
             if mine.update(status=GenerationJob.Status.PENDING, worker_id="", lease_expires_at=None):
                 report.requeued.append(public_id)
-                transaction.on_commit(lambda public_id=public_id: generation_job_enqueue(job_id=public_id))
+                transaction.on_commit(partial(generation_job_enqueue, job_id=public_id))
     return report
 
 

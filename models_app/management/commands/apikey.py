@@ -38,9 +38,9 @@ class Command(BaseCommand):
                 used = f"{key.last_used_at:%Y-%m-%d %H:%M}" if key.last_used_at else "never used"
                 self.stdout.write(f"{key.key}\t{key.team.public_id}\t{key.name or '-'}\t{state}\t{used}")
         else:
-            api_key = ApiKey.objects.filter(key=options["key"].split(".", 1)[0]).first()
-            if api_key is None:
+            found = ApiKey.objects.filter(key=options["key"].split(".", 1)[0]).first()
+            if found is None:
                 raise CommandError(f"API key {options['key']} not found")
             with application_errors():
-                api_key_revoke(api_key=api_key)
-            self.stdout.write(f"{api_key.key} revoked")
+                api_key_revoke(api_key=found)
+            self.stdout.write(f"{found.key} revoked")

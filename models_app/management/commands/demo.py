@@ -333,7 +333,7 @@ def what_it_learned(model: Model, task: TrainingTask, *, var_dir: Path) -> Learn
     from training.engine.evaluate import shift_towards
     from training.engine.generate import generate
     from training.generation import generate_with_model
-    from training.storage_io import local_copy
+    from training.storage_io import local_copy, stored_name
 
     var_dir.mkdir(parents=True, exist_ok=True)
     history = [point for point in (task.validation_history or []) if len(point) >= 2]
@@ -341,7 +341,7 @@ def what_it_learned(model: Model, task: TrainingTask, *, var_dir: Path) -> Learn
     after = history[-1][1] if len(history) > 1 else None
 
     size = task.resolution or 64
-    weights = local_copy(task.weights, var_dir / "weights" / Path(task.weights.name).name)
+    weights = local_copy(task.weights, var_dir / "weights" / Path(stored_name(task.weights)).name)
     plain = generate(base_model=task.base_model_path, prompt=PROMPT, width=size, height=size, steps=20, seed=SEED)[0]
     [asset] = generate_with_model(model=model, prompt=PROMPT, width=size, height=size, steps=20, seed=SEED)
     with asset.file.open("rb") as handle:
@@ -356,7 +356,7 @@ def what_it_learned(model: Model, task: TrainingTask, *, var_dir: Path) -> Learn
     canvas.save(comparison)
 
     images = [
-        local_copy(image.asset.file, var_dir / "data" / Path(image.asset.file.name).name)
+        local_copy(image.asset.file, var_dir / "data" / Path(stored_name(image.asset.file)).name)
         for image in model.training_images.select_related("asset")
         if image.asset.public_id not in set((task.training_options or {}).get("validation_images") or [])
     ]
