@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 from django.conf import settings
+from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
@@ -44,12 +45,23 @@ def staff_teams(request: HttpRequest) -> Any:
     return Team.objects.all() if request.user.is_superuser else Team.objects.filter(memberships__user=request.user)
 
 
-def scoped_model(request: HttpRequest, pk: int) -> Model:
-    return get_object_or_404(Model.objects.filter(team__in=staff_teams(request)).select_related("team"), pk=pk)
+def require(request: HttpRequest, permission: str) -> None:
+    """403 unless the user's role grants `permission` (models_app/permissions.py; superusers have all)."""
+    if not request.user.has_perm(f"models_app.{permission}"):
+        raise PermissionDenied(f"your role in the team does not allow this ({permission})")
 
 
-def scoped_task(request: HttpRequest, pk: str) -> TrainingTask:
-    return get_object_or_404(TrainingTask.objects.filter(team__in=staff_teams(request)).select_related("model"), pk=pk)
+def scoped_model(request: HttpRequest, pk: int, *, permission: str = "view_model") -> Model:
+    """The model if it is one of the user's teams' (404 otherwise) and their role grants `permission`."""
+    model = get_object_or_404(Model.objects.filter(team__in=staff_teams(request)).select_related("team"), pk=pk)
+    require(request, permission)
+    return model
+
+
+def scoped_task(request: HttpRequest, pk: str, *, permission: str = "view_trainingtask") -> TrainingTask:
+    task = get_object_or_404(TrainingTask.objects.filter(team__in=staff_teams(request)).select_related("model"), pk=pk)
+    require(request, permission)
+    return task
 
 
 def answer(work: Any) -> JsonResponse:
@@ -101,7 +113,7 @@ def workspace_context(model: Model) -> dict[str, Any]:
 
 
 def upload(request: HttpRequest, pk: int) -> JsonResponse:
-    model = scoped_model(request, pk)
+    model = scoped_model(request, pk, permission="change_trainingimage")
     files = request.FILES.getlist("images")
 
     def work() -> dict[str, Any]:
@@ -115,7 +127,7 @@ def upload(request: HttpRequest, pk: int) -> JsonResponse:
 
 
 def caption(request: HttpRequest, pk: int, image_pk: int) -> JsonResponse:
-    model = scoped_model(request, pk)
+    model = scoped_model(request, pk, permission="change_trainingimage")
     image = get_object_or_404(TrainingImage, pk=image_pk, model=model)
     text = request.POST.get("description", "")
     return answer(
@@ -124,13 +136,13 @@ def caption(request: HttpRequest, pk: int, image_pk: int) -> JsonResponse:
 
 
 def delete_image(request: HttpRequest, pk: int, image_pk: int) -> JsonResponse:
-    model = scoped_model(request, pk)
+    model = scoped_model(request, pk, permission="change_trainingimage")
     image = get_object_or_404(TrainingImage, pk=image_pk, model=model)
     return answer(lambda: training_image_delete(training_image=image))
 
 
 def replace_image(request: HttpRequest, pk: int, image_pk: int) -> JsonResponse:
-    model = scoped_model(request, pk)
+    model = scoped_model(request, pk, permission="change_trainingimage")
     image = get_object_or_404(TrainingImage, pk=image_pk, model=model)
     upload_file = request.FILES.get("image")
 
@@ -144,7 +156,7 @@ def replace_image(request: HttpRequest, pk: int, image_pk: int) -> JsonResponse:
 
 
 def configure(request: HttpRequest, pk: int) -> JsonResponse:
-    model = scoped_model(request, pk)
+    model = scoped_model(request, pk, permission="change_model")
 
     def work() -> dict[str, Any]:
         parameters = json_document(request.POST.get("parameters") or "{}", field="parameters")
@@ -155,7 +167,7 @@ def configure(request: HttpRequest, pk: int) -> JsonResponse:
 
 
 def start(request: HttpRequest, pk: int) -> JsonResponse:
-    model = scoped_model(request, pk)
+    model = scoped_model(request, pk, permission="add_trainingtask")
 
     def work() -> dict[str, Any]:
         task = training_start(model=model)
@@ -165,12 +177,12 @@ def start(request: HttpRequest, pk: int) -> JsonResponse:
 
 
 def cancel(request: HttpRequest, pk: int) -> JsonResponse:
-    model = scoped_model(request, pk)
+    model = scoped_model(request, pk, permission="change_trainingtask")
     return answer(lambda: {"status": training_cancel(model=model).status})
 
 
 def set_pairs(request: HttpRequest, pk: int) -> JsonResponse:
-    model = scoped_model(request, pk)
+    model = scoped_model(request, pk, permission="change_pair")
 
     def work() -> dict[str, Any]:
         pairs = json_document(request.POST.get("pairs") or "[]", field="pairs")
@@ -211,12 +223,12 @@ def task_progress(request: HttpRequest, pk: str) -> JsonResponse:
 
 
 def task_cancel(request: HttpRequest, pk: str) -> JsonResponse:
-    task = scoped_task(request, pk)
+    task = scoped_task(request, pk, permission="change_trainingtask")
     return answer(lambda: {"status": training_task_cancel(task=task).status})
 
 
 def task_priority(request: HttpRequest, pk: str) -> JsonResponse:
-    task = scoped_task(request, pk)
+    task = scoped_task(request, pk, permission="change_trainingtask")
     try:
         priority = int(request.POST.get("priority", ""))
     except ValueError:

@@ -13,6 +13,7 @@ from django.utils import timezone
 
 from models_app.errors import Conflict, InvalidInput
 from models_app.models import ApiKey, Membership, Project, Team
+from models_app.permissions import user_groups_sync
 
 SECRET_BYTES = 32
 
@@ -43,6 +44,7 @@ def team_create(*, name: str, owner: AbstractBaseUser | None = None, max_paralle
     team = Team.objects.create(name=name, max_parallel_trainings=max_parallel_trainings)
     if owner is not None:
         Membership.objects.create(team=team, user=owner, role=Membership.Role.OWNER)
+        user_groups_sync(owner)
     return team
 
 
@@ -61,6 +63,7 @@ def membership_set(*, team: Team, user: AbstractBaseUser, role: str = Membership
     if role not in Membership.Role.values:
         raise InvalidInput(f"role must be one of {', '.join(Membership.Role.values)}", field="role")
     membership, _ = Membership.objects.update_or_create(team=team, user=user, defaults={"role": role})
+    user_groups_sync(user)  # what the role lets them do in the admin (models_app/permissions.py)
     return membership
 
 

@@ -14,7 +14,8 @@ import pytest
 from django.conf import settings as django_settings
 
 from models_app.models import Model, TrainingTask
-from tests.factories import MembershipFactory, ModelFactory, UserFactory, add_images
+from models_app.services.accounts import staff_user_create
+from tests.factories import ModelFactory, TeamFactory, add_images
 from tests.helpers import HANG_GUARD, png, start_cluster, stop_cluster
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -58,10 +59,11 @@ def browser_page():
 
 def test_curate_and_train_from_the_admin(browser_page, live_server, settings, tiny_sd15: Path, tmp_path: Path) -> None:
     page = browser_page
-    user = UserFactory(username="curator", is_staff=True, is_superuser=True)
-    user.set_password("a long browser password")
-    user.save()
-    team = MembershipFactory(user=user).team
+    # A plain staff member, made as staff make one (`manage.py user create`): their role in the team is
+    # their only grant; no superuser, no permission set by hand.
+    team = TeamFactory(name="Browser studio")
+    user = staff_user_create(username="curator", password="a long browser password", team=team)
+    assert not user.is_superuser and not user.user_permissions.exists()
     model = ModelFactory(
         team=team,
         name="Shapes for the browser",

@@ -11,9 +11,10 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 
-from models_app.models import Model, Pair, TrainingImage, TrainingTask
+from models_app.models import Membership, Model, Pair, TrainingImage, TrainingTask
+from models_app.services.accounts import membership_set
 from models_app.services.training import training_start
-from tests.factories import MembershipFactory, ModelFactory, TeamFactory, UserFactory, add_images
+from tests.factories import ModelFactory, TeamFactory, UserFactory, add_images
 from tests.helpers import png
 
 pytestmark = pytest.mark.django_db
@@ -21,13 +22,14 @@ pytestmark = pytest.mark.django_db
 
 @pytest.fixture
 def staff(client):
+    """A plain staff member (not a superuser) whose only grant is their role in a team, as `user create`
+    or `team member --role` gives it."""
     user = UserFactory(is_staff=True)
-    user.user_permissions.set(
-        __import__("django.contrib.auth.models", fromlist=["Permission"]).Permission.objects.all()
-    )
-    team = MembershipFactory(user=user).team
+    team = TeamFactory()
+    membership_set(team=team, user=user, role=Membership.Role.MEMBER)
     client.force_login(user)
     client.team = team
+    client.user = user
     return client
 
 
@@ -201,3 +203,25 @@ def test_the_task_page_lists_each_attempt_with_its_worker_phases_and_outcome(sta
     assert "box1:gpu0:11:aa" in page and "training 41.5 s" in page
     assert "lost (the worker stopped answering)" in page  # the first attempt never said how it ended
     assert "box2:gpu1:22:bb" in page and ">running<" in page
+
+
+def test_a_role_is_what_grants_the_console_and_an_admin_role_also_runs_the_team(staff, tiny_sd15: Path) -> None:
+    model = ModelFactory(team=staff.team)
+    add_images(model, 12)
+    # A member curates and trains...
+    assert staff.get(url("models_app_model_change", model.pk)).status_code == 200
+    assert staff.post(url("models_app_model_start", model.pk)).status_code == 200
+    assert staff.get(url("models_app_trainingtask_changelist")).status_code == 200
+    # ...but does not run the team: its settings and API keys are for its admins.
+    assert staff.post(url("models_app_team_change", staff.team.pk), {"name": "Renamed"}).status_code == 403
+    assert staff.get(url("models_app_apikey_changelist")).status_code == 403
+    membership_set(team=staff.team, user=staff.user, role=Membership.Role.ADMIN)
+    assert staff.get(url("models_app_apikey_changelist")).status_code == 200
+    assert staff.get(url("models_app_team_change", staff.team.pk)).status_code == 200
+    # Without a role in any team, a staff account can do nothing at all.
+    Membership.objects.filter(user=staff.user).delete()
+    from models_app.permissions import user_groups_sync
+
+    user_groups_sync(staff.user)
+    assert staff.get(url("models_app_model_change", model.pk)).status_code in (302, 403)
+    assert staff.post(url("models_app_model_cancel", model.pk)).status_code in (403, 404)
