@@ -239,8 +239,14 @@ def build_tiny_sdxl(out_dir: Path, *, seed: int = 0) -> Path:
         sample_size=32,
         in_channels=4,
         out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        # Cross-attention at both levels, where the real SDXL has none at its highest resolution: here the
+        # default LoRA targets (attention and linear layers) would otherwise reach the caption only at 8x8
+        # latents, behind random frozen top-level resnets, and a trigger word could not move the image's
+        # colour (measured: -0.1 to 0.0 of the red-blue distance after 150 or 400 steps, with offset noise
+        # 0, 0.5 or 1 or 4 norm groups, while FULL or conv targets reached +1.4-2.1; with this layout
+        # +0.6-1.7 over four seeds in 150 steps).
+        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
         attention_head_dim=(2, 4),
         use_linear_projection=True,
         addition_embed_type="text_time",
