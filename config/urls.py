@@ -1,6 +1,6 @@
 from django.conf import settings
 from django.contrib import admin
-from django.http import HttpRequest, HttpResponse, HttpResponseForbidden
+from django.http import HttpRequest, HttpResponseBase, HttpResponseForbidden
 from django.urls import include, path, re_path
 from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
@@ -20,7 +20,7 @@ urlpatterns = [
 ]
 
 
-def serve_media(request: HttpRequest, path: str) -> HttpResponse:
+def serve_media(request: HttpRequest, path: str) -> HttpResponseBase:
     """Serve a file of MEDIA_ROOT to the holder of a URL signed for it (models_app.media_access); read at
     request time so that a changed setting (tests) is honoured."""
     if not media_token_valid(path, request.GET.get(TOKEN_PARAMETER, "")):

@@ -71,9 +71,9 @@ class ToolCall:
     arguments: dict[str, Any]
 
 
-def run_train_tool(*, arguments: dict[str, Any], resolve_team: Callable[[str | None], Team]) -> dict[str, Any]:
-    """Check the arguments, run the action, and return its documented result."""
-    arguments_check(arguments, ARGUMENTS)
+def run_train_tool(*, arguments: object, resolve_team: Callable[[str | None], Team]) -> dict[str, Any]:
+    """Check the arguments (any JSON value a caller sent), run the action, and return its documented result."""
+    arguments = arguments_check(arguments, ARGUMENTS)
     action = arguments.get("action")
     if action not in ACTIONS:
         raise InvalidInput(f"action must be one of {', '.join(ACTIONS)}; got {shown_id(action)}", field="action")

@@ -264,7 +264,7 @@ class Heartbeat:
     the task itself and ends the process, wherever the run is.
     """
 
-    def __init__(self, task_id: uuid.UUID, worker_id: str) -> None:
+    def __init__(self, task_id: Any, worker_id: str) -> None:  # a task's UUID; GenerationLease: a job's id
         self.task_id = task_id
         self.worker_id = worker_id
         self.lost = False

@@ -118,4 +118,5 @@ class ApiKeySchemes(OpenApiAuthenticationExtension):
 class UserJWTScheme(SimpleJWTScheme):
     """The schema describes UserJWTAuthentication as drf-spectacular describes simplejwt's own."""
 
-    target_class = UserJWTAuthentication
+    # drf-spectacular declares `str | type | None`; SimpleJWTScheme's string default narrows it to str.
+    target_class = UserJWTAuthentication  # type: ignore[assignment]

@@ -52,7 +52,7 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
     if isinstance(exc, exceptions.ValidationError):
         problems = flatten(exc.detail)
         if fastapi_style:
-            body = {
+            body: dict[str, Any] = {
                 "detail": [
                     {"loc": ["body", *path], "msg": _shortened(message), "type": f"value_error.{code}"}
                     for path, message, code in problems

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from drf_spectacular.utils import extend_schema_field
@@ -12,7 +13,7 @@ from models_app.models import Asset, GenerationJob, Model, Pair, TrainingImage, 
 from models_app.selectors import model_latest_task
 
 
-def file_url(context: dict[str, Any], file: Any) -> str:
+def file_url(context: Mapping[str, Any], file: Any) -> str:
     """A stored file's absolute, signed (or presigned) URL: see `models_app.media_access`."""
     return media_url(file, context.get("request"))
 

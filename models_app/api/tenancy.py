@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from django.contrib.auth.models import AnonymousUser
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework.request import Request
 
@@ -25,6 +26,8 @@ def request_team(request: Request, team_id: str | None = None) -> Team:
         if team_id and team_id != principal.team.public_id:
             raise NotFound(f"team {team_id} not found", field="team_id")
         return principal.team
+    if isinstance(principal, AnonymousUser):  # IsAuthenticated stops these first; no query on no one
+        raise NotFound("you belong to no team")
     teams = Team.objects.filter(memberships__user=principal)
     if team_id:
         team = teams.filter(public_id=team_id).first()

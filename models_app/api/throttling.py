@@ -12,6 +12,7 @@ from typing import Any
 from django.conf import settings
 from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
+from rest_framework.views import APIView
 
 from models_app.api.authentication import TeamPrincipal
 
@@ -49,10 +50,8 @@ class GenerationThrottle(CallerRateThrottle):
     scope = "generations"
 
 
-class ThrottledWrites:
+class ThrottledWrites(APIView):
     """A view mixin: the throttle of the call being made (by method, or by what the body asks), if any."""
-
-    request: Request
 
     def throttle_for(self, request: Request) -> type[BaseThrottle] | None:
         return None

@@ -39,7 +39,7 @@ class AssetListApi(ThrottledWrites, APIView):
 
     class AssetUploadInput(StrictSerializer):
         file = serializers.FileField(required=False)
-        data = StrictCharField(max_length=DATA_URL_MAX, required=False, help_text="A base64 data URL")
+        data = StrictCharField(max_length=DATA_URL_MAX, required=False, help_text="A base64 data URL")  # type: ignore[assignment]  # DRF's metaclass takes fields off the class: Serializer.data stays
         url = StrictCharField(max_length=URL_MAX, required=False)
         name = StrictCharField(max_length=FILE_NAME_MAX, required=False, allow_blank=True, default="")
         project_id = StrictCharField(max_length=ID_MAX, required=False, allow_null=True, default=None)
@@ -56,6 +56,7 @@ class AssetListApi(ThrottledWrites, APIView):
         data.is_valid(raise_exception=True)
         values = data.validated_data
         way = require_one(values, ("file", "data", "url"))
+        content: bytes | None  # ImageSource.content is optional; a data URL or a download always has one
         if way == "file":
             content, name = upload_content(values["file"]), values["name"] or values["file"].name
         elif way == "data":

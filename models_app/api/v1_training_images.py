@@ -74,7 +74,7 @@ class TrainingImageListApi(ThrottledWrites, APIView):
             required=False,
             help_text="Up to 10 asset ids (assetIds)",
         )
-        data = StrictCharField(max_length=DATA_URL_MAX, required=False, help_text="A base64 data URL (with `name`)")
+        data = StrictCharField(max_length=DATA_URL_MAX, required=False, help_text="A base64 data URL (with `name`)")  # type: ignore[assignment]  # DRF's metaclass takes fields off the class: Serializer.data stays
         url = StrictCharField(max_length=URL_MAX, required=False, help_text="An http(s) URL to download the image from")
         name = StrictCharField(max_length=FILE_NAME_MAX, required=False, allow_blank=True, default="")
         description = StrictCharField(
@@ -157,7 +157,7 @@ class TrainingImageDetailApi(ThrottledWrites, APIView):
 
     class TrainingImageReplaceInput(StrictSerializer):
         file = serializers.FileField(required=False)
-        data = StrictCharField(max_length=DATA_URL_MAX, required=False, help_text="A base64 data URL")
+        data = StrictCharField(max_length=DATA_URL_MAX, required=False, help_text="A base64 data URL")  # type: ignore[assignment]  # DRF's metaclass takes fields off the class: Serializer.data stays
         url = StrictCharField(max_length=URL_MAX, required=False)
         name = StrictCharField(max_length=FILE_NAME_MAX, required=False, allow_blank=True, default="")
         description = StrictCharField(max_length=CAPTION_MAX, multiline=True, required=False, allow_blank=True)

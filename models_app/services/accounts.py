@@ -7,7 +7,7 @@ import hmac
 import secrets
 from typing import Any
 
-from django.contrib.auth.models import AbstractBaseUser
+from django.contrib.auth.models import User
 from django.db import transaction
 from django.utils import timezone
 
@@ -28,7 +28,7 @@ def secret_matches(api_key: ApiKey, secret: str) -> bool:
 
 
 @transaction.atomic
-def team_create(*, name: str, owner: AbstractBaseUser | None = None, max_parallel_trainings: int | None = None) -> Team:
+def team_create(*, name: str, owner: User | None = None, max_parallel_trainings: int | None = None) -> Team:
     name = name.strip()
     if not name:
         raise InvalidInput("a team needs a name", field="name")
@@ -59,7 +59,7 @@ def project_create(*, team: Team, name: str) -> Project:
 
 
 @transaction.atomic
-def membership_set(*, team: Team, user: AbstractBaseUser, role: str = Membership.Role.MEMBER) -> Membership:
+def membership_set(*, team: Team, user: User, role: str = Membership.Role.MEMBER) -> Membership:
     if role not in Membership.Role.values:
         raise InvalidInput(f"role must be one of {', '.join(Membership.Role.values)}", field="role")
     membership, _ = Membership.objects.update_or_create(team=team, user=user, defaults={"role": role})
@@ -68,7 +68,7 @@ def membership_set(*, team: Team, user: AbstractBaseUser, role: str = Membership
 
 
 @transaction.atomic
-def api_key_create(*, team: Team, name: str = "", created_by: AbstractBaseUser | None = None) -> tuple[ApiKey, str]:
+def api_key_create(*, team: Team, name: str = "", created_by: User | None = None) -> tuple[ApiKey, str]:
     """A new key and its secret. The secret is returned this once and never stored."""
     secret = secrets.token_urlsafe(SECRET_BYTES)
     api_key = ApiKey.objects.create(team=team, name=name, secret_hash=hash_secret(secret), created_by=created_by)
@@ -110,7 +110,7 @@ def staff_user_create(*, username: str, password: str, team: Team, role: str = M
 
 
 @transaction.atomic
-def user_set_password(*, user: AbstractBaseUser, password: str) -> AbstractBaseUser:
+def user_set_password(*, user: User, password: str) -> User:
     """Set a user's password, checked by the project's password validators."""
     from django.contrib.auth.password_validation import validate_password
     from django.core.exceptions import ValidationError

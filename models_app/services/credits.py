@@ -110,7 +110,7 @@ def credits_reserve(*, team: Team, task: TrainingTask, estimate: Estimate) -> No
                 f"this training is estimated at {estimate.credits} credits and the team has {balance}",
                 extra={"estimate": estimate.as_dict(), "balance": str(balance)},
             )
-        balance = Team.objects.values_list("credit_balance", flat=True).get(pk=team.pk)
+        balance = _ledger_balance(team.pk)
         CreditEntry.objects.create(
             team=team,
             task=task,
@@ -119,6 +119,14 @@ def credits_reserve(*, team: Team, task: TrainingTask, estimate: Estimate) -> No
             balance_after=balance,
             note=f"{estimate.steps} steps, {estimate.family}, {estimate.resolution}px",
         )
+
+
+def _ledger_balance(team_id: int) -> Decimal:
+    """The team's balance after a change the ledger records: only a team with a balance has entries."""
+    balance = Team.objects.values_list("credit_balance", flat=True).get(pk=team_id)
+    if balance is None:
+        raise ValueError(f"team {team_id} has a ledger entry but no balance")
+    return balance
 
 
 def credits_settle(*, task_id: Any) -> Decimal:
@@ -134,7 +142,7 @@ def credits_settle(*, task_id: Any) -> Decimal:
         if refund <= 0:
             return Decimal(0)
         Team.objects.filter(pk=reserve.team_id).update(credit_balance=F("credit_balance") + refund)
-        balance = Team.objects.values_list("credit_balance", flat=True).get(pk=reserve.team_id)
+        balance = _ledger_balance(reserve.team_id)
         CreditEntry.objects.create(
             team_id=reserve.team_id,
             task_id=task_id,

@@ -261,15 +261,17 @@ def pairs_replace(*, model: Model, pairs: Sequence[dict[str, Any]]) -> list[Pair
         field = f"pairs[{position}]"
         if not isinstance(entry, dict):
             raise InvalidInput(f"{field} must be an object with source_id, target_id and instruction", field=field)
-        source_id = entry.get("source_id", entry.get("sourceId"))
-        target_id = entry.get("target_id", entry.get("targetId"))
-        instruction = entry.get("instruction") or ""
-        for key, value in (("source_id", source_id), ("target_id", target_id)):
+        ids: list[str] = []
+        for key, camel_key in (("source_id", "sourceId"), ("target_id", "targetId")):
+            value = entry.get(key, entry.get(camel_key))
             if not isinstance(value, str) or value not in by_public_id:
                 raise InvalidInput(
                     f"{field}.{key} {value!r} is not a training image of model {model.public_id}",
                     field=f"{field}.{key}",
                 )
+            ids.append(value)
+        source_id, target_id = ids
+        instruction = entry.get("instruction") or ""
         if source_id == target_id:
             raise InvalidInput(f"{field}: source and target must be different images", field=field)
         text_check(instruction, field=f"{field}.instruction", max_length=INSTRUCTION_MAX, multiline=True)

@@ -311,7 +311,7 @@ def training_start(
     return task
 
 
-EVENT_FOR_STATUS = {
+EVENT_FOR_STATUS: dict[str, str] = {
     TrainingTask.Status.PENDING: "queued",
     TrainingTask.Status.PREPROCESSING: "started",
     TrainingTask.Status.COMPLETED: "completed",
@@ -389,7 +389,8 @@ def _lock_task_rows(task_id: Any) -> bool:
     if ids is None:
         return False
     model_uuid, team_id = ids
-    list(Model.objects.select_for_update().filter(uuid=model_uuid).values_list("pk", flat=True))
+    # django-stubs types model_id as Model's pk (int); the foreign key is to_field="uuid".
+    list(Model.objects.select_for_update().filter(uuid=model_uuid).values_list("pk", flat=True))  # type: ignore[misc]
     list(Team.objects.select_for_update().filter(pk=team_id).values_list("pk", flat=True))
     return True
 
@@ -421,7 +422,8 @@ def _transition(
             webhook_emit(task_id=task_id, event=EVENT_FOR_STATUS[to_status])
         if moved:
             model_uuid = TrainingTask.objects.filter(pk=task_id).values_list("model_id", flat=True).get()
-            Model.objects.filter(uuid=model_uuid).exclude(status=Model.Status.DELETED).update(
+            # Here too model_id is the uuid (to_field), not the int django-stubs assumes.
+            Model.objects.filter(uuid=model_uuid).exclude(status=Model.Status.DELETED).update(  # type: ignore[misc]
                 status=MODEL_STATUS_FOR_TASK[to_status], updated_at=timezone.now()
             )
         return bool(moved)
@@ -567,7 +569,7 @@ def training_task_complete(
         if moved:
             Model.objects.filter(uuid=task.model_id).update(trained_task=task_id)
     if not moved:
-        for name in stored:
+        for name in filter(None, stored):
             task.weights.storage.delete(name)
     return moved
 

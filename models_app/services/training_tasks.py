@@ -45,7 +45,7 @@ def training_task_create(*, team: Team, data: dict[str, Any]) -> TrainingTask:
     ]
     overrides = {name: data[name] for name in PARAMETER_FIELDS if data.get(name) is not None}
     origin = {name: data.get(name) for name in ORIGIN_FIELDS}
-    new_files: list[str] = []
+    new_files: list[str | None] = []
     try:
         with transaction.atomic():
             if model is None:
@@ -72,6 +72,6 @@ def training_task_create(*, team: Team, data: dict[str, Any]) -> TrainingTask:
     except BaseException:
         from django.core.files.storage import default_storage
 
-        for name in new_files:
+        for name in filter(None, new_files):
             default_storage.delete(name)
         raise

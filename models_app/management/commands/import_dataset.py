@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO, cast
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
@@ -34,7 +34,10 @@ class Command(BaseCommand):
         files = sorted(p for p in folder.glob(pattern) if p.is_file() and p.suffix.lower() != ".txt")
         self.check_room(model, sum(1 for path in files if path.suffix.lower() in IMAGE_SUFFIXES))
         added, skipped = 0, []
-        for path in progress(files, total=len(files), description="importing", stream=self.stderr._out):
+        # The wrapper's own stream: tqdm redraws its bar with "\r", which OutputWrapper would end with "\n".
+        # (django-stubs does not declare OutputWrapper._out.)
+        stderr = cast(TextIO, self.stderr._out)
+        for path in progress(files, total=len(files), description="importing", stream=stderr):
             if path.suffix.lower() not in IMAGE_SUFFIXES:
                 skipped.append((path, "not an image file (by its extension)"))
                 continue
