@@ -9,8 +9,12 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from training.engine.errors import EngineError
+
+if TYPE_CHECKING:
+    from transformers import CLIPTextConfig
 
 FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext")
 
@@ -61,7 +65,7 @@ def _write_clip_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
-def _clip_config(vocab_size: int) -> object:
+def _clip_config(vocab_size: int) -> CLIPTextConfig:
     """A two-layer CLIP text encoder for the byte-level tokenizer above."""
     from transformers import CLIPTextConfig
 
@@ -194,21 +198,20 @@ def build_tiny_sd15(out_dir: Path, *, seed: int = 0) -> Path:
         feature_extractor=None,
         requires_safety_checker=False,
     )
-    pipeline.save_pretrained(str(staging), safe_serialization=True)
+    # diffusers' type-checking imports resolve its pipelines to dummy classes without save_pretrained.
+    pipeline.save_pretrained(str(staging), safe_serialization=True)  # type: ignore[attr-defined]
     staging.rename(out_dir)
     return out_dir
 
 
 def _write_t5_tokenizer(folder: Path) -> int:
     """A unigram T5 tokenizer whose pieces are single characters (and their word-start forms)."""
-    from transformers import T5TokenizerFast
+    from transformers import T5Tokenizer
 
     characters = [chr(c) for c in range(32, 127)]
     vocab = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
     vocab += [("\u2581" + c, -1.0) for c in characters] + [(c, -2.0) for c in characters]
-    tokenizer = T5TokenizerFast(
-        vocab=vocab, unk_id=2, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0
-    )
+    tokenizer = T5Tokenizer(vocab=vocab, unk_id=2, eos_token="</s>", pad_token="<pad>", unk_token="<unk>", extra_ids=0)
     tokenizer.model_max_length = 512
     tokenizer.save_pretrained(str(folder))
     return len(vocab)
@@ -270,7 +273,8 @@ def build_tiny_sdxl(out_dir: Path, *, seed: int = 0) -> Path:
         tokenizer_2=CLIPTokenizer.from_pretrained(str(staging / "tokenizer_2")),
         scheduler=scheduler,
     )
-    pipeline.save_pretrained(str(staging), safe_serialization=True)
+    # diffusers' type-checking imports resolve its pipelines to dummy classes without save_pretrained.
+    pipeline.save_pretrained(str(staging), safe_serialization=True)  # type: ignore[attr-defined]
     staging.rename(out_dir)
     return out_dir
 
@@ -284,7 +288,7 @@ def build_tiny_flux(out_dir: Path, *, seed: int = 0, kontext: bool = False) -> P
         FluxPipeline,
         FluxTransformer2DModel,
     )
-    from transformers import CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5TokenizerFast
+    from transformers import CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
 
     out_dir = Path(out_dir)
     staging = _staging(out_dir)
@@ -317,7 +321,7 @@ def build_tiny_flux(out_dir: Path, *, seed: int = 0, kontext: bool = False) -> P
             relative_attention_num_buckets=8,
             pad_token_id=0,
             eos_token_id=1,
-            decoder_start_token_id=0,
+            decoder_start_token_id=0,  # type: ignore[call-arg]  # PreTrainedConfig keeps extra keywords; its typing omits them
         )
     )
     vae = _small_vae(
@@ -334,7 +338,7 @@ def build_tiny_flux(out_dir: Path, *, seed: int = 0, kontext: bool = False) -> P
         text_encoder=clip,
         text_encoder_2=t5,
         tokenizer=CLIPTokenizer.from_pretrained(str(staging / "tokenizer")),
-        tokenizer_2=T5TokenizerFast.from_pretrained(str(staging / "tokenizer_2")),
+        tokenizer_2=T5Tokenizer.from_pretrained(str(staging / "tokenizer_2")),
         # FLUX.1-dev's own schedule: the shift grows with the image's token count.
         scheduler=FlowMatchEulerDiscreteScheduler(
             shift=3.0,
@@ -345,7 +349,8 @@ def build_tiny_flux(out_dir: Path, *, seed: int = 0, kontext: bool = False) -> P
             max_image_seq_len=4096,
         ),
     )
-    pipeline.save_pretrained(str(staging), safe_serialization=True)
+    # diffusers' type-checking imports resolve its pipelines to dummy classes without save_pretrained.
+    pipeline.save_pretrained(str(staging), safe_serialization=True)  # type: ignore[union-attr]
     staging.rename(out_dir)
     return out_dir
 
