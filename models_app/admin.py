@@ -5,6 +5,7 @@ Staff see the teams they belong to; superusers see everything.
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from django import forms
@@ -500,6 +501,9 @@ class TrainingTaskAdmin(TeamScopedAdmin):
                 ],
                 deliveries=task.webhook_deliveries.all()[:50],
                 priorities=TrainingTask.Priority.choices,
+                active_statuses=list(TrainingTask.ACTIVE_STATUSES),
+                # The summary's status shows the label, as Django renders it; the live script keeps it current.
+                status_labels=json.dumps(dict(TrainingTask.Status.choices)),
             )
         return super().change_view(request, object_id, form_url, extra_context=context)
 

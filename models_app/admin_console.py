@@ -217,6 +217,8 @@ def task_progress(request: HttpRequest, pk: str) -> JsonResponse:
                 if s.file
             ],
             "finished": task.status not in TrainingTask.ACTIVE_STATUSES,
+            "cancel_requested": task.cancel_requested_at is not None,
+            "attempt_count": task.attempt_count,
             "model_status": task.model.status,
         }
     )

@@ -398,7 +398,8 @@ class TrainingTask(models.Model):
         indexes = [models.Index(fields=["status", "-priority", "created_at"], name="task_queue_order")]
 
     def __str__(self) -> str:
-        return f"{self.id} ({self.status})"
+        # No status here: a page title or breadcrumb rendered from it would go stale while the task runs.
+        return f"training task {str(self.id)[:8]}"
 
 
 def sample_upload_to(instance: TrainingSample, filename: str) -> str:

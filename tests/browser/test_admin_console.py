@@ -119,6 +119,9 @@ def test_curate_and_train_from_the_admin(browser_page, live_server, settings, ti
         page.screenshot(path=str(ARTIFACTS / "03-training-complete.png"), full_page=True)
         assert TrainingTask.objects.get(model=model).status == TrainingTask.Status.COMPLETED
         assert Model.objects.get(pk=model.pk).status == Model.Status.READY
+        # A finished task offers no Cancel, and its page agrees with itself.
+        assert page.locator("#live-cancel").is_hidden() and page.locator("#live-eta-box").is_hidden()
+        assert page.inner_text(".field-status .readonly") == "Completed"
 
         # Open a sample image.
         sample_url = page.get_attribute("#samples a", "href")
@@ -126,5 +129,28 @@ def test_curate_and_train_from_the_admin(browser_page, live_server, settings, ti
         assert response is not None and response.status == 200
         assert response.headers["content-type"] == "image/png"
         page.screenshot(path=str(ARTIFACTS / "04-sample.png"))
+
+        # Cancel a queued training from its page: a confirmation first, then the whole page says CANCELLED.
+        queued = ModelFactory(team=team, name="Queued for the browser", parameters={"steps": 30, "resolution": 64})
+        add_images(queued, 12)
+        stop_cluster(cluster)  # no worker: it stays queued
+        from models_app.services.training import training_start
+
+        task = training_start(model=queued)
+        page.goto(f"{live_server.url}/admin/models_app/trainingtask/{task.pk}/change/")
+        page.wait_for_function("document.getElementById('live-status')?.textContent === 'PENDING'")
+        assert page.locator("#live-priority-box").is_visible() and page.locator("#live-cancel").is_visible()
+        page.once("dialog", lambda dialog: dialog.dismiss())  # changing one's mind keeps it queued
+        page.click("#live-cancel")
+        assert TrainingTask.objects.get(pk=task.pk).status == TrainingTask.Status.PENDING
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.click("#live-cancel")
+        page.wait_for_function("document.getElementById('live-status')?.textContent === 'CANCELLED'")
+        assert page.locator("#live-cancel").is_hidden() and page.locator("#live-priority-box").is_hidden()
+        assert page.locator("#live-eta-box").is_hidden()
+        assert page.inner_text(".field-status .readonly") == "Cancelled"
+        assert "PENDING" not in page.title() and "PENDING" not in page.inner_text("div.breadcrumbs")
+        page.screenshot(path=str(ARTIFACTS / "05-cancelled.png"), full_page=True)
+        assert TrainingTask.objects.get(pk=task.pk).status == TrainingTask.Status.CANCELLED
     finally:
         stop_cluster(cluster)

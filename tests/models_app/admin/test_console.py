@@ -225,3 +225,17 @@ def test_a_role_is_what_grants_the_console_and_an_admin_role_also_runs_the_team(
     user_groups_sync(staff.user)
     assert staff.get(url("models_app_model_change", model.pk)).status_code in (302, 403)
     assert staff.post(url("models_app_model_cancel", model.pk)).status_code in (403, 404)
+
+
+def test_the_task_page_offers_cancel_only_while_cancellable_and_names_no_stale_status(staff, tiny_sd15: Path) -> None:
+    model = ModelFactory(team=staff.team)
+    add_images(model, 12)
+    task = training_start(model=model)
+    page = staff.get(url("models_app_trainingtask_change", task.pk)).content.decode()
+    assert 'id="live-cancel" >' in page or 'id="live-cancel">' in page  # offered, not hidden
+    assert "(PENDING)" not in page  # the title and breadcrumb carry no status that could go stale
+    assert staff.post(url("models_app_task_cancel", task.pk)).status_code == 200
+    state = staff.get(url("models_app_task_progress", task.pk)).json()
+    assert state["status"] == "CANCELLED" and state["finished"] is True
+    page = staff.get(url("models_app_trainingtask_change", task.pk)).content.decode()
+    assert 'id="live-cancel" hidden' in page and 'id="live-priority-box" hidden' in page
