@@ -16,12 +16,12 @@ def adapter_config(spec: TrainingSpec, family: Family, *, alpha: float) -> Any:
 
     targets = family.lora_target_pattern(spec.lora_targets)
     if spec.lora_type == "lokr":
-        return LoKrConfig(r=spec.rank, alpha=alpha, target_modules=targets, module_dropout=spec.lora_dropout)
+        return LoKrConfig(r=spec.rank, alpha=alpha, target_modules=targets, module_dropout=spec.lora_dropout)  # type: ignore[arg-type]  # peft annotates alpha as int; a float alpha works (scale = alpha / r)
     if spec.lora_type == "loha":
-        return LoHaConfig(r=spec.rank, alpha=alpha, target_modules=targets, module_dropout=spec.lora_dropout)
+        return LoHaConfig(r=spec.rank, alpha=alpha, target_modules=targets, module_dropout=spec.lora_dropout)  # type: ignore[arg-type]  # peft annotates alpha as int; a float alpha works (scale = alpha / r)
     return LoraConfig(
         r=spec.rank,
-        lora_alpha=alpha,
+        lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates alpha as int; a float alpha works (scale = alpha / r)
         lora_dropout=spec.lora_dropout,
         init_lora_weights="gaussian",
         target_modules=targets,
@@ -38,7 +38,10 @@ def adapter_state_dict(denoiser: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def adapter_metadata(denoiser: torch.nn.Module) -> dict[str, Any]:
     """The adapter's config as a JSON-able dict (what diffusers stores beside LoRA weights)."""
-    config = denoiser.peft_config["default"].to_dict()  # type: ignore[index, operator]
+    # torch types the attributes a Module does not declare as Tensor | Module; peft_config is the dict of
+    # PeftConfig objects that diffusers' and transformers' PeftAdapterMixin set.
+    peft_configs: dict[str, Any] = denoiser.peft_config  # type: ignore[assignment]
+    config = peft_configs["default"].to_dict()
     targets = config.get("target_modules")
     if isinstance(targets, (set, list, tuple)):
         config["target_modules"] = sorted(targets)

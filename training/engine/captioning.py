@@ -19,7 +19,8 @@ class TransformersCaptioner:
         from transformers import pipeline
 
         try:
-            self.pipeline: Any = pipeline("image-to-text", model=model_path, device=device or "cpu")
+            # transformers 5 removed the "image-to-text" task and runs this one in its place.
+            self.pipeline: Any = pipeline("image-text-to-text", model=model_path, device=device or "cpu")
         except (OSError, ValueError) as exc:
             raise EngineError(f"the captioning model at {model_path!r} cannot be loaded ({exc})") from exc
         self.max_new_tokens = max_new_tokens

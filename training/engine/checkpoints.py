@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +29,14 @@ def save_checkpoint(
     directory: Path,
     *,
     step: int,
-    weights: dict[str, torch.Tensor],
+    weights: Mapping[str, torch.Tensor],
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     generator: torch.Generator,
     fingerprint: str,
     keep: int,
     kind: str = "step",
-    ema: dict[str, torch.Tensor] | None = None,
+    ema: Mapping[str, torch.Tensor] | None = None,
     state: dict[str, Any] | None = None,
 ) -> Path:
     if kind not in KINDS:
@@ -48,7 +49,10 @@ def save_checkpoint(
     save_file({name: tensor.detach().cpu().contiguous() for name, tensor in weights.items()}, partial / FILES[0])
     torch.save(optimizer.state_dict(), partial / FILES[1])
     torch.save(scheduler.state_dict(), partial / FILES[2])
-    rng = {"generator": generator.get_state(), "torch": torch.get_rng_state()}
+    rng: dict[str, torch.Tensor | list[torch.Tensor]] = {
+        "generator": generator.get_state(),
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     torch.save(rng, partial / FILES[3])

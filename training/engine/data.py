@@ -33,6 +33,12 @@ class Transform:
     height: int | None = None
     p: float = 0.5
 
+    def size(self) -> tuple[int, int]:
+        """Width and height of a resize or a crop (validate_transforms gives those both)."""
+        if self.width is None or self.height is None:
+            raise EngineError(f"the {self.type} transform needs a width and a height")
+        return self.width, self.height
+
 
 def validate_transforms(raw: Any) -> list[Transform]:
     """Parse `preprocessing_transforms`; EngineError naming the first bad entry."""
@@ -77,12 +83,14 @@ def apply_transforms(image: Image.Image, transforms: list[Transform], rng: rando
     for transform in transforms:
         if transform.type == "resize":
             # Scale so the image covers the size, keeping its aspect ratio.
-            scale = max(transform.width / image.width, transform.height / image.height)  # type: ignore[operator]
+            width, height = transform.size()
+            scale = max(width / image.width, height / image.height)
             image = image.resize(
                 (max(1, round(image.width * scale)), max(1, round(image.height * scale))), Image.Resampling.LANCZOS
             )
         elif transform.type in ("center_crop", "random_crop"):
-            width, height = min(transform.width, image.width), min(transform.height, image.height)  # type: ignore[type-var]
+            width, height = transform.size()
+            width, height = min(width, image.width), min(height, image.height)
             if transform.type == "center_crop":
                 left, top = (image.width - width) // 2, (image.height - height) // 2
             else:

@@ -408,11 +408,13 @@ def _component_of_kohya_key(key: str) -> str:
 def _peft_config(config: Mapping[str, Any]) -> Any:
     """A PEFT config object from its `to_dict()` form, ignoring fields this PEFT version does not have."""
     from peft.mapping import PEFT_TYPE_TO_CONFIG_MAPPING
+    from peft.utils import PeftType
 
     peft_type = str(config.get("peft_type", ""))
-    config_class = PEFT_TYPE_TO_CONFIG_MAPPING.get(peft_type)
-    if config_class is None:
-        raise EngineError(f"adapter config names an unknown PEFT type {peft_type!r}")
+    try:
+        config_class = PEFT_TYPE_TO_CONFIG_MAPPING[PeftType(peft_type)]
+    except (ValueError, KeyError):
+        raise EngineError(f"adapter config names an unknown PEFT type {peft_type!r}") from None
     fields = {field.name for field in dataclasses.fields(config_class) if field.init and field.name != "peft_type"}
     return config_class(**{key: value for key, value in config.items() if key in fields})
 

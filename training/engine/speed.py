@@ -97,7 +97,7 @@ class _Float8Matmul(torch.autograd.Function):
     backward pass (which widens it again): saving the widened copy would cost the memory back."""
 
     @staticmethod
-    def forward(  # type: ignore[override]
+    def forward(
         ctx: torch.autograd.function.FunctionCtx,
         x: torch.Tensor,
         weight: torch.Tensor,
@@ -107,12 +107,12 @@ class _Float8Matmul(torch.autograd.Function):
         dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
         dtype = dtype or x.dtype
         ctx.save_for_backward(weight, scale)
-        ctx.input_dtype = x.dtype
+        ctx.input_dtype = x.dtype  # type: ignore[attr-defined]  # torch's FunctionCtx declares no room for a Function's own state
         widened = weight.to(dtype) * scale.to(dtype)
         return F.linear(x.to(dtype), widened, None if bias is None else bias.to(dtype))
 
     @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:  # type: ignore[override]
+    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
         weight, scale = ctx.saved_tensors  # type: ignore[attr-defined]
         widened = weight.to(grad.dtype) * scale.to(grad.dtype)
         return (grad @ widened).to(ctx.input_dtype), None, None, None  # type: ignore[attr-defined]
@@ -140,11 +140,11 @@ def apply_before_adapter(denoiser: torch.nn.Module, options: SpeedOptions) -> No
         if not hasattr(denoiser, "set_attn_processor") or not hasattr(denoiser, "attn_processors"):
             raise EngineError("attention eager is available for UNet models only")
         try:
-            denoiser.set_attn_processor(AttnProcessor())
+            denoiser.set_attn_processor(AttnProcessor())  # type: ignore[operator]  # a diffusers method (checked above), behind torch's __getattr__
         except ValueError as exc:
             raise EngineError(f"attention eager is not available for this model ({exc})") from exc
     if options.channels_last:
-        denoiser.to(memory_format=torch.channels_last)
+        denoiser.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit Module.to(memory_format=)
 
 
 def apply_after_adapter(denoiser: torch.nn.Module, options: SpeedOptions) -> None:

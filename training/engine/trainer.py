@@ -310,14 +310,16 @@ def prepare_denoiser(
     apply_before_adapter(denoiser, speed)
     if spec.training_type == "LORA":
         denoiser.requires_grad_(False)
-        denoiser.add_adapter(adapter_config(spec, family, alpha=alpha))
+        # torch types undeclared Module attributes as Tensor | Module: add_adapter and
+        # enable_gradient_checkpointing are the diffusers model's (PeftAdapterMixin, ModelMixin).
+        denoiser.add_adapter(adapter_config(spec, family, alpha=alpha))  # type: ignore[operator]
         for parameter in denoiser.parameters():
             if parameter.requires_grad:
                 parameter.data = parameter.data.float()  # adapters train in fp32 on a bf16 base
     else:
         denoiser.float().requires_grad_(True)
     if spec.gradient_checkpointing:
-        denoiser.enable_gradient_checkpointing()
+        denoiser.enable_gradient_checkpointing()  # type: ignore[operator]
     apply_after_adapter(denoiser, speed)
     return speed
 
@@ -338,10 +340,10 @@ def prepare_text_encoders(spec: TrainingSpec, family: Family, *, alpha: float) -
     encoders = family.load_text_encoders()
     for encoder in encoders.values():
         encoder.requires_grad_(False)
-        encoder.add_adapter(
+        encoder.add_adapter(  # type: ignore[operator]  # transformers' PeftAdapterMixin, behind torch's __getattr__
             LoraConfig(
                 r=spec.rank,
-                lora_alpha=alpha,
+                lora_alpha=alpha,  # type: ignore[arg-type]  # peft annotates alpha as int; a float alpha works (scale = alpha / r)
                 lora_dropout=spec.lora_dropout,
                 init_lora_weights="gaussian",
                 target_modules=targets,
@@ -719,7 +721,9 @@ def load_or_build_cache(
     def latent_mask(mask: np.ndarray | None) -> torch.Tensor:
         if mask is None:
             return torch.ones(1, means[-1].shape[-2], means[-1].shape[-1])
-        return F.adaptive_avg_pool2d(torch.from_numpy(mask.copy())[None, None], means[-1].shape[-2:])[0]
+        return F.adaptive_avg_pool2d(
+            torch.from_numpy(mask.copy())[None, None], (means[-1].shape[-2], means[-1].shape[-1])
+        )[0]
 
     means, stds, flipped_means, flipped_stds, source_means, flipped_source = [], [], [], [], [], []
     masks, flipped_masks, time_ids, flipped_time_ids = [], [], [], []

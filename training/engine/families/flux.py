@@ -68,16 +68,16 @@ class FluxFamily(Family):
 
     def load_encoders(self) -> None:
         from diffusers import AutoencoderKL
-        from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5TokenizerFast
+        from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
 
         self.tokenizer = CLIPTokenizer.from_pretrained(self.base_model, subfolder="tokenizer")
-        self.tokenizer_2 = T5TokenizerFast.from_pretrained(self.base_model, subfolder="tokenizer_2")
+        self.tokenizer_2 = T5Tokenizer.from_pretrained(self.base_model, subfolder="tokenizer_2")
         self.text_encoder = CLIPTextModel.from_pretrained(
             self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-        ).to(self.device)
+        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
         self.text_encoder_2 = T5EncoderModel.from_pretrained(
             self.base_model, subfolder="text_encoder_2", dtype=self.weight_dtype
-        ).to(self.device)
+        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
         self.vae = AutoencoderKL.from_pretrained(self.base_model, subfolder="vae", torch_dtype=self.weight_dtype).to(
             self.device
         )

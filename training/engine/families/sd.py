@@ -45,7 +45,7 @@ class SD15Family(Family):
         self.tokenizer = CLIPTokenizer.from_pretrained(self.base_model, subfolder="tokenizer")
         self.text_encoder = CLIPTextModel.from_pretrained(
             self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-        ).to(self.device)
+        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
         self.vae = AutoencoderKL.from_pretrained(self.base_model, subfolder="vae", torch_dtype=self.weight_dtype).to(
             self.device
         )
@@ -91,7 +91,7 @@ class SD15Family(Family):
         return {
             "text_encoder": CLIPTextModel.from_pretrained(
                 self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-            ).to(self.device)
+            ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
         }
 
     @torch.no_grad()
@@ -196,10 +196,10 @@ class SDXLFamily(SD15Family):
         self.tokenizer_2 = CLIPTokenizer.from_pretrained(self.base_model, subfolder="tokenizer_2")
         self.text_encoder = CLIPTextModel.from_pretrained(
             self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-        ).to(self.device)
+        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
         self.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
             self.base_model, subfolder="text_encoder_2", dtype=self.weight_dtype
-        ).to(self.device)
+        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
         # SDXL's VAE overflows in half precision; it encodes in fp32 once, while caching.
         self.vae = AutoencoderKL.from_pretrained(self.base_model, subfolder="vae").to(self.device)
         self.encoders_loaded = True
@@ -228,10 +228,10 @@ class SDXLFamily(SD15Family):
         return {
             "text_encoder": CLIPTextModel.from_pretrained(
                 self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-            ).to(self.device),
+            ).to(self.device),  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
             "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(
                 self.base_model, subfolder="text_encoder_2", dtype=self.weight_dtype
-            ).to(self.device),
+            ).to(self.device),  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
         }
 
     def added_conditioning(self, conditioning: dict[str, torch.Tensor], latents: torch.Tensor) -> dict[str, Any]:
