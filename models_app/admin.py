@@ -10,6 +10,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.auth.models import User
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse
 from django.urls import URLPattern, path
@@ -148,7 +149,8 @@ class TeamAdmin(TeamScopedAdmin):
     @admin.action(description="Create an API key (its secret is shown once)")
     def create_api_key(self, request: HttpRequest, queryset: QuerySet[Team]) -> None:
         for team in queryset:
-            api_key, secret = api_key_create(team=team, name=f"admin: {request.user}", created_by=request.user)
+            creator = request.user if isinstance(request.user, User) else None  # only signed-in staff reach an action
+            api_key, secret = api_key_create(team=team, name=f"admin: {request.user}", created_by=creator)
             self.message_user(
                 request,
                 f"{team.name}: {api_key_token(api_key, secret)} — copy it now, it will not be shown again.",
@@ -217,8 +219,15 @@ class AssetAdmin(TeamScopedAdmin):
 class TrainingTaskInline(admin.TabularInline):
     model = TrainingTask
     extra = 0
-    fields = ["id", "status", "progress", "current_step", "total_steps", "created_at", "error_message"]
-    readonly_fields = fields
+    fields = readonly_fields = (
+        "id",
+        "status",
+        "progress",
+        "current_step",
+        "total_steps",
+        "created_at",
+        "error_message",
+    )
     can_delete = False
     show_change_link = True
     ordering = ["-created_at"]

@@ -10,6 +10,7 @@ from collections import Counter
 from typing import Any
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
 from django.http import HttpRequest, JsonResponse
 from django.shortcuts import get_object_or_404
@@ -42,7 +43,10 @@ RECOMMENDED_MIN_SIDE = 512
 
 
 def staff_teams(request: HttpRequest) -> Any:
-    return Team.objects.all() if request.user.is_superuser else Team.objects.filter(memberships__user=request.user)
+    user = request.user
+    if not isinstance(user, User):  # the console's views are staff-only: no one signed in, no team
+        return Team.objects.none()
+    return Team.objects.all() if user.is_superuser else Team.objects.filter(memberships__user=user)
 
 
 def require(request: HttpRequest, permission: str) -> None:
@@ -119,7 +123,7 @@ def upload(request: HttpRequest, pk: int) -> JsonResponse:
     def work() -> dict[str, Any]:
         if not files:
             raise InvalidInput("choose or drop one or more image files", field="images")
-        sources = [ImageSource(name=f.name, content=f.read()) for f in files]
+        sources = [ImageSource(name=f.name or "image", content=f.read()) for f in files]
         added = training_images_add(model=model, sources=sources, field="images")
         return {"added": len(added)}
 
@@ -149,7 +153,9 @@ def replace_image(request: HttpRequest, pk: int, image_pk: int) -> JsonResponse:
     def work() -> dict[str, Any]:
         if upload_file is None:
             raise InvalidInput("choose an image file", field="image")
-        replaced = training_image_replace(training_image=image, content=upload_file.read(), name=upload_file.name)
+        replaced = training_image_replace(
+            training_image=image, content=upload_file.read(), name=upload_file.name or "image"
+        )
         return {"id": replaced.public_id}
 
     return answer(work)
