@@ -6,8 +6,9 @@ import base64
 import binascii
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, TypeAlias
 
+from django.contrib.auth.models import AnonymousUser, User
 from django.utils import timezone
 from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
@@ -42,6 +43,10 @@ class TeamPrincipal:
 
     def __str__(self) -> str:
         return f"API key {self.api_key.key}"
+
+
+# Who `request.user` is in this API: the DRF stubs know only the first two.
+Principal: TypeAlias = User | AnonymousUser | TeamPrincipal
 
 
 class ApiKeyAuthentication(authentication.BaseAuthentication):

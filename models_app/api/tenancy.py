@@ -6,7 +6,7 @@ from django.contrib.auth.models import AnonymousUser
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework.request import Request
 
-from models_app.api.authentication import TeamPrincipal
+from models_app.api.authentication import Principal, TeamPrincipal
 from models_app.errors import InvalidInput, NotFound
 from models_app.input_rules import public_id_plausible, shown_id
 from models_app.models import Team
@@ -18,7 +18,7 @@ TEAM_PARAMETER = OpenApiParameter(
 
 def request_team(request: Request, team_id: str | None = None) -> Team:
     """The API key's team; for a signed-in user, their only team or the one named by `team_id`."""
-    principal = request.user
+    principal: Principal = request.user
     team_id = team_id or request.query_params.get("team_id") or request.query_params.get("teamId")
     if team_id and not public_id_plausible(team_id):
         raise NotFound(f"team {shown_id(team_id)} not found", field="team_id")

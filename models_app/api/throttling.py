@@ -14,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.throttling import BaseThrottle, SimpleRateThrottle
 from rest_framework.views import APIView
 
-from models_app.api.authentication import TeamPrincipal
+from models_app.api.authentication import Principal, TeamPrincipal
 
 
 class CallerRateThrottle(SimpleRateThrottle):
@@ -28,7 +28,7 @@ class CallerRateThrottle(SimpleRateThrottle):
         return rate
 
     def get_cache_key(self, request: Request, view: Any) -> str:
-        principal = request.user
+        principal: Principal = request.user
         if isinstance(principal, TeamPrincipal):
             ident = f"key-{principal.api_key.pk}"
         elif principal is not None and getattr(principal, "is_authenticated", False):
