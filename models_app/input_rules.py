@@ -17,6 +17,11 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import SplitResult, urlsplit
 
+# Shared with the parameter table, which the engine reads too; re-exported for the domain's callers.
+from contract.parameters import LIST_MAX as LIST_MAX
+from contract.parameters import PATH_MAX as PATH_MAX
+from contract.parameters import PROMPT_MAX as PROMPT_MAX
+from contract.parameters import URL_MAX as URL_MAX
 from models_app.errors import InvalidInput
 
 # Longest accepted strings, by kind. Column lengths where a column bounds them; otherwise caps that
@@ -29,12 +34,8 @@ ORIGIN_MAX = 100
 DESCRIPTION_MAX = 5_000
 CAPTION_MAX = 2_000
 INSTRUCTION_MAX = 2_000
-PROMPT_MAX = 2_000
-URL_MAX = 2_000
-PATH_MAX = 500
 QUERY_VALUE_MAX = 2_000
 JSON_MAX_DEPTH = 32
-LIST_MAX = 100
 
 # C0 controls, DEL, and unpaired surrogates (which no database text column or JSON store accepts).
 # Multi-line text keeps tab, line feed and carriage return; nothing else keeps any.

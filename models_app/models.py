@@ -13,6 +13,7 @@ from django.conf import settings
 from django.db import models
 from django.db.models import Q
 
+from contract.parameters import default
 from models_app import public_ids
 
 
@@ -284,29 +285,30 @@ class TrainingTask(models.Model):
     origin_version = models.CharField(max_length=100, null=True, blank=True)
     origin_tenant_id = models.CharField(max_length=100, null=True, blank=True)
 
-    training_type = models.CharField(max_length=8, choices=TrainingType.choices, default=TrainingType.LORA)
+    training_type = models.CharField(max_length=8, choices=TrainingType.choices, default=default("training_type"))
     entity_type = models.CharField(max_length=16, choices=EntityType.choices, default=EntityType.PRODUCT)
     status = models.CharField(max_length=16, choices=Status.choices, default=Status.PENDING, db_index=True)
     progress = models.FloatField(default=0.0, help_text="Percent of the steps done, 0 to 100.")
     current_step = models.PositiveIntegerField(default=0)
-    total_steps = models.PositiveIntegerField(default=1000)
+    total_steps = models.PositiveIntegerField(default=default("steps"))
     eta_seconds = models.PositiveIntegerField(null=True, blank=True)
     trigger_word = models.CharField(max_length=100)
     training_folder = models.CharField(max_length=500, default="", blank=True)
 
-    rank = models.PositiveIntegerField(default=16)
-    save_every = models.PositiveIntegerField(default=2000)
-    max_step_saves_to_keep = models.PositiveIntegerField(default=4)
-    batch_size = models.PositiveIntegerField(default=1)
-    steps = models.PositiveIntegerField(default=1000)
-    learning_rate = models.FloatField(default=0.0001)
-    gradient_accumulation = models.PositiveIntegerField(default=1)
-    optimizer = models.CharField(max_length=32, default="adamw8bit")
-    bypass_guidance_embedding = models.BooleanField(default=False)
-    base_model_path = models.CharField(max_length=500, default="black-forest-labs/FLUX.1-dev")
+    rank = models.PositiveIntegerField(default=default("rank"))
+    save_every = models.PositiveIntegerField(default=default("save_every"))
+    max_step_saves_to_keep = models.PositiveIntegerField(default=default("max_step_saves_to_keep"))
+    batch_size = models.PositiveIntegerField(default=default("batch_size"))
+    steps = models.PositiveIntegerField(default=default("steps"))
+    learning_rate = models.FloatField(default=default("learning_rate"))
+    gradient_accumulation = models.PositiveIntegerField(default=default("gradient_accumulation"))
+    optimizer = models.CharField(max_length=32, default=default("optimizer"))
+    bypass_guidance_embedding = models.BooleanField(default=default("bypass_guidance_embedding"))
+    # Always the resolved base model (services: `TRAINING_DEFAULT_BASE_MODEL` when none is given).
+    base_model_path = models.CharField(max_length=500)
     local_model_path = models.CharField(max_length=500, null=True, blank=True)
-    sample_every = models.PositiveIntegerField(default=250)
-    sample_steps = models.PositiveIntegerField(default=25)
+    sample_every = models.PositiveIntegerField(default=default("sample_every"))
+    sample_steps = models.PositiveIntegerField(default=default("sample_steps"))
     sample_prompts = models.JSONField(default=list, blank=True)
 
     started_at = models.DateTimeField(null=True, blank=True)
@@ -328,16 +330,16 @@ class TrainingTask(models.Model):
     processed_dataset_path = models.CharField(max_length=500, null=True, blank=True)
     preprocessing_transforms = models.JSONField(null=True, blank=True)
     preprocessing_captioning_strategy = models.CharField(
-        max_length=16, choices=CaptioningStrategy.choices, default=CaptioningStrategy.TRIGGER_ONLY
+        max_length=16, choices=CaptioningStrategy.choices, default=default("preprocessing_captioning_strategy")
     )
     preprocessing_captioning_prompt = models.TextField(null=True, blank=True)
-    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=Priority.NORMAL)
+    priority = models.PositiveSmallIntegerField(choices=Priority.choices, default=default("priority"))
     priority_changed_at = models.DateTimeField(null=True, blank=True)
 
     # Beyond seed 003: what the engine needs and what the worker keeps.
     resolution = models.PositiveIntegerField(null=True, blank=True, help_text="Empty: the base model's native size.")
     lora_alpha = models.FloatField(null=True, blank=True, help_text="Empty: equal to the rank.")
-    seed = models.PositiveIntegerField(default=42)
+    seed = models.PositiveIntegerField(default=default("seed"))
     loss = models.FloatField(null=True, blank=True, help_text="The last reported training loss.")
     loss_history = models.JSONField(
         default=list,

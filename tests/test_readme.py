@@ -11,8 +11,8 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
+from contract.parameters import PARAMETERS, markdown_table
 from models_app.models import GenerationJob, TrainingTask
-from models_app.training_parameters import PARAMETERS
 from tests.factories import TeamFactory
 from tests.helpers import api_client_for
 from training.generation import run_generation_job
@@ -37,6 +37,14 @@ def test_the_parameter_table_documents_exactly_the_accepted_parameters() -> None
     mentioned = {name for row in rows for name in re.findall(r"`([a-z_0-9]+)`", row)}
     assert named <= set(PARAMETERS), f"documented but refused: {sorted(named - set(PARAMETERS))}"
     assert set(PARAMETERS) <= mentioned, f"accepted but undocumented: {sorted(set(PARAMETERS) - mentioned)}"
+
+
+def test_the_parameter_table_is_the_one_the_code_reads() -> None:
+    """Defaults, ranges and meanings are written once, in contract/parameters.py; the README shows that table."""
+    assert markdown_table() in section("### Parameters"), (
+        "README's parameter table differs from contract/parameters.py; regenerate it with "
+        '`python -c "from contract.parameters import markdown_table; print(markdown_table())"`'
+    )
 
 
 def bodies(text: str) -> list[str]:

@@ -11,6 +11,7 @@ from rest_framework.response import Response
 from rest_framework.throttling import BaseThrottle
 from rest_framework.views import APIView
 
+from contract.parameters import default
 from models_app import selectors
 from models_app.api.inputs import (
     DATA_URL_MAX,
@@ -32,18 +33,20 @@ ERRORS = {401: DetailSerializer, 404: DetailSerializer, 422: HTTPValidationError
 
 
 class TrainingTaskCreateSerializer(serializers.Serializer):
-    """Seed 003's `TrainingTaskCreate`, with its defaults. Unknown fields are ignored, as the seed's server does.
+    """Seed 003's `TrainingTaskCreate`. Unknown fields are ignored, as the seed's server does.
 
-    Only the fields a request names are handed on: with an `entity_id`, the model's stored parameters
-    fill what the request leaves out, then the defaults (see `explicit_fields`)."""
+    The defaults shown here (and in the OpenAPI schema) are the parameter table's
+    (contract/parameters.py), but only the fields a request names are handed on: with an
+    `entity_id`, the model's stored parameters fill what the request leaves out, then the table's
+    defaults (see `explicit_fields`)."""
 
-    training_type = serializers.ChoiceField(choices=TrainingTask.TrainingType.choices, default="LORA")
+    training_type = serializers.ChoiceField(choices=TrainingTask.TrainingType.choices, default=default("training_type"))
     entity_type = serializers.ChoiceField(choices=TrainingTask.EntityType.choices, default="PRODUCT")
     entity_id = serializers.UUIDField(required=False, allow_null=True, default=None)
     trigger_word = StrictCharField(max_length=TRIGGER_WORD_MAX)
-    rank = StrictIntegerField(required=False, allow_null=True, default=16)
-    steps = StrictIntegerField(required=False, allow_null=True, default=1000)
-    learning_rate = StrictFloatField(required=False, allow_null=True, default=0.0001)
+    rank = StrictIntegerField(required=False, allow_null=True, default=default("rank"))
+    steps = StrictIntegerField(required=False, allow_null=True, default=default("steps"))
+    learning_rate = StrictFloatField(required=False, allow_null=True, default=default("learning_rate"))
     sample_prompts = serializers.ListField(
         child=StrictCharField(max_length=PROMPT_MAX, multiline=True),
         max_length=LIST_MAX,
@@ -59,7 +62,9 @@ class TrainingTaskCreateSerializer(serializers.Serializer):
         default=list,
     )
     base_model_path = StrictCharField(max_length=PATH_MAX, required=False, allow_null=True, default=None)
-    bypass_guidance_embedding = StrictBooleanField(required=False, allow_null=True, default=False)
+    bypass_guidance_embedding = StrictBooleanField(
+        required=False, allow_null=True, default=default("bypass_guidance_embedding")
+    )
     webhook_url = StrictCharField(max_length=URL_MAX, required=False, allow_null=True, allow_blank=True, default=None)
     origin_instance = StrictCharField(max_length=ORIGIN_MAX, required=False, allow_null=True, default="unknown")
     origin_zone = StrictCharField(max_length=ORIGIN_MAX, required=False, allow_null=True, default=None)
@@ -69,7 +74,10 @@ class TrainingTaskCreateSerializer(serializers.Serializer):
         child=serializers.DictField(), max_length=LIST_MAX, required=False, allow_null=True, default=None
     )
     preprocessing_captioning_strategy = serializers.ChoiceField(
-        choices=TrainingTask.CaptioningStrategy.choices, required=False, allow_null=True, default="trigger_only"
+        choices=TrainingTask.CaptioningStrategy.choices,
+        required=False,
+        allow_null=True,
+        default=default("preprocessing_captioning_strategy"),
     )
     preprocessing_captioning_prompt = StrictCharField(
         max_length=PROMPT_MAX, multiline=True, required=False, allow_null=True, default=None

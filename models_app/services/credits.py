@@ -17,11 +17,10 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
+from contract.families import UnknownBaseModel, detect_family, guess_family_from_name, local_native_resolution
 from models_app import selectors
 from models_app.errors import InsufficientCredits, InvalidInput
 from models_app.models import CreditEntry, Team, TrainingTask
-from training.engine.base_models import detect_family, guess_family_from_name, local_native_resolution
-from training.engine.errors import EngineError
 
 # Relative cost of one step at the family's native resolution, and its seconds per step on the
 # reference GPU (an H100; see bench/). SD 1.5 at 512 px is the unit.
@@ -53,7 +52,7 @@ def family_of(base_model: str) -> str:
     if Path(base_model).is_dir():
         try:
             return detect_family(base_model)
-        except EngineError as exc:
+        except UnknownBaseModel as exc:
             raise InvalidInput(str(exc), field="base_model_path") from exc
     return guess_family_from_name(base_model)
 

@@ -104,7 +104,7 @@ def test_the_time_estimate_says_what_it_assumes_and_uses_the_workers_measured_ra
 
 
 def test_the_ledger_note_names_the_resolution_the_run_will_use(tiny_sd15) -> None:
-    from training.engine.base_models import local_native_resolution
+    from contract.families import local_native_resolution
 
     team = TeamFactory(credit_balance=Decimal("100.00"))
     model = ModelFactory(team=team, parameters={"steps": 100})  # no resolution: the base model's own size

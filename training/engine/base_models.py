@@ -1,100 +1,26 @@
-"""Which model family a base model belongs to, read from its own diffusers config."""
+"""The families this engine trains, on top of the shared family facts (contract/families.py)."""
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
-
+from contract.families import (
+    SUPPORTED_FAMILIES,
+    UnknownBaseModel,
+    detect_family,
+)
 from training.engine.errors import EngineError
 
-PIPELINE_FAMILIES = {
-    "StableDiffusionPipeline": "sd15",
-    "StableDiffusionXLPipeline": "sdxl",
-    "FluxPipeline": "flux",
-    "FluxKontextPipeline": "flux-kontext",
-}
-SUPPORTED_FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext")
-
-
-def native_resolution(family: str, *, vae_config: dict, denoiser_config: dict) -> int:
-    """The side in pixels a base model was trained at, from its VAE's and denoiser's configs: what a
-    training with no `resolution` uses (the family classes and the cost estimate both ask here)."""
-    vae_scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
-    if family in ("sd15", "sdxl"):
-        return int(denoiser_config["sample_size"]) * vae_scale
-    # FLUX configs carry no usable sample size for the transformer: full-size VAEs mean 1024 px.
-    return 1024 if vae_scale == 8 else int(vae_config.get("sample_size", 64))
-
-
-def local_native_resolution(base_model: str, family: str) -> int | None:
-    """native_resolution of a local diffusers folder (None for a hub id or an unreadable folder)."""
-    folder = Path(base_model)
-    denoiser = "unet" if family in ("sd15", "sdxl") else "transformer"
-    try:
-        vae_config = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
-        denoiser_config = json.loads((folder / denoiser / "config.json").read_text(encoding="utf-8"))
-        return native_resolution(family, vae_config=vae_config, denoiser_config=denoiser_config)
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+__all__ = ["SUPPORTED_FAMILIES", "resolve_family"]
 
 
 def resolve_family(base_model: str) -> str:
     """The family of a base model this engine can train; EngineError naming the problem otherwise."""
-    family = detect_family(base_model)
+    try:
+        family = detect_family(base_model)
+    except UnknownBaseModel as exc:
+        raise EngineError(str(exc)) from exc
     if family not in SUPPORTED_FAMILIES:
         raise EngineError(
             f"base model {base_model!r} is of the {family} family, which this engine does not "
             f"train yet; supported families: {', '.join(SUPPORTED_FAMILIES)}"
         )
     return family
-
-
-def detect_family(base_model: str) -> str:
-    """The family named by a local diffusers folder's (or a reachable hub model's) model_index.json."""
-    index_path = _model_index(base_model)
-    try:
-        index = json.loads(index_path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise EngineError(f"base model {base_model!r}: cannot read model_index.json ({exc})") from exc
-    class_name = str(index.get("_class_name", ""))
-    family = PIPELINE_FAMILIES.get(class_name)
-    if family is None:
-        raise EngineError(
-            f"base model {base_model!r} is a {class_name or 'unknown'} pipeline; "
-            f"supported pipelines: {', '.join(PIPELINE_FAMILIES)}"
-        )
-    return family
-
-
-def guess_family_from_name(base_model: str) -> str:
-    """For estimates before a hub model is fetched: the family its name suggests, the costliest if unclear."""
-    name = base_model.lower()
-    if "kontext" in name:
-        return "flux-kontext"
-    if "flux" in name:
-        return "flux"
-    if "xl" in name:
-        return "sdxl"
-    if "stable-diffusion-v1" in name or "sd15" in name or "sd-1" in name:
-        return "sd15"
-    return "flux"
-
-
-def _model_index(base_model: str) -> Path:
-    local = Path(base_model)
-    if local.is_dir():
-        index = local / "model_index.json"
-        if not index.is_file():
-            raise EngineError(f"base model folder {base_model!r} has no model_index.json (not a diffusers folder)")
-        return index
-    if local.is_absolute() or base_model.startswith("."):
-        raise EngineError(f"base model folder {base_model!r} does not exist")
-    try:
-        from huggingface_hub import hf_hub_download
-
-        return Path(hf_hub_download(base_model, "model_index.json"))
-    except Exception as exc:  # any hub failure: offline, unknown repo, gated, no network
-        raise EngineError(
-            f"base model {base_model!r} is neither a local diffusers folder nor a hub id this machine "
-            f"can fetch ({type(exc).__name__}); download it once and set base_model_path to its folder"
-        ) from exc

@@ -13,69 +13,21 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from contract.transforms import InvalidTransform, Transform
+from contract.transforms import validate_transforms as parse_transforms
 from training.engine.errors import EngineError
 from training.engine.spec import CAPTIONING_STRATEGIES, Captioner, DatasetImage, TrainingSpec
 
 # --- transforms ------------------------------------------------------------------------------------
-
-TRANSFORM_PARAMETERS: dict[str, dict[str, type | tuple[type, ...]]] = {
-    "resize": {"size": int, "width": int, "height": int},
-    "center_crop": {"size": int, "width": int, "height": int},
-    "random_crop": {"size": int, "width": int, "height": int},
-    "horizontal_flip": {"p": (int, float)},
-}
-
-
-@dataclass(frozen=True)
-class Transform:
-    type: str
-    width: int | None = None
-    height: int | None = None
-    p: float = 0.5
-
-    def size(self) -> tuple[int, int]:
-        """Width and height of a resize or a crop (validate_transforms gives those both)."""
-        if self.width is None or self.height is None:
-            raise EngineError(f"the {self.type} transform needs a width and a height")
-        return self.width, self.height
+# The list is parsed by contract/transforms.py, which the API's validation reads too.
 
 
 def validate_transforms(raw: Any) -> list[Transform]:
     """Parse `preprocessing_transforms`; EngineError naming the first bad entry."""
-    if raw is None:
-        return []
-    if not isinstance(raw, list):
-        raise EngineError('preprocessing_transforms must be a list of objects such as {"type": "resize", "size": 512}')
-    parsed = []
-    for index, entry in enumerate(raw):
-        where = f"preprocessing_transforms[{index}]"
-        if not isinstance(entry, dict):
-            raise EngineError(f'{where} must be an object with a "type"')
-        kind = entry.get("type")
-        if kind not in TRANSFORM_PARAMETERS:
-            raise EngineError(f"{where}: unknown transform {kind!r}; known: {', '.join(TRANSFORM_PARAMETERS)}")
-        allowed = TRANSFORM_PARAMETERS[kind]
-        for key, value in entry.items():
-            if key == "type":
-                continue
-            if key not in allowed:
-                raise EngineError(f"{where}: {kind} takes {', '.join(allowed) or 'no options'}, not {key!r}")
-            if isinstance(value, bool) or not isinstance(value, allowed[key]):
-                raise EngineError(f"{where}.{key} must be a number")
-        if kind == "horizontal_flip":
-            p = float(entry.get("p", 0.5))
-            if not 0 <= p <= 1:
-                raise EngineError(f"{where}.p must be between 0 and 1")
-            parsed.append(Transform(type=kind, p=p))
-            continue
-        width = entry.get("width", entry.get("size"))
-        height = entry.get("height", entry.get("size"))
-        if width is None or height is None:
-            raise EngineError(f'{where}: {kind} needs "size" or both "width" and "height"')
-        if not (16 <= width <= 8192 and 16 <= height <= 8192):
-            raise EngineError(f"{where}: sizes must be between 16 and 8192 pixels")
-        parsed.append(Transform(type=kind, width=int(width), height=int(height)))
-    return parsed
+    try:
+        return parse_transforms(raw)
+    except InvalidTransform as exc:
+        raise EngineError(str(exc)) from exc
 
 
 def apply_transforms(image: Image.Image, transforms: list[Transform], rng: random.Random) -> Image.Image:

@@ -33,6 +33,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from contract.parameters import LORA_TYPES
 from training.engine.errors import EngineError
 
 if TYPE_CHECKING:
@@ -50,7 +51,6 @@ ADAPTER_CONFIG_KEY = "adapter_config"
 DIFFUSERS_ADAPTER_METADATA_KEY = "lora_adapter_metadata"
 ADAPTER_NAME = "default"
 
-LORA_TYPES = ("lora", "dora", "lokr", "loha")
 LORA_TYPE_LABELS = {"lora": "LoRA", "dora": "DoRA", "lokr": "LoKr", "loha": "LoHa"}
 
 # kohya prefixes: `lora_unet_` for a UNet, `lora_transformer_` for a diffusers-named transformer (what

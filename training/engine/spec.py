@@ -9,13 +9,34 @@ from typing import Any, Protocol
 
 from PIL import Image
 
-CAPTIONING_STRATEGIES = ("trigger_only", "description", "filename", "automatic")
-TRAINING_TYPES = ("LORA", "FULL")
-LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine")
-LORA_TYPES = ("lora", "dora", "lokr", "loha")
-LORA_TARGETS = ("attention", "all_linear", "all_linear+conv")
-LOSS_TYPES = ("mse", "huber", "smooth_l1")
-TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "sigmoid")
+from contract.parameters import (
+    CAPTIONING_STRATEGIES,
+    LORA_TARGETS,
+    LORA_TYPES,
+    LOSS_TYPES,
+    LR_SCHEDULERS,
+    TIMESTEP_SAMPLINGS,
+    TRAINING_TYPES,
+    default,
+)
+
+__all__ = [
+    "CAPTIONING_STRATEGIES",
+    "LORA_TARGETS",
+    "LORA_TYPES",
+    "LOSS_TYPES",
+    "LR_SCHEDULERS",
+    "TIMESTEP_SAMPLINGS",
+    "TRAINING_TYPES",
+    "Captioner",
+    "DatasetImage",
+    "DatasetPair",
+    "Progress",
+    "SilentCallbacks",
+    "TrainingCallbacks",
+    "TrainingResult",
+    "TrainingSpec",
+]
 
 # A local captioning model: image (and the user's prompt, if any) in, caption out.
 Captioner = Callable[[Image.Image, str | None], str]
@@ -46,71 +67,83 @@ class TrainingSpec:
     images: list[DatasetImage]
     trigger_word: str
     pairs: list[DatasetPair] = field(default_factory=list)
-    training_type: str = "LORA"
-    rank: int = 16
-    lora_alpha: float | None = None  # None: equal to rank, so the LoRA's scale is 1
-    steps: int = 1000
-    learning_rate: float = 1e-4
-    lr_scheduler: str = "constant_with_warmup"
-    lr_warmup_steps: int = 0
-    batch_size: int = 1
-    gradient_accumulation: int = 1
-    gradient_checkpointing: bool = False
-    optimizer: str = "adamw8bit"
-    resolution: int | None = None  # None: the base model's native size
-    seed: int = 42
-    captioning_strategy: str = "trigger_only"
-    captioning_prompt: str | None = None
+    training_type: str = default("training_type")
+    rank: int = default("rank")
+    lora_alpha: float | None = default("lora_alpha")  # None: equal to rank, so the LoRA's scale is 1
+    steps: int = default("steps")
+    learning_rate: float = default("learning_rate")
+    lr_scheduler: str = default("lr_scheduler")
+    lr_warmup_steps: int = default("lr_warmup_steps")
+    batch_size: int = default("batch_size")
+    gradient_accumulation: int = default("gradient_accumulation")
+    gradient_checkpointing: bool = default("gradient_checkpointing")
+    optimizer: str = default("optimizer")
+    resolution: int | None = default("resolution")  # None: the base model's native size
+    seed: int = default("seed")
+    captioning_strategy: str = default("preprocessing_captioning_strategy")
+    captioning_prompt: str | None = default("preprocessing_captioning_prompt")
     captioner: Captioner | None = None
-    caption_dropout_rate: float = 0.0
+    caption_dropout_rate: float = default("caption_dropout_rate")
     transforms: list[dict[str, Any]] | None = None
-    bypass_guidance_embedding: bool = False
-    guidance_scale: float = 1.0  # FLUX.1-dev's guidance input while training
-    save_every: int = 2000
-    max_step_saves_to_keep: int = 4
-    sample_every: int = 250
-    sample_steps: int = 25
+    bypass_guidance_embedding: bool = default("bypass_guidance_embedding")
+    guidance_scale: float = default("guidance_scale")  # FLUX.1-dev's guidance input while training
+    save_every: int = default("save_every")
+    max_step_saves_to_keep: int = default("max_step_saves_to_keep")
+    sample_every: int = default("sample_every")
+    sample_steps: int = default("sample_steps")
     sample_prompts: list[str] = field(default_factory=list)
     resume: bool = True  # continue from the newest valid checkpoint in output_dir, if any
     device: str | None = None  # None: CUDA when available, else CPU
     progress_interval_seconds: float = 1.0
     # Speed and memory (see speed.py); None: what pays on the device for a run of this length.
-    compile: str | None = None  # "off", "blocks" (the repeated blocks: most of the gain, quick) or "full"
+    compile: str | None = default("compile")  # "off", "blocks" (the repeated blocks: most of the gain, quick) or "full"
     channels_last: bool | None = None  # UNet convolutions in NHWC layout
     attention: str = "sdpa"  # "sdpa": PyTorch's fused attention kernels; "eager": plain matmuls, to compare
-    quantize_base: str | None = None  # "fp8": frozen base weights in float8, half the memory (LoRA only)
-    mixed_precision: str | None = None  # "bf16" or "no"; None: bf16 on a GPU, fp32 on a CPU
+    quantize_base: str | None = default(
+        "quantize_base"
+    )  # "fp8": frozen base weights in float8, half the memory (LoRA only)
+    mixed_precision: str | None = default("mixed_precision")  # "bf16" or "no"; None: bf16 on a GPU, fp32 on a CPU
     fused_optimizer: bool = True  # one fused kernel for the whole AdamW update instead of one per tensor
     # Adapter shape (LoRA only).
-    lora_type: str = "lora"  # "lora", "dora" (weight-decomposed), "lokr" (Kronecker), "loha" (Hadamard)
-    lora_targets: str = "all_linear"  # "attention", "all_linear", "all_linear+conv" (UNets: resnet convolutions too)
-    lora_dropout: float = 0.0
+    lora_type: str = default("lora_type")  # "lora", "dora" (weight-decomposed), "lokr" (Kronecker), "loha" (Hadamard)
+    lora_targets: str = default(
+        "lora_targets"
+    )  # "attention", "all_linear", "all_linear+conv" (UNets: resnet convolutions too)
+    lora_dropout: float = default("lora_dropout")
     # Data order: epochs visit every image `repeats` times, shuffled, one bucket per batch.
-    repeats: int = 1
+    repeats: int = default("repeats")
     # Loss and noise.
-    loss_type: str = "mse"  # "mse", "huber", "smooth_l1"
-    huber_delta: float = 0.1  # where huber / smooth_l1 turn from quadratic to linear
-    min_snr_gamma: float | None = None  # SD family: min-SNR-gamma weighting (5 is the paper's value)
-    noise_offset: float = 0.0  # SD family: per-channel offset noise, for darker darks and brighter brights
-    timestep_sampling: str = "logit_normal"  # flow models: "uniform", "logit_normal", "sigmoid"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    sigmoid_scale: float = 1.0
-    timestep_shift: float | None = None  # flow models: None = the resolution-dependent shift FLUX uses; 1 = none
+    loss_type: str = default("loss_type")  # "mse", "huber", "smooth_l1"
+    huber_delta: float = default("huber_delta")  # where huber / smooth_l1 turn from quadratic to linear
+    min_snr_gamma: float | None = default(
+        "min_snr_gamma"
+    )  # SD family: min-SNR-gamma weighting (5 is the paper's value)
+    noise_offset: float = default(
+        "noise_offset"
+    )  # SD family: per-channel offset noise, for darker darks and brighter brights
+    timestep_sampling: str = default("timestep_sampling")  # flow models: "uniform", "logit_normal", "sigmoid"
+    logit_mean: float = default("logit_mean")
+    logit_std: float = default("logit_std")
+    sigmoid_scale: float = default("sigmoid_scale")
+    timestep_shift: float | None = default(
+        "timestep_shift"
+    )  # flow models: None = the resolution-dependent shift FLUX uses; 1 = none
     # Weight averaging: the exported weights are the EMA when on.
-    ema: bool = False
-    ema_decay: float = 0.999
-    ema_start_step: int = 0
+    ema: bool = default("ema")
+    ema_decay: float = default("ema_decay")
+    ema_start_step: int = default("ema_start_step")
     # Text encoder LoRA (SD 1.5 and SDXL).
-    train_text_encoder: bool = False
-    text_encoder_learning_rate: float | None = None  # None: learning_rate
+    train_text_encoder: bool = default("train_text_encoder")
+    text_encoder_learning_rate: float | None = default("text_encoder_learning_rate")  # None: learning_rate
     # Prior preservation: the LoRA's output for the class prompt is held to the base model's.
-    prior_preservation_class: str | None = None  # the class word that replaces the trigger word, e.g. "person"
-    prior_preservation_weight: float = 1.0
+    prior_preservation_class: str | None = default(
+        "prior_preservation_class"
+    )  # the class word that replaces the trigger word, e.g. "person"
+    prior_preservation_weight: float = default("prior_preservation_weight")
     # Masked loss: weight each latent pixel by the image's alpha channel (transparent = not learned).
-    masked_loss: bool = False
+    masked_loss: bool = default("masked_loss")
     # Validation: a held-out share of the images (or those marked `validation`), loss at fixed seeds.
-    validation_split: float = 0.0
+    validation_split: float = default("validation_split")
     # Crash safety: the worker's own snapshots, whatever save_every says.
     snapshot_every_seconds: float = 600.0
     snapshot_every_steps: int = 500

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from training.engine.base_models import native_resolution
+from contract.families import native_resolution
 from training.engine.families.base import Family, NoisedBatch, NoiseSettings, randn
 from training.engine.families.sd import _vae_config
 
