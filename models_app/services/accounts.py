@@ -68,6 +68,14 @@ def membership_set(*, team: Team, user: User, role: str = Membership.Role.MEMBER
 
 
 @transaction.atomic
+def membership_remove(*, membership: Membership) -> None:
+    """Take the user out of the team; the groups of the roles they no longer hold go with it."""
+    user = membership.user
+    Membership.objects.filter(pk=membership.pk).delete()
+    user_groups_sync(user)
+
+
+@transaction.atomic
 def api_key_create(*, team: Team, name: str = "", created_by: User | None = None) -> tuple[ApiKey, str]:
     """A new key and its secret. The secret is returned this once and never stored."""
     secret = secrets.token_urlsafe(SECRET_BYTES)

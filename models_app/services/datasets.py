@@ -43,6 +43,33 @@ def ensure_editable(model: Model) -> None:
         raise Conflict(f"model {model.public_id} is {model.status}; its dataset cannot change until training ends")
 
 
+def _name_check(name: object) -> str:
+    name = text_check(name if name is not None else "", field="name", max_length=NAME_MAX).strip()
+    if not name:
+        raise InvalidInput("name is required", field="name")
+    return name
+
+
+def _trigger_word_check(trigger_word: object) -> str:
+    return text_check(trigger_word, field="trigger_word", max_length=TRIGGER_WORD_MAX).strip()
+
+
+def _description_check(short_description: object) -> str:
+    return text_check(short_description, field="shortDescription", max_length=DESCRIPTION_MAX, multiline=True)
+
+
+def _type_check(type: str) -> str:  # noqa: A002 - the API's own field name
+    if type not in Model.Type.values:
+        raise InvalidInput(f"type must be one of {', '.join(Model.Type.values)}; got {type!r}", field="type")
+    return type
+
+
+def _project_check(project: Project | None, *, team_id: int) -> Project | None:
+    if project is not None and project.team_id != team_id:
+        raise InvalidInput("the project belongs to another team", field="projectId")
+    return project
+
+
 @transaction.atomic
 def model_create(
     *,
@@ -54,27 +81,44 @@ def model_create(
     parameters: dict[str, Any] | None = None,
     project: Project | None = None,
 ) -> Model:
-    name = text_check(name if name is not None else "", field="name", max_length=NAME_MAX).strip()
-    if not name:
-        raise InvalidInput("name is required", field="name")
-    trigger_word = text_check(trigger_word, field="trigger_word", max_length=TRIGGER_WORD_MAX)
-    short_description = text_check(
-        short_description, field="shortDescription", max_length=DESCRIPTION_MAX, multiline=True
-    )
-    if type not in Model.Type.values:
-        raise InvalidInput(f"type must be one of {', '.join(Model.Type.values)}; got {type!r}", field="type")
-    if project is not None and project.team_id != team.id:
-        raise InvalidInput("the project belongs to another team", field="projectId")
+    name = _name_check(name)
+    trigger_word = _trigger_word_check(trigger_word)
+    short_description = _description_check(short_description)
+    _type_check(type)
+    _project_check(project, team_id=team.id)
     clean = validate_parameters(parameters or {})
     return Model.objects.create(
         team=team,
         project=project,
         name=name,
         type=type,
-        trigger_word=trigger_word.strip(),
+        trigger_word=trigger_word,
         short_description=short_description,
         parameters=clean,
     )
+
+
+@transaction.atomic
+def model_update(
+    *,
+    model: Model,
+    name: str,
+    type: str,  # noqa: A002 - the API's own field name
+    project: Project | None,
+    trigger_word: str,
+    short_description: str,
+) -> Model:
+    """Set a model's own fields at once (the admin's model form). A model queued or training is locked
+    like its dataset (`ensure_editable`). Its team is not among the fields: a model, its dataset and
+    its trainings stay in the team that created them."""
+    model = _lock_editable(model.pk)
+    model.name = _name_check(name)
+    model.type = _type_check(type)
+    model.project = _project_check(project, team_id=model.team_id)
+    model.trigger_word = _trigger_word_check(trigger_word)
+    model.short_description = _description_check(short_description)
+    model.save(update_fields=["name", "type", "project", "trigger_word", "short_description", "updated_at"])
+    return model
 
 
 @transaction.atomic
@@ -97,15 +141,13 @@ def model_configure(
         model.parameters = clean if replace else {**model.parameters, **clean}
         fields.append("parameters")
     if name is not None:
-        model.name = text_check(name, field="name", max_length=NAME_MAX, allow_blank=False).strip()
+        model.name = _name_check(name)
         fields.append("name")
     if short_description is not None:
-        model.short_description = text_check(
-            short_description, field="shortDescription", max_length=DESCRIPTION_MAX, multiline=True
-        )
+        model.short_description = _description_check(short_description)
         fields.append("short_description")
     if trigger_word is not None:
-        model.trigger_word = text_check(trigger_word, field="trigger_word", max_length=TRIGGER_WORD_MAX).strip()
+        model.trigger_word = _trigger_word_check(trigger_word)
         fields.append("trigger_word")
     model.save(update_fields=fields)
     return model
