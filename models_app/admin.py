@@ -1,6 +1,8 @@
-"""The staff's console. Every action calls the same services as the API; nothing here decides a rule.
+"""The staff's console. Every form, delete and action calls the same services as the API; nothing here
+decides a rule. A service's refusal is shown on the form (ServiceForm) or as a message, never a 500.
 
-Staff see the teams they belong to; superusers see everything.
+Staff see the teams they belong to; superusers see everything. The markup of the list cells is in
+templates/admin/models_app/cells/, the styles in models_app/static/models_app/admin.css.
 """
 
 from __future__ import annotations
@@ -12,15 +14,13 @@ from django import forms
 from django.contrib import admin, messages
 from django.contrib.auth.models import User
 from django.db.models import Count, QuerySet
-from django.http import HttpRequest, HttpResponse
-from django.urls import URLPattern, path
-from django.utils.html import format_html, format_html_join
-from django.utils.safestring import mark_safe
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
+from django.template.loader import render_to_string
+from django.urls import URLPattern, path, reverse
 from django.views.decorators.http import require_POST
 
 from models_app import admin_console
-from models_app.errors import ApplicationError, Conflict, InvalidInput
-from models_app.input_rules import CAPTION_MAX, DESCRIPTION_MAX, INSTRUCTION_MAX, NAME_MAX, TRIGGER_WORD_MAX, text_check
+from models_app.errors import ApplicationError, Conflict
 from models_app.media_access import media_url
 from models_app.models import (
     ApiKey,
@@ -38,7 +38,23 @@ from models_app.models import (
     TrainingTask,
     WebhookDelivery,
 )
-from models_app.services.accounts import api_key_create, api_key_revoke, api_key_token
+from models_app.services.accounts import (
+    api_key_create,
+    api_key_revoke,
+    api_key_token,
+    membership_remove,
+    membership_set,
+    project_create,
+    team_create,
+)
+from models_app.services.assets import asset_create
+from models_app.services.datasets import (
+    model_create,
+    model_delete,
+    model_update,
+    training_image_delete,
+    training_image_set_caption,
+)
 from models_app.services.training import (
     training_cancel,
     training_start,
@@ -46,73 +62,110 @@ from models_app.services.training import (
     training_task_set_priority,
 )
 
-THUMBNAIL_HTML = (
-    '<img src="{}" alt="{}" style="height:{}px;width:auto;border-radius:4px;background:#eee" loading="lazy">'
-)
-STATUS_COLOURS = {
-    "new": "#888",
-    "queued": "#b58900",
-    "training": "#268bd2",
-    "ready": "#2aa15a",
-    "failed": "#dc322f",
-    "canceled": "#6c71c4",
-    "deleted": "#555",
-    "PENDING": "#b58900",
-    "PREPROCESSING": "#268bd2",
-    "TRAINING": "#268bd2",
-    "COMPLETED": "#2aa15a",
-    "FAILED": "#dc322f",
-    "CANCELLED": "#6c71c4",
-}
+
+class ServiceForm(forms.ModelForm):
+    """An admin form that a service saves. Once the form's own checks pass, `save_with_service` writes
+    (inside the transaction the admin's add and change views hold) and a refusal becomes a form error:
+    the service decides, the form only shows. The admin then has nothing left to save (ServiceAdmin)."""
+
+    # Services name a field as the API does; the form's name where it differs.
+    service_fields: dict[str, str] = {}
+    saved_by_service = False
+
+    def save_with_service(self) -> Any:
+        """Write through the service and return the saved row; None where no service saves this form."""
+        raise NotImplementedError
+
+    def full_clean(self) -> None:
+        super().full_clean()
+        if not self.is_bound or self.errors:
+            return
+        try:
+            saved = self.save_with_service()
+        except ApplicationError as exc:
+            field = self.service_fields.get(exc.field or "", exc.field)
+            self.add_error(field if field in self.fields else None, exc.message)
+            return
+        if saved is not None:
+            self.instance, self.saved_by_service = saved, True
 
 
-class TextRulesForm(forms.ModelForm):
-    """An admin form whose text fields meet the same rules as every other door (models_app/input_rules.py):
-    `text_rules` maps a field to its (maximum length, multi-line)."""
+class ServiceAdmin(admin.ModelAdmin):
+    """An admin whose form is a ServiceForm: what the service saved is not saved again, and a delete goes
+    through `delete_with_service` (a refusal is a message on the row's page)."""
 
-    text_rules: dict[str, tuple[int, bool]] = {}
+    def save_model(self, request: HttpRequest, obj: Any, form: Any, change: bool) -> None:
+        if not getattr(form, "saved_by_service", False):
+            super().save_model(request, obj, form, change)
 
-    def clean(self) -> dict[str, Any]:
-        cleaned = super().clean() or {}
-        for name, (max_length, multiline) in self.text_rules.items():
-            value = cleaned.get(name)
-            if isinstance(value, str):
-                try:
-                    text_check(value, field=name, max_length=max_length, multiline=multiline)
-                except InvalidInput as exc:
-                    self.add_error(name, exc.message)
-        return cleaned
+    def save_related(self, request: HttpRequest, form: Any, formsets: Any, change: bool) -> None:
+        for formset in formsets:
+            formset.instance = form.instance  # the row the service saved, not the one the form started with
+        super().save_related(request, form, formsets, change)
+
+    def delete_with_service(self, obj: Any) -> None:
+        obj.delete()
+
+    def delete_model(self, request: HttpRequest, obj: Any) -> None:
+        self.delete_with_service(obj)
+
+    def delete_queryset(self, request: HttpRequest, queryset: QuerySet[Any]) -> None:
+        refused = []
+        for obj in queryset:
+            try:
+                self.delete_with_service(obj)
+            except ApplicationError as exc:
+                refused.append(f"{obj}: {exc.message}")
+        for message in refused:
+            self.message_user(request, f"Not deleted: {message}", messages.ERROR)
+
+    def delete_view(
+        self, request: HttpRequest, object_id: str, extra_context: dict[str, Any] | None = None
+    ) -> HttpResponse:
+        try:
+            return super().delete_view(request, object_id, extra_context)
+        except ApplicationError as exc:  # the view's transaction is rolled back; nothing was deleted
+            self.message_user(request, f"Not deleted: {exc.message}", messages.ERROR)
+            opts = self.opts
+            return HttpResponseRedirect(reverse(f"admin:{opts.app_label}_{opts.model_name}_change", args=[object_id]))
 
 
-def text_rules_form(model: type[Any], rules: dict[str, tuple[int, bool]]) -> type[forms.ModelForm]:
-    meta = type("Meta", (), {"model": model, "fields": "__all__"})
-    return type(f"{model.__name__}AdminForm", (TextRulesForm,), {"Meta": meta, "text_rules": rules})
-
-
-def thumbnail(asset: Asset | None, size: int = 64) -> str:
-    if asset is None or not asset.file:
+def thumbnail(file: Any, alt: str, *, large: bool = False) -> str:
+    if not file:
         return "-"
-    return format_html(THUMBNAIL_HTML, media_url(asset.file, absolute=False), asset.original_name, size)
-
-
-def badge(status: str) -> str:
-    return format_html(
-        '<span style="background:{};color:#fff;padding:2px 8px;border-radius:10px;font-size:11px">{}</span>',
-        STATUS_COLOURS.get(status, "#888"),
-        status,
+    return render_to_string(
+        "admin/models_app/cells/thumbnail.html",
+        {"url": media_url(file, absolute=False), "alt": alt, "large": large},
     )
 
 
-class TeamScopedAdmin(admin.ModelAdmin):
+def asset_thumbnail(asset: Asset | None, *, large: bool = False) -> str:
+    return thumbnail(asset.file, asset.original_name, large=large) if asset is not None else "-"
+
+
+def badge(status: str) -> str:
+    return render_to_string("admin/models_app/cells/status_badge.html", {"status": status})
+
+
+class TeamScopedAdmin(ServiceAdmin):
     """Staff see and pick only their own teams' rows; superusers see all."""
 
     team_path = "team"
+
+    class Media:
+        css = {"all": ["models_app/admin.css"]}
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Any]:
         queryset = super().get_queryset(request)
         if request.user.is_superuser:
             return queryset
         return queryset.filter(**{f"{self.team_path}__in": admin_console.staff_teams(request)})
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        readonly = list(super().get_readonly_fields(request, obj))
+        if obj is not None and self.team_path == "team" and "team" not in readonly:
+            readonly.append("team")  # no service moves a row to another team: it stays where it was made
+        return readonly
 
     def formfield_for_foreignkey(self, db_field: Any, request: HttpRequest, **kwargs: Any) -> Any:
         if not request.user.is_superuser:
@@ -125,14 +178,28 @@ class TeamScopedAdmin(admin.ModelAdmin):
 
 
 class MembershipInline(admin.TabularInline):
+    """Saved by TeamAdmin.save_formset through the membership services, so that the groups follow."""
+
     model = Membership
     extra = 0
     autocomplete_fields = ["user"]
 
 
+class TeamAdminForm(ServiceForm):
+    class Meta:
+        model = Team
+        fields = ["name", "max_parallel_trainings"]
+
+    def save_with_service(self) -> Team | None:
+        if self.instance.pk is not None:
+            return None  # no service changes a team's settings: the admin saves them
+        return team_create(name=self.instance.name, max_parallel_trainings=self.instance.max_parallel_trainings)
+
+
 @admin.register(Team)
 class TeamAdmin(TeamScopedAdmin):
     team_path = "pk"
+    form = TeamAdminForm
     list_display = ["name", "public_id", "credit_balance", "max_parallel_trainings", "member_count", "created_at"]
     search_fields = ["name", "public_id"]
     readonly_fields = ["public_id", "credit_balance", "created_at"]
@@ -146,6 +213,19 @@ class TeamAdmin(TeamScopedAdmin):
     def member_count(self, obj: Team) -> int:
         return obj.members_total  # type: ignore[attr-defined]
 
+    def save_formset(self, request: HttpRequest, form: Any, formset: Any, change: bool) -> None:
+        if formset.model is not Membership:
+            super().save_formset(request, form, formset, change)
+            return
+        memberships = formset.save(commit=False)  # collects the deleted rows without deleting them
+        for membership in formset.deleted_objects:
+            membership_remove(membership=membership)
+        for membership in memberships:
+            before = Membership.objects.filter(pk=membership.pk).first() if membership.pk else None
+            if before is not None and before.user_id != membership.user_id:
+                membership_remove(membership=before)  # the row now names someone else
+            membership_set(team=form.instance, user=membership.user, role=membership.role)
+
     @admin.action(description="Create an API key (its secret is shown once)")
     def create_api_key(self, request: HttpRequest, queryset: QuerySet[Team]) -> None:
         for team in queryset:
@@ -158,8 +238,20 @@ class TeamAdmin(TeamScopedAdmin):
             )
 
 
+class ProjectAdminForm(ServiceForm):
+    class Meta:
+        model = Project
+        fields = ["name", "team"]
+
+    def save_with_service(self) -> Project | None:
+        if self.instance.pk is not None:
+            return None  # no service renames a project: the admin saves it (the name stays unique in its team)
+        return project_create(team=self.instance.team, name=self.instance.name)
+
+
 @admin.register(Project)
 class ProjectAdmin(TeamScopedAdmin):
+    form = ProjectAdminForm
     list_display = ["name", "public_id", "team", "created_at"]
     list_filter = ["team"]
     search_fields = ["name", "public_id"]
@@ -167,11 +259,28 @@ class ProjectAdmin(TeamScopedAdmin):
     list_select_related = ["team"]
 
 
+class MembershipAdminForm(ServiceForm):
+    class Meta:
+        model = Membership
+        fields = ["team", "user", "role"]
+
+    def save_with_service(self) -> Membership:
+        return membership_set(team=self.instance.team, user=self.instance.user, role=self.instance.role)
+
+
 @admin.register(Membership)
 class MembershipAdmin(TeamScopedAdmin):
     list_display = ["user", "team", "role", "created_at"]
     list_filter = ["role", "team"]
     list_select_related = ["user", "team"]
+    form = MembershipAdminForm
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Membership | None = None) -> Any:
+        # A membership is a team and a user; another pair is another membership (added, not edited).
+        return [*super().get_readonly_fields(request, obj), *(["user"] if obj is not None else [])]
+
+    def delete_with_service(self, obj: Membership) -> None:
+        membership_remove(membership=obj)
 
 
 @admin.register(ApiKey)
@@ -199,21 +308,54 @@ class ApiKeyAdmin(TeamScopedAdmin):
         self.message_user(request, f"{revoked} key(s) revoked{note}", messages.SUCCESS)
 
 
+class AssetAdminForm(ServiceForm):
+    class Meta:
+        model = Asset
+        fields = ["team", "project", "kind", "file"]
+
+    def save_with_service(self) -> Asset | None:
+        if self.instance.pk is not None:
+            return None  # its file and team are read-only; the admin saves its project and kind
+        upload = self.cleaned_data["file"]
+        return asset_create(
+            team=self.instance.team,
+            project=self.instance.project,
+            kind=self.instance.kind,
+            content=upload.read(),
+            name=upload.name or "image",
+        )
+
+
 @admin.register(Asset)
 class AssetAdmin(TeamScopedAdmin):
     list_display = ["preview", "public_id", "original_name", "team", "kind", "format", "width", "height", "created_at"]
     list_filter = ["kind", "format", "team", "created_at"]
     search_fields = ["public_id", "original_name", "sha256"]
-    readonly_fields = ["preview_large", "public_id", "format", "width", "height", "size_bytes", "sha256", "created_at"]
+    readonly_fields = [
+        "preview_large",
+        "public_id",
+        "original_name",
+        "format",
+        "width",
+        "height",
+        "size_bytes",
+        "sha256",
+        "created_at",
+    ]
     list_select_related = ["team"]
+    form = AssetAdminForm
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Asset | None = None) -> Any:
+        # A stored file is replaced through a new asset (verified), never in place.
+        return [*super().get_readonly_fields(request, obj), *(["file"] if obj is not None else [])]
 
     @admin.display(description="Image")
     def preview(self, obj: Asset) -> str:
-        return thumbnail(obj)
+        return asset_thumbnail(obj)
 
     @admin.display(description="Preview")
     def preview_large(self, obj: Asset) -> str:
-        return thumbnail(obj, 256)
+        return asset_thumbnail(obj, large=True)
 
 
 class TrainingTaskInline(admin.TabularInline):
@@ -236,6 +378,27 @@ class TrainingTaskInline(admin.TabularInline):
         return False
 
 
+class ModelAdminForm(ServiceForm):
+    service_fields = {"projectId": "project", "shortDescription": "short_description"}
+
+    class Meta:
+        model = Model
+        fields = ["name", "team", "project", "type", "trigger_word", "short_description"]
+
+    def save_with_service(self) -> Model:
+        model = self.instance  # the form's values (the team only on a new model: read-only after)
+        values = {
+            "name": model.name,
+            "type": model.type,
+            "project": model.project,
+            "trigger_word": model.trigger_word,
+            "short_description": model.short_description,
+        }
+        if model.pk is None:
+            return model_create(team=model.team, **values)
+        return model_update(model=model, **values)
+
+
 @admin.register(Model)
 class ModelAdmin(TeamScopedAdmin):
     """A model's page is its dataset workspace (see templates/admin/models_app/model/change_form.html)."""
@@ -249,14 +412,10 @@ class ModelAdmin(TeamScopedAdmin):
     inlines = [TrainingTaskInline]
     actions = ["start_training", "cancel_training"]
     change_form_template = "admin/models_app/model/change_form.html"
-    form = text_rules_form(
-        Model,
-        {
-            "name": (NAME_MAX, False),
-            "trigger_word": (TRIGGER_WORD_MAX, False),
-            "short_description": (DESCRIPTION_MAX, True),
-        },
-    )
+    form = ModelAdminForm
+
+    def delete_with_service(self, obj: Model) -> None:
+        model_delete(model=obj)  # a soft delete: a live training is cancelled, the rows are kept
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[Model]:
         return super().get_queryset(request).annotate(training_images_count=Count("training_images"))
@@ -326,6 +485,15 @@ class ModelAdmin(TeamScopedAdmin):
                 self.message_user(request, f"{model.name}: cancel requested", messages.SUCCESS)
 
 
+class TrainingImageAdminForm(ServiceForm):
+    class Meta:
+        model = TrainingImage
+        fields = ["description"]
+
+    def save_with_service(self) -> TrainingImage:
+        return training_image_set_caption(training_image=self.instance, description=self.instance.description)
+
+
 @admin.register(TrainingImage)
 class TrainingImageAdmin(TeamScopedAdmin):
     team_path = "model__team"
@@ -352,35 +520,47 @@ class TrainingImageAdmin(TeamScopedAdmin):
         "created_at",
     ]
     list_select_related = ["asset", "model"]
-    form = text_rules_form(TrainingImage, {"description": (CAPTION_MAX, True)})
+    form = TrainingImageAdminForm
 
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False  # images are added on the model's page, which verifies them
 
+    def delete_with_service(self, obj: TrainingImage) -> None:
+        training_image_delete(training_image=obj)
+
     @admin.display(description="Image")
     def preview(self, obj: TrainingImage) -> str:
-        return thumbnail(obj.asset)
+        return asset_thumbnail(obj.asset)
 
     @admin.display(description="Preview")
     def preview_large(self, obj: TrainingImage) -> str:
-        return thumbnail(obj.asset, 256)
+        return asset_thumbnail(obj.asset, large=True)
 
 
 @admin.register(Pair)
 class PairAdmin(TeamScopedAdmin):
+    """A list to look at: a model's pairs are edited as a whole on its page (pairs_replace checks the set)."""
+
     team_path = "model__team"
     list_display = ["model", "source_preview", "target_preview", "instruction", "position"]
     list_select_related = ["model", "source__asset", "target__asset"]
-    raw_id_fields = ["source", "target"]
-    form = text_rules_form(Pair, {"instruction": (INSTRUCTION_MAX, True)})
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False
+
+    def has_change_permission(self, request: HttpRequest, obj: Pair | None = None) -> bool:
+        return False
+
+    def has_delete_permission(self, request: HttpRequest, obj: Pair | None = None) -> bool:
+        return False
 
     @admin.display(description="Source")
     def source_preview(self, obj: Pair) -> str:
-        return thumbnail(obj.source.asset)
+        return asset_thumbnail(obj.source.asset)
 
     @admin.display(description="Target")
     def target_preview(self, obj: Pair) -> str:
-        return thumbnail(obj.target.asset)
+        return asset_thumbnail(obj.target.asset)
 
 
 TASK_SUMMARY_FIELDS = (
@@ -439,26 +619,23 @@ class TrainingTaskAdmin(TeamScopedAdmin):
     def attempts_table(self, obj: TrainingTask) -> str:
         """Each attempt's worker, start, seconds per phase and outcome (a lost one has none)."""
         history = list(obj.attempt_history or [])
+        if not history:
+            return "-"
         running = obj.status in TrainingTask.RUNNING_STATUSES
         unended = "lost (the worker stopped answering)"
-        rows = format_html_join(
-            "",
-            "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{}</td></tr>",
-            (
-                (
-                    entry.get("attempt", ""),
-                    entry.get("worker", ""),
-                    str(entry.get("started_at", ""))[:19].replace("T", " "),
-                    ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in entry.get("stage_seconds", {}).items()),
-                    entry.get("outcome", "running" if running and index == len(history) - 1 else unended),
-                )
-                for index, entry in enumerate(history)
-            ),
-        )
-        if not rows:
-            return "-"
-        header = "<tr><th>#</th><th>worker</th><th>started</th><th>phases</th><th>outcome</th></tr>"
-        return format_html("<table>{}{}</table>", mark_safe(header), rows)
+        attempts = [
+            {
+                "number": entry.get("attempt", ""),
+                "worker": entry.get("worker", ""),
+                "started": str(entry.get("started_at", ""))[:19].replace("T", " "),
+                "phases": ", ".join(
+                    f"{stage} {seconds:.1f} s" for stage, seconds in entry.get("stage_seconds", {}).items()
+                ),
+                "outcome": entry.get("outcome", "running" if running and index == len(history) - 1 else unended),
+            }
+            for index, entry in enumerate(history)
+        ]
+        return render_to_string("admin/models_app/cells/attempts_table.html", {"attempts": attempts})
 
     @admin.display(description="Task", ordering="created_at")
     def short_id(self, obj: TrainingTask) -> str:
@@ -470,11 +647,7 @@ class TrainingTaskAdmin(TeamScopedAdmin):
 
     @admin.display(description="Progress", ordering="progress")
     def progress_bar(self, obj: TrainingTask) -> str:
-        return format_html(
-            '<div style="width:120px;background:#eee;border-radius:3px"><div style="width:{}%;background:#2aa15a;'
-            'height:8px;border-radius:3px"></div></div>',
-            round(obj.progress),
-        )
+        return render_to_string("admin/models_app/cells/progress_bar.html", {"percent": round(obj.progress)})
 
     def get_urls(self) -> list[URLPattern]:
         return [
@@ -564,7 +737,7 @@ class TrainingSampleAdmin(ReadOnlyAdmin):
 
     @admin.display(description="Image")
     def preview(self, obj: TrainingSample) -> str:
-        return format_html(THUMBNAIL_HTML, media_url(obj.file, absolute=False), obj.prompt, 64) if obj.file else "-"
+        return thumbnail(obj.file, obj.prompt)
 
 
 @admin.register(TrainingCheckpoint)
