@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,12 @@ import pytest
 from django.contrib.staticfiles import finders
 from django.urls import reverse
 
-from models_app.models import Membership, Model, Pair, TrainingImage
+from models_app.models import Asset, Membership, Model, Pair, Team, TrainingImage
 from models_app.services.accounts import membership_set
 from models_app.services.datasets import pairs_replace
 from models_app.services.training import training_start
 from tests.factories import ModelFactory, ProjectFactory, TeamFactory, UserFactory, add_images
+from tests.helpers import png
 
 pytestmark = pytest.mark.django_db
 
@@ -209,3 +211,33 @@ def test_the_list_cells_come_from_templates_and_one_stylesheet(staff, tiny_sd15:
         assert "models_app/admin.css" in staff.get(page).content.decode()
     stylesheet = Path(finders.find("models_app/admin.css")).read_text()
     assert ".console-badge-queued" in stylesheet and ".ws-card" in stylesheet and ".live-fill" in stylesheet
+
+
+def test_a_team_a_project_and_an_asset_added_in_the_admin_are_made_by_their_services(client) -> None:
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    person = UserFactory(is_staff=True)
+    members = {
+        "memberships-TOTAL_FORMS": "1",
+        "memberships-INITIAL_FORMS": "0",
+        "memberships-MIN_NUM_FORMS": "0",
+        "memberships-0-user": person.pk,
+        "memberships-0-role": "member",
+    }
+    assert client.post(url("models_app_team_add"), {"name": "  Studio  ", **members}).status_code == 302
+    team = Team.objects.get(name="Studio")  # team_create strips the name
+    assert Membership.objects.get(user=person).team == team  # the inline's row, saved by membership_set
+    assert list(person.groups.values_list("name", flat=True)) == ["Team trainers"]
+    assert client.post(url("models_app_project_add"), {"team": team.pk, "name": "Spring"}).status_code == 302
+    again = client.post(url("models_app_project_add"), {"team": team.pk, "name": "Spring"})
+    assert form_errors(again) == {"__all__": ["Project with this Team and Name already exists."]}
+    upload = io.BytesIO(png((80, 60), "red"))
+    upload.name = "red.png"
+    added = client.post(url("models_app_asset_add"), {"team": team.pk, "kind": "upload", "file": upload})
+    assert added.status_code == 302
+    asset = Asset.objects.get(team=team)
+    assert (asset.original_name, asset.format, asset.width, asset.height) == ("red.png", "PNG", 80, 60)
+    text = io.BytesIO(b"not an image")
+    text.name = "notes.png"
+    refused = client.post(url("models_app_asset_add"), {"team": team.pk, "kind": "upload", "file": text})
+    assert "'notes.png' is not an image" in form_errors(refused)["file"][0]
+    assert Asset.objects.filter(team=team).count() == 1
