@@ -417,6 +417,11 @@ class ModelAdmin(TeamScopedAdmin):
     def delete_with_service(self, obj: Model) -> None:
         model_delete(model=obj)  # a soft delete: a live training is cancelled, the rows are kept
 
+    def get_deleted_objects(self, objs: Any, request: HttpRequest) -> Any:
+        # The confirmation lists what goes: the models alone, as model_delete keeps their rows.
+        models = list(objs)
+        return [str(model) for model in models], {Model._meta.verbose_name_plural: len(models)}, set(), []
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Model]:
         return super().get_queryset(request).annotate(training_images_count=Count("training_images"))
 

@@ -241,3 +241,17 @@ def test_a_team_a_project_and_an_asset_added_in_the_admin_are_made_by_their_serv
     refused = client.post(url("models_app_asset_add"), {"team": team.pk, "kind": "upload", "file": text})
     assert "'notes.png' is not an image" in form_errors(refused)["file"][0]
     assert Asset.objects.filter(team=team).count() == 1
+
+
+def test_a_model_deleted_in_the_admin_is_deleted_as_through_the_api(client, tiny_sd15: Path) -> None:
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    model = ModelFactory()
+    add_images(model, 12)
+    task = training_start(model=model)
+    confirmation = client.get(url("models_app_model_delete", model.pk)).content.decode()
+    assert "<li>Models: 1</li>" in confirmation and "Training images: 12" not in confirmation  # nothing else goes
+    assert client.post(url("models_app_model_delete", model.pk), {"post": "yes"}).status_code == 302
+    model.refresh_from_db()
+    task.refresh_from_db()
+    assert model.status == Model.Status.DELETED and model.deleted_at is not None
+    assert task.status == "CANCELLED" and model.training_images.count() == 12
