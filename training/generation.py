@@ -20,10 +20,10 @@ from models_app.services.generation import (
     generation_job_heartbeat,
     generation_job_release,
 )
-from models_app.services.training import LeaseLost
+from models_app.services.worker_protocol import LeaseLost
 from training.engine.errors import EngineError
 from training.engine.generate import generate
-from training.runner import Heartbeat, worker_identity
+from training.lease import Heartbeat, worker_identity
 from training.storage_io import local_copy, stored_name
 
 logger = logging.getLogger(__name__)

@@ -1,348 +1,39 @@
-"""The worker side of one training task: claim it, run the engine, report, publish the result.
+"""The worker side of one training task: claim it, run the engine, publish the result.
 
-Everything the runner writes goes through the training services, so the database stays the truth:
-a runner that loses its claim (the task was cancelled, reaped or finished elsewhere) stops and
-writes nothing more.
+Everything the runner writes goes through the worker protocol (models_app/services/worker_protocol.py),
+so the database stays the truth: a runner that loses its claim (the task was cancelled, reaped or
+finished elsewhere) stops and writes nothing more. Its lease and clean stop are `training/lease.py`;
+what it reports while the engine runs is `training/reporting.py`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import os
 import shutil
-import signal
-import socket
-import threading
-import time
 import traceback
-import uuid
 from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.db import DatabaseError, connection
-from django.utils import timezone
 
 from models_app.models import TrainingCheckpoint, TrainingImage, TrainingTask
-from models_app.services.training import (
-    ENGINE_OPTIONS,
+from models_app.services.training import ENGINE_OPTIONS
+from models_app.services.worker_protocol import (
     LeaseLost,
-    log_tail,
-    training_checkpoint_record,
-    training_task_add_sample,
-    training_task_begin_training,
     training_task_cancelled,
     training_task_claim,
     training_task_claim_next,
     training_task_complete,
     training_task_fail,
-    training_task_heartbeat,
-    training_task_record_progress,
     training_task_release,
 )
-from models_app.services.webhooks import webhook_emit
 from training import engine
+from training.lease import Heartbeat, shutdown_requested, suspend_on_shutdown_signal, worker_identity
+from training.reporting import TaskReporter
 from training.storage_io import local_copy, stored_name
 
 logger = logging.getLogger(__name__)
-
-MAX_LOSS_POINTS = 500
-# How often the cancel flag is read when no progress write reads it anyway.
-CANCEL_CHECK_SECONDS = 1.0
-# Sent by our `qcluster` command to its worker processes when the cluster is asked to stop: a running
-# training saves a snapshot and hands its task back. Every process of the cluster ignores it otherwise.
-SHUTDOWN_SIGNAL = signal.SIGUSR1
-shutdown_requested = threading.Event()
-
-
-def worker_identity() -> str:
-    """host:label:pid:random. Every training cluster shares the queue (Q_CLUSTER_NAME); the label tells
-    them apart (TRAINING_WORKER_NAME, e.g. one per GPU)."""
-    label = os.environ.get("TRAINING_WORKER_NAME") or settings.Q_CLUSTER.get("name", "worker")
-    return f"{socket.gethostname()}:{label}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
-
-
-class TaskReporter:
-    """The engine's callbacks, writing to the task row at a bounded rate."""
-
-    def __init__(self, task: TrainingTask, worker_id: str) -> None:
-        self.task_id = task.pk
-        self.worker_id = worker_id
-        self.logs = task.logs
-        self.pending_lines: list[str] = []
-        self.pending_fields: dict[str, Any] = {}
-        self.last_write = 0.0
-        self.last_cancel_check = 0.0
-        self.cancel_requested = False
-        self.training_started = False
-        self.keep_checkpoints = task.max_step_saves_to_keep
-        self.last_webhook = 0.0
-        self.heartbeat: Heartbeat | None = None
-        self.loss_history: list[list[float]] = list(task.loss_history or [])
-        self.validation_history: list[list[float]] = list(task.validation_history or [])
-        # Wall seconds per phase: `stage_seconds` sums every attempt (what earlier attempts had written
-        # when they last wrote, a lost one included), and `attempt_history` keeps each attempt's own.
-        self.earlier_seconds: dict[str, float] = dict(task.stage_seconds or {})
-        if "queue" not in self.earlier_seconds and task.started_at is not None:
-            self.earlier_seconds["queue"] = round((task.started_at - task.created_at).total_seconds(), 3)
-        self.attempt_seconds: dict[str, float] = {}
-        self.attempt_history: list[dict[str, Any]] = [
-            *(task.attempt_history or []),
-            {
-                "attempt": task.attempt_count,
-                "worker": worker_id,
-                "started_at": timezone.now().isoformat(),
-                "stage_seconds": {},
-            },
-        ]
-        self.stage: str | None = None
-        self.stage_since = time.monotonic()
-
-    def log(self, message: str) -> None:
-        stamp = timezone.now().strftime("%Y-%m-%d %H:%M:%S")
-        self.pending_lines.append(f"{stamp} {message}")
-        logger.info("task %s: %s", self.task_id, message)
-
-    def enter_stage(self, stage: str | None) -> None:
-        """Close the current phase's clock and start `stage`'s (None: the run is over)."""
-        if stage == self.stage:
-            return
-        now = time.monotonic()
-        if self.stage is not None:
-            spent = self.attempt_seconds.get(self.stage, 0.0) + now - self.stage_since
-            self.attempt_seconds[self.stage] = round(spent, 3)
-        self.stage, self.stage_since = stage, now
-
-    def clock_fields(self, outcome: str = "") -> dict[str, Any]:
-        """stage_seconds and attempt_history as of now, the running phase counted up to this moment, so
-        an attempt that dies loses at most the time since its last write."""
-        current = dict(self.attempt_seconds)
-        if self.stage is not None:
-            current[self.stage] = round(current.get(self.stage, 0.0) + time.monotonic() - self.stage_since, 3)
-        total = dict(self.earlier_seconds)
-        for stage, seconds in current.items():
-            total[stage] = round(total.get(stage, 0.0) + seconds, 3)
-        self.attempt_history[-1] = {**self.attempt_history[-1], "stage_seconds": current}
-        if outcome:
-            self.attempt_history[-1]["outcome"] = outcome
-            self.attempt_history[-1]["ended_at"] = timezone.now().isoformat()
-        return {"stage_seconds": total, "attempt_history": list(self.attempt_history)}
-
-    def drain(self, outcome: str = "") -> dict[str, Any]:
-        """The fields written so far plus the log and the clocks, and forget them."""
-        fields = {**self.pending_fields, **self.clock_fields(outcome)}
-        if self.pending_lines:
-            self.logs = log_tail(self.logs, self.pending_lines)
-            self.pending_lines = []
-            fields["logs"] = self.logs
-        self.pending_fields = {}
-        return fields
-
-    def flush(self, *, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - self.last_write < settings.TRAINING_PROGRESS_WRITE_SECONDS:
-            return
-        fields = self.drain()
-        try:
-            cancel = training_task_record_progress(task_id=self.task_id, worker_id=self.worker_id, fields=fields)
-        except DatabaseError as exc:
-            # A busy or briefly unreachable database: keep the fields for the next write and train on.
-            # The lease is the heartbeat's business; it stops the run if it cannot renew in time.
-            logger.warning("task %s: progress not written (%s); retrying with the next write", self.task_id, exc)
-            self.pending_fields = {**fields, **self.pending_fields}
-            self.pending_fields.pop("logs", None)  # self.logs holds them; the next drain writes them
-            connection.close()
-            self.last_write = self.last_cancel_check = now
-            return
-        self.cancel_requested = cancel or self.cancel_requested
-        self.last_write = self.last_cancel_check = now
-
-    def finish(self, outcome: str) -> dict[str, Any]:
-        """The last fields to write when the run ends; `outcome` is recorded in the attempt's history."""
-        self.enter_stage(None)
-        return self.drain(outcome)
-
-    # engine.TrainingCallbacks
-    def on_stage(self, stage: str, processed: int, total: int) -> None:
-        self.enter_stage(stage)
-        if stage == "training" and not self.training_started:
-            self.training_started = True
-            self.log("preprocessing done; training started")
-            training_task_begin_training(task_id=self.task_id, worker_id=self.worker_id, fields=self.drain())
-            self.last_write = time.monotonic()
-            return
-        if stage == "loading":
-            self.log("loading the base model")  # not a pass over the files: their counts stay
-        elif stage != "exporting":
-            self.pending_fields.update(
-                preprocessing_stage=stage, processed_files_count=processed, total_files_count=total
-            )
-            if processed == 0:
-                self.log(f"{stage}: {total} item(s)")
-        elif processed == 0:
-            self.log("exporting weights")
-        self.flush()
-
-    def on_progress(self, progress: engine.Progress) -> None:
-        if progress.loss is not None:
-            # [step, loss], or [step, loss, smoothed loss]: readers of the first two numbers are unchanged.
-            point = [progress.step, round(progress.loss, 6)]
-            if progress.smoothed_loss is not None:
-                point.append(round(progress.smoothed_loss, 6))
-            self.loss_history = bounded_history(self.loss_history, point)
-            self.pending_fields["loss_history"] = self.loss_history
-        self.pending_fields.update(
-            current_step=progress.step,
-            total_steps=progress.total_steps,
-            progress=round(100.0 * progress.step / max(1, progress.total_steps), 2),
-            eta_seconds=progress.eta_seconds,
-            loss=progress.loss,
-        )
-        self.flush(force=progress.step == progress.total_steps)
-        now = time.monotonic()
-        if now - self.last_webhook >= settings.WEBHOOK_PROGRESS_SECONDS:
-            self.last_webhook = now
-            webhook_emit(task_id=self.task_id, event="progress", data={"loss": progress.loss})
-
-    def on_log(self, message: str) -> None:
-        self.log(message)
-
-    def on_sample(self, step: int, prompt: str, path: Path) -> None:
-        training_task_add_sample(task_id=self.task_id, step=step, prompt=prompt, path=path)
-        self.log(f"sample at step {step}: {prompt}")
-
-    def on_checkpoint(self, step: int, path: Path) -> None:
-        training_checkpoint_record(task_id=self.task_id, step=step, folder=path, keep=self.keep_checkpoints)
-        self.log(f"checkpoint saved at step {step}")
-        self.flush(force=True)
-        webhook_emit(task_id=self.task_id, event="checkpoint", data={"step": step})
-
-    def on_snapshot(self, step: int, path: Path) -> None:
-        # The worker's crash-safety save: where a new attempt resumes, not one of the user's checkpoints.
-        training_checkpoint_record(
-            task_id=self.task_id, step=step, folder=path, keep=self.keep_checkpoints, snapshot=True
-        )
-        self.log(f"snapshot saved at step {step}")
-        self.flush(force=True)
-
-    def on_validation(self, step: int, loss: float) -> None:
-        self.validation_history = bounded_history(self.validation_history, [step, round(loss, 6)])
-        self.pending_fields["validation_history"] = self.validation_history
-        self.flush()
-
-    def should_suspend(self) -> bool:
-        return shutdown_requested.is_set()
-
-    def should_cancel(self) -> bool:
-        if self.heartbeat is not None and self.heartbeat.lost:
-            raise LeaseLost(f"training task {self.task_id}: {self.heartbeat.lost_reason}")
-        if self.cancel_requested:
-            return True
-        if time.monotonic() - self.last_cancel_check >= CANCEL_CHECK_SECONDS:
-            self.flush(force=True)
-        return self.cancel_requested
-
-
-def bounded_history(history: list[list[float]], point: list[float]) -> list[list[float]]:
-    """The curve with `point` added: a resume repeats steps, so later points go; thinned past MAX_LOSS_POINTS."""
-    kept = [p for p in history if p[0] < point[0]]
-    kept.append(point)
-    if len(kept) > MAX_LOSS_POINTS:
-        kept = kept[::2]  # keep the whole curve, at half the density
-    return kept
-
-
-class Heartbeat:
-    """Renews the task's lease from a thread while the runner works, also through long silent phases
-    (loading a 24 GB model, caching); notices when the task was taken from this worker.
-
-    A database error (SQLite busy, a PostgreSQL restart) is retried with back-off. If the lease cannot
-    be renewed for two thirds of its length, the heartbeat gives up and marks it lost: the runner then
-    stops rather than train on a lease the reaper may already have handed to another worker. While the
-    cluster shuts down it also bounds the hand-over: past TRAINING_SHUTDOWN_GRACE_SECONDS it releases
-    the task itself and ends the process, wherever the run is.
-    """
-
-    def __init__(self, task_id: Any, worker_id: str) -> None:  # a task's UUID; GenerationLease: a job's id
-        self.task_id = task_id
-        self.worker_id = worker_id
-        self.lost = False
-        self.lost_reason = ""
-        self.errors = 0
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self.run, name=f"lease-{task_id}", daemon=True)
-
-    def run(self) -> None:
-        lease = float(settings.TRAINING_LEASE_SECONDS)
-        interval = max(1.0, lease / 3)
-        give_up_after = 2 * lease / 3
-        last_renewed = time.monotonic()
-        next_renewal, backoff = last_renewed + interval, 0.5
-        shutdown_since: float | None = None
-        try:
-            while not self.stopped.wait(min(1.0, interval)):
-                now = time.monotonic()
-                if shutdown_requested.is_set():
-                    shutdown_since = shutdown_since or now
-                    if now - shutdown_since >= settings.TRAINING_SHUTDOWN_GRACE_SECONDS:
-                        self.release_and_exit()
-                if now < next_renewal:
-                    continue
-                try:
-                    renewed = self.renew()
-                except DatabaseError as exc:
-                    self.errors += 1
-                    connection.close()  # the next try opens a fresh connection
-                    if time.monotonic() - last_renewed >= give_up_after:
-                        self.mark_lost(f"the lease could not be renewed for {give_up_after:.0f} s ({exc})")
-                        return
-                    logger.warning("task %s: lease not renewed (%s); retrying in %.1f s", self.task_id, exc, backoff)
-                    next_renewal, backoff = time.monotonic() + backoff, min(backoff * 2, interval / 2)
-                    continue
-                if not renewed:
-                    self.mark_lost(f"no longer held by {self.worker_id}")
-                    return
-                last_renewed = time.monotonic()
-                next_renewal, backoff = last_renewed + interval, 0.5
-        finally:
-            connection.close()
-
-    def renew(self) -> bool:
-        return training_task_heartbeat(task_id=self.task_id, worker_id=self.worker_id)
-
-    def release(self) -> None:
-        step = TrainingCheckpoint.objects.filter(task_id=self.task_id).order_by("-step").values_list("step", flat=True)
-        training_task_release(task_id=self.task_id, worker_id=self.worker_id, step=step.first() or 0)
-
-    def mark_lost(self, reason: str) -> None:
-        logger.error("training task %s: %s; the run stops", self.task_id, reason)
-        self.lost_reason = reason
-        self.lost = True
-
-    def release_and_exit(self) -> None:
-        logger.warning(
-            "%s did not stop within %s s of the shutdown; handing it back",
-            self.task_id,
-            settings.TRAINING_SHUTDOWN_GRACE_SECONDS,
-        )
-        self.release()
-        connection.close()
-        os._exit(0)  # the run may be deep inside a library call: nothing else can stop it now
-
-    def __enter__(self) -> Heartbeat:
-        self.thread.start()
-        return self
-
-    def __exit__(self, *args: object) -> None:
-        self.stopped.set()
-        self.thread.join(timeout=10)
-
-
-def suspend_on_shutdown_signal() -> None:
-    """In a worker process: turn the cluster's SHUTDOWN_SIGNAL into a request to suspend the training."""
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(SHUTDOWN_SIGNAL, lambda signum, frame: shutdown_requested.set())
 
 
 def run_next_training() -> str:

@@ -41,8 +41,8 @@ class StaleTasksReport(TypedDict):
 def reap_stale_tasks() -> StaleTasksReport:
     """The reaper, every minute on the housekeeping cluster (and `manage.py reap_stale_tasks`)."""
     from models_app.services.generation import generation_jobs_reap
-    from models_app.services.training import training_tasks_reap
     from models_app.services.webhooks import webhook_due_deliveries, webhook_send
+    from models_app.services.worker_protocol import training_tasks_reap
 
     report = training_tasks_reap()
     jobs = generation_jobs_reap()

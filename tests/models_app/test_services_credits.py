@@ -6,7 +6,8 @@ from models_app.errors import InsufficientCredits
 from models_app.models import CreditEntry, Team, TrainingTask
 from models_app.services.credits import credits_grant, training_estimate
 from models_app.services.datasets import model_configure
-from models_app.services.training import training_cancel, training_quote, training_start, training_task_claim
+from models_app.services.training import training_cancel, training_quote, training_start
+from models_app.services.worker_protocol import training_task_claim
 from tests.factories import ModelFactory, TeamFactory, add_images
 from tests.helpers import api_client_for
 
@@ -56,7 +57,7 @@ def test_credits_are_reserved_at_start_and_the_unused_part_refunded(tiny_sd15) -
     training_task_claim(task_id=str(task.pk), worker_id="w")
     TrainingTask.objects.filter(pk=task.pk).update(current_step=250, status="TRAINING")
     training_cancel(model=model)
-    from models_app.services.training import training_task_cancelled
+    from models_app.services.worker_protocol import training_task_cancelled
 
     assert training_task_cancelled(task_id=task.pk, worker_id="w")
     team.refresh_from_db()

@@ -4,12 +4,8 @@ from django.db import IntegrityError, transaction
 from models_app.errors import Conflict, InvalidInput, LimitReached
 from models_app.models import TASK_TRANSITIONS, Model, TrainingTask
 from models_app.services.datasets import model_configure, training_image_set_caption
-from models_app.services.training import (
-    training_cancel,
-    training_start,
-    training_task_claim,
-    training_task_fail,
-)
+from models_app.services.training import training_cancel, training_start
+from models_app.services.worker_protocol import training_task_claim, training_task_fail
 from tests.factories import ModelFactory, TeamFactory, add_images
 
 pytestmark = pytest.mark.django_db

@@ -25,7 +25,7 @@ from django.db import connection, models, transaction
 from models_app.models import Asset, GenerationJob, Model, Team, TrainingTask
 from models_app.services.assets import asset_create
 from models_app.services.sweeper import STORED_FILE_FIELDS, OrphanKind, orphans_sweep
-from models_app.services.training import training_checkpoint_record, training_task_add_sample
+from models_app.services.task_files import training_checkpoint_record, training_task_add_sample
 from tests.factories import ModelFactory, TeamFactory, api_token
 from tests.helpers import png, wait_for, worker_environment
 from training.housekeeping import sweep_orphans

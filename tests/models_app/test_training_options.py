@@ -12,12 +12,8 @@ from django.urls import reverse
 from models_app.errors import InvalidInput
 from models_app.models import Model, TrainingCheckpoint, TrainingTask
 from models_app.services.datasets import model_configure
-from models_app.services.training import (
-    ENGINE_OPTIONS,
-    training_checkpoint_record,
-    training_quote,
-    training_start,
-)
+from models_app.services.task_files import training_checkpoint_record
+from models_app.services.training import ENGINE_OPTIONS, training_quote, training_start
 from models_app.training_parameters import PARAMETERS, dependent_defaults, effective_parameters
 from tests.factories import ModelFactory, add_images
 from tests.helpers import api_client_for

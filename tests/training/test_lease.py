@@ -13,16 +13,12 @@ from django.db import connection
 
 from models_app.models import Model, TrainingTask
 from models_app.services.datasets import model_configure
-from models_app.services.training import (
-    LeaseLost,
-    training_cancel,
-    training_start,
-    training_task_claim,
-    training_task_release,
-)
+from models_app.services.training import training_cancel, training_start
+from models_app.services.worker_protocol import LeaseLost, training_task_claim, training_task_release
 from tests.factories import ModelFactory, add_images
 from tests.helpers import wait_for
-from training.runner import Heartbeat, TaskReporter
+from training.lease import Heartbeat
+from training.reporting import TaskReporter
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

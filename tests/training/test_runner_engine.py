@@ -12,13 +12,16 @@ from safetensors.torch import load_file
 
 from models_app.models import Model, TrainingCheckpoint, TrainingTask
 from models_app.services.datasets import model_configure, pairs_replace
-from models_app.services.training import ENGINE_OPTIONS, training_checkpoint_record, training_start, training_task_claim
+from models_app.services.task_files import training_checkpoint_record
+from models_app.services.training import ENGINE_OPTIONS, training_start
+from models_app.services.worker_protocol import training_task_claim
 from models_app.training_parameters import PARAMETERS
 from tests.factories import ModelFactory, TeamFactory, add_images
 from tests.helpers import api_client_for, png, run_queued
 from training import engine
 from training.engine.checkpoints import FILES
-from training.runner import TaskReporter, build_spec, restore_checkpoint, run_training_task
+from training.reporting import TaskReporter
+from training.runner import build_spec, restore_checkpoint, run_training_task
 
 pytestmark = pytest.mark.django_db
 slow = pytest.mark.slow  # these train a tiny model

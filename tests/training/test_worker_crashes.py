@@ -28,14 +28,14 @@ from models_app.models import CreditEntry, Model, TrainingImage, TrainingTask, W
 from models_app.services.credits import credits_grant
 from models_app.services.datasets import model_configure
 from models_app.services.queue import queue_waiting
-from models_app.services.training import (
+from models_app.services.training import training_start
+from models_app.services.webhooks import SIGNATURE_HEADER, sign
+from models_app.services.worker_protocol import (
     START_MESSAGE,
-    training_start,
     training_task_claim,
     training_task_enqueue,
     training_tasks_reap,
 )
-from models_app.services.webhooks import SIGNATURE_HEADER, sign
 from tests.factories import ModelFactory, TeamFactory, add_images, api_token
 from tests.helpers import (
     HANG_GUARD,

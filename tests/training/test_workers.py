@@ -18,13 +18,8 @@ from models_app.errors import ApplicationError, Conflict
 from models_app.models import Asset, CreditEntry, Model, Team, TrainingCheckpoint, TrainingTask
 from models_app.services.credits import credits_grant
 from models_app.services.datasets import model_configure, training_image_add_asset
-from models_app.services.training import (
-    training_cancel,
-    training_start,
-    training_task_claim,
-    training_task_set_priority,
-    training_tasks_reap,
-)
+from models_app.services.training import training_cancel, training_start, training_task_set_priority
+from models_app.services.worker_protocol import training_task_claim, training_tasks_reap
 from tests.factories import ModelFactory, TeamFactory, add_images
 from tests.helpers import HANG_GUARD, run_queued, start_cluster, stop_cluster, wait_for
 from training.runner import run_training_task

@@ -159,7 +159,7 @@ def test_reap_stale_tasks_command_reports(tiny_sd15: Path) -> None:
     task = training_start(model=model)
     from django.utils import timezone
 
-    from models_app.services.training import training_task_claim
+    from models_app.services.worker_protocol import training_task_claim
 
     training_task_claim(task_id=str(task.pk), worker_id="gone")
     TrainingTask.objects.filter(pk=task.pk).update(lease_expires_at=timezone.now())

@@ -4,7 +4,7 @@ django-q2 answers SIGTERM and SIGINT by waiting for every worker to finish its t
 training means hours, so a stopped worker either hung or was killed and its attempt counted as lost.
 This command runs the same cluster, and on those signals first sends the runner's SHUTDOWN_SIGNAL to
 the cluster's processes: a worker that is training saves a snapshot at its next step and hands the task
-back to the queue (runner.TaskReporter.should_suspend), then the cluster stops as usual. Every other
+back to the queue (training/reporting.py, TaskReporter.should_suspend), then the cluster stops as usual. Every other
 process of the cluster ignores the signal, which it inherits as ignored from this one. django-q2 has no
 hook for this, so the command subclasses its cluster.
 """
@@ -21,7 +21,7 @@ from django.conf import settings
 from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as DjangoQClusterCommand
 
-from training.runner import SHUTDOWN_SIGNAL
+from training.lease import SHUTDOWN_SIGNAL
 
 logger = logging.getLogger(__name__)
 
