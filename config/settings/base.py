@@ -159,6 +159,10 @@ REST_FRAMEWORK = {
     "UNAUTHENTICATED_USER": None,
 }
 
+# How long a read may trust an API key this process found active, without reading it again (seconds;
+# 0: every request reads it). A revoked key can go on reading for that long: see api_key_authenticate.
+API_KEY_CACHE_SECONDS = env_int("API_KEY_CACHE_SECONDS", 5)
+
 # Per-key rate limits (models_app/api/throttling.py): "N/second|minute|hour|day", or "off".
 API_THROTTLE_RATES: dict[str, str | None] = {
     scope: (None if value.lower() in ("", "off", "none") else value)

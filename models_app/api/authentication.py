@@ -5,14 +5,13 @@ from __future__ import annotations
 import base64
 import binascii
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any, TypeAlias
 
 from django.contrib.auth.models import AnonymousUser, User
-from django.utils import timezone
 from drf_spectacular.contrib.rest_framework_simplejwt import SimpleJWTScheme
 from drf_spectacular.extensions import OpenApiAuthenticationExtension
 from rest_framework import authentication, exceptions
+from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
 from rest_framework_simplejwt.authentication import JWTAuthentication
 from rest_framework_simplejwt.serializers import TokenRefreshSerializer
@@ -21,14 +20,11 @@ from rest_framework_simplejwt.tokens import Token
 
 from models_app.input_rules import control_character, public_id_plausible
 from models_app.models import ApiKey, Team
-from models_app.services.accounts import secret_matches
+from models_app.services.accounts import api_key_authenticate
 
 SECRET_MAX = 200
 # The largest primary key a user row can have (a bigint).
 USER_ID_MAX = 2**63 - 1
-
-# last_used_at is for people, not for accounting: write it at most this often per key.
-LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 
 @dataclass
@@ -69,12 +65,9 @@ class ApiKeyAuthentication(authentication.BaseAuthentication):
             return None  # not an API key: let the next authenticator look
         if not public_id_plausible(key) or control_character(secret) or len(secret) > SECRET_MAX:
             raise exceptions.AuthenticationFailed("malformed API key: a control character or an over-long value")
-        api_key = ApiKey.objects.select_related("team").filter(key=key, revoked_at__isnull=True).first()
-        if api_key is None or not secret or not secret_matches(api_key, secret):
+        api_key = api_key_authenticate(key=key, secret=secret, fresh=request.method not in SAFE_METHODS)
+        if api_key is None:
             raise exceptions.AuthenticationFailed("invalid API key")
-        now = timezone.now()
-        if api_key.last_used_at is None or now - api_key.last_used_at > LAST_USED_RESOLUTION:
-            ApiKey.objects.filter(pk=api_key.pk).update(last_used_at=now)
         return TeamPrincipal(team=api_key.team, api_key=api_key), api_key
 
     def authenticate_header(self, request: Request) -> str:
