@@ -272,7 +272,6 @@ def run_one(
         trigger_word="zxq",
         rank=16,
         steps=max(steps + warmup, 1000),  # a full-length run: what the automatic choices see
-        learning_rate=1e-4,
         optimizer="adamw",
         batch_size=1,
         resolution=spec_data["resolution"],

@@ -14,22 +14,23 @@ from typing import Any
 
 import torch
 
+from contract.parameters import default
 from training.engine.errors import EngineError
 
 
 @dataclass(frozen=True)
 class NoiseSettings:
-    """How training noise and timesteps are drawn (see TrainingSpec for each field's meaning)."""
+    """How training noise and timesteps are drawn (defaults and meanings: contract/parameters.py)."""
 
-    noise_offset: float = 0.0
-    min_snr_gamma: float | None = None
-    timestep_sampling: str = "logit_normal"
-    logit_mean: float = 0.0
-    logit_std: float = 1.0
-    sigmoid_scale: float = 1.0
-    timestep_shift: float | None = None
-    guidance_scale: float = 1.0
-    bypass_guidance_embedding: bool = False
+    noise_offset: float = default("noise_offset")
+    min_snr_gamma: float | None = default("min_snr_gamma")
+    timestep_sampling: str = default("timestep_sampling")
+    logit_mean: float = default("logit_mean")
+    logit_std: float = default("logit_std")
+    sigmoid_scale: float = default("sigmoid_scale")
+    timestep_shift: float | None = default("timestep_shift")
+    guidance_scale: float = default("guidance_scale")
+    bypass_guidance_embedding: bool = default("bypass_guidance_embedding")
 
 
 @dataclass
