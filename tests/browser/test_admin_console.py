@@ -33,6 +33,11 @@ pytestmark = [
     pytest.mark.django_db(transaction=True),
     pytest.mark.skipif(not CHROMIUM, reason="Chromium is not installed (apt-get install chromium)"),
     pytest.mark.skipif(not PLAYWRIGHT, reason="Playwright is not installed (pip install playwright)"),
+    # The pages do not depend on the database: one browser run per `make test`, in the PostgreSQL pass
+    # (production's database), keeps CI's time down. DATABASE_URL=... pytest tests/browser runs it alone.
+    pytest.mark.skipif(
+        not os.environ.get("DATABASE_URL"), reason="runs in the PostgreSQL pass (set DATABASE_URL to run it alone)"
+    ),
 ]
 
 
