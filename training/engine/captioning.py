@@ -26,8 +26,16 @@ class TransformersCaptioner:
         self.max_new_tokens = max_new_tokens
 
     def __call__(self, image: Image.Image, prompt: str | None) -> str:
-        arguments: dict[str, Any] = {"generate_kwargs": {"max_new_tokens": self.max_new_tokens}}
-        if prompt:
-            arguments["prompt"] = prompt
-        result = self.pipeline(image, **arguments)
-        return str(result[0]["generated_text"]).strip() if result else ""
+        """The caption the model writes for the image, started from `prompt` when one is given (BLIP's
+        "a photo of", Florence's "<MORE_DETAILED_CAPTION>"); the prompt itself is not repeated.
+
+        transformers 5's pipeline needs `text` for every call (an empty one for a plain caption) and
+        returns the prompt with the generated words unless told not to.
+        """
+        result = self.pipeline(
+            images=image,
+            text=prompt or "",
+            return_full_text=False,
+            generate_kwargs={"max_new_tokens": self.max_new_tokens},
+        )
+        return " ".join(str(result[0]["generated_text"]).split()) if result else ""
