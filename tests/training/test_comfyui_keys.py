@@ -4,6 +4,7 @@ ComfyUI's comfy/utils.py tables and comfy/model_detection.py."""
 
 from __future__ import annotations
 
+import json
 import re
 
 import pytest
@@ -68,18 +69,18 @@ FLUX_DEV_TRANSFORMER = {  # FLUX.1-dev transformer/config.json
     "patch_size": 1,
     "pooled_projection_dim": 768,
 }
-# The tiny test models of training/engine/tiny.py.
+# The tiny test models of training/engine/tiny.py (a test below checks these equal the built ones).
 TINY_SD15_UNET = {
     "block_out_channels": (32, 64),
     "layers_per_block": 2,
-    "sample_size": 32,
+    "sample_size": 16,
     "in_channels": 4,
     "out_channels": 4,
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     "cross_attention_dim": 32,
     "attention_head_dim": 8,
-    "norm_num_groups": 32,
+    "norm_num_groups": 4,
 }
 TINY_SDXL_UNET = {
     "block_out_channels": (32, 64),
@@ -87,8 +88,8 @@ TINY_SDXL_UNET = {
     "sample_size": 32,
     "in_channels": 4,
     "out_channels": 4,
-    "down_block_types": ("DownBlock2D", "CrossAttnDownBlock2D"),
-    "up_block_types": ("CrossAttnUpBlock2D", "UpBlock2D"),
+    "down_block_types": ("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    "up_block_types": ("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
     "attention_head_dim": (2, 4),
     "use_linear_projection": True,
     "addition_embed_type": "text_time",
@@ -104,7 +105,7 @@ TINY_FLUX_TRANSFORMER = {
     "num_layers": 1,
     "num_single_layers": 1,
     "attention_head_dim": 16,
-    "num_attention_heads": 2,
+    "num_attention_heads": 4,
     "joint_attention_dim": 32,
     "pooled_projection_dim": 32,
     "guidance_embeds": True,
@@ -194,10 +195,23 @@ def test_tiny_sdxl_layout():
     assert comfyui_unet_layout(TINY_SDXL_UNET) == {
         "num_res_blocks": [2, 2],
         "channel_mult": [1, 2],
-        "transformer_depth": [0, 0, 2, 2],
-        "transformer_depth_output": [0, 0, 0, 2, 2, 2],
+        "transformer_depth": [1, 1, 2, 2],
+        "transformer_depth_output": [1, 1, 1, 2, 2, 2],
         "transformer_depth_middle": 2,
     }
+
+
+@pytest.mark.parametrize(("family", "config"), [("sd15", TINY_SD15_UNET), ("sdxl", TINY_SDXL_UNET)])
+def test_the_restated_tiny_configs_are_the_built_ones(family: str, config: dict, tiny_models: dict) -> None:
+    built = json.loads((tiny_models[family] / "unet" / "config.json").read_text(encoding="utf-8"))
+    for key, value in config.items():
+        assert built[key] == (list(value) if isinstance(value, tuple) else value), key
+
+
+def test_the_restated_tiny_flux_config_is_the_built_one(tiny_models: dict) -> None:
+    built = json.loads((tiny_models["flux"] / "transformer" / "config.json").read_text(encoding="utf-8"))
+    for key, value in TINY_FLUX_TRANSFORMER.items():
+        assert built[key] == (list(value) if isinstance(value, tuple) else value), key
 
 
 def test_a_comfyui_layout_config_gives_the_same_names():
