@@ -1,0 +1,55 @@
+"""The read serializers' own output loop (PlannedOutput) answers exactly what DRF's generic loop would."""
+
+from __future__ import annotations
+
+import pytest
+from django.core.files.base import ContentFile
+from django.test import RequestFactory
+from rest_framework import serializers
+
+from models_app import selectors
+from models_app.api.serializers import ModelSerializer, TrainingProgressSerializer, TrainingTaskSerializer
+from models_app.models import Model, TrainingTask
+from tests.factories import ModelFactory, ProjectFactory, TeamFactory, add_images
+
+pytestmark = pytest.mark.django_db
+
+
+def drf_output(serializer: serializers.Serializer, instance: object) -> object:
+    """What DRF's own Serializer.to_representation makes of `instance`."""
+    return serializers.Serializer.to_representation(serializer, instance)
+
+
+def test_models_and_tasks_serialize_as_drf_would() -> None:
+    team = TeamFactory()
+    plain = ModelFactory(team=team)  # no project, no images, no task
+    add_images(plain, 2)
+    trained = ModelFactory(team=team, project=ProjectFactory(team=team), parameters={"steps": 30, "rank": 4})
+    done = TrainingTask.objects.create(
+        team=team, model=trained, trigger_word="zxq", status=TrainingTask.Status.COMPLETED, progress=100.0,
+        current_step=30, total_steps=30, loss=0.123456789012345678, sample_prompts=["a", "b"],
+        preprocessing_transforms=[{"type": "resize"}],
+    )  # fmt: skip
+    done.weights.save("weights.safetensors", ContentFile(b"weights"), save=True)
+    Model.objects.filter(pk=trained.pk).update(trained_task=done, status=Model.Status.READY)
+    TrainingTask.objects.create(
+        team=team, model=trained, trigger_word="zxq", status=TrainingTask.Status.PREPROCESSING,
+        preprocessing_stage="captioning", progress=12.5, eta_seconds=77, error_message="slow",
+    )  # fmt: skip
+    request = RequestFactory().get("/v1/models", HTTP_HOST="localhost")
+    for models in (
+        list(selectors.model_list(team=team)),
+        [selectors.model_get(team=team, public_id=trained.public_id)],
+    ):
+        serializer = ModelSerializer(models, many=True, context={"request": request}).child
+        for model in models:
+            assert serializer.to_representation(model) == drf_output(serializer, model)
+            task = selectors.model_latest_task(model)
+            if task is not None:
+                progress = TrainingProgressSerializer()
+                assert progress.to_representation(task) == drf_output(progress, task)
+    tasks = list(selectors.training_task_list(team=team)) + list(TrainingTask.objects.filter(team=team))
+    assert len(tasks) == 4
+    serializer = TrainingTaskSerializer()
+    for task in tasks:
+        assert serializer.to_representation(task) == drf_output(serializer, task)
