@@ -40,6 +40,7 @@ class Parameter:
     exclusive_minimum: bool = False  # the value must be above `minimum`, not equal to it
     min_length: int | None = None  # strings
     max_length: int = 200  # characters of a string, entries of a list
+    entries: type | None = None  # a list's entry type: strings are typed one per line in the admin, others as JSON
     help: str = ""  # what it does, for the README, the admin's form and the API docs
     shown_default: str | None = None  # how the default reads where the value alone says too little
     group: str = "Training"  # the admin form's section
@@ -98,13 +99,13 @@ PARAMETERS: dict[str, Parameter] = {
     "bypass_guidance_embedding": _p(bool, False, group="Captions and conditioning", help="train FLUX without its guidance embedding"),
     "preprocessing_captioning_strategy": _p(str, "trigger_only", choices=CAPTIONING_STRATEGIES, group="Captions and conditioning", help="`trigger_only`, `description` (each image's caption), `filename` (a `.txt` beside the imported image, kohya style), `automatic` (a local captioning model, `TRAINING_CAPTION_MODEL`, prompted with `preprocessing_captioning_prompt`)"),
     "preprocessing_captioning_prompt": _p(str, None, nullable=True, max_length=PROMPT_MAX, group="Captions and conditioning", help="the captioning model's instruction for `automatic`"),
-    "preprocessing_transforms": _p(list, None, nullable=True, max_length=LIST_MAX, group="Captions and conditioning", help='list of `{"type": "resize", "size": 768}`, `center_crop` / `random_crop` (`size`, or `width` and `height`), `horizontal_flip` (`p`)'),
+    "preprocessing_transforms": _p(list, None, nullable=True, max_length=LIST_MAX, entries=dict, group="Captions and conditioning", help='list of `{"type": "resize", "size": 768}`, `center_crop` / `random_crop` (`size`, or `width` and `height`), `horizontal_flip` (`p`)'),
     # --- outputs
     "save_every": _p(int, 2000, 1, 100_000, group="Outputs", help="steps between the user's checkpoints (weights, optimizer, schedule, step, RNG), listed with the task; the worker also keeps its own crash-safety snapshot every 10 minutes or 500 steps whatever this says (never listed, not counted in `max_step_saves_to_keep`)"),
     "max_step_saves_to_keep": _p(int, 4, 1, 100, group="Outputs", help="checkpoints kept, newest first"),
     "sample_every": _p(int, 250, 1, 100_000, group="Outputs", help="steps between sample images (stored with the task) and validation losses"),
     "sample_steps": _p(int, 25, 1, 200, group="Outputs", help="denoising steps of each sample"),
-    "sample_prompts": _p(list, [], max_length=LIST_MAX, group="Outputs", help="the prompts sampled during training"),
+    "sample_prompts": _p(list, [], max_length=LIST_MAX, entries=str, group="Outputs", help="the prompts sampled during training"),
     "base_model_path": _p(str, None, nullable=True, max_length=PATH_MAX, shown_default="`TRAINING_DEFAULT_BASE_MODEL`", help='the base model: a folder under `TRAINING_BASE_MODEL_ROOTS` or a hub id; see "Base models"'),
     "priority": _p(int, 1, 0, 3, group="Outputs", help="queue priority: 0 low, 1 normal, 2 high, 3 urgent"),
     "webhook_url": _p(str, "", nullable=True, max_length=URL_MAX, group="Outputs", help="where progress notifications are POSTed, signed"),
@@ -137,7 +138,7 @@ PARAMETERS: dict[str, Parameter] = {
     "masked_loss": _p(bool, False, group="Loss and noise", help="weight each latent pixel by the image's alpha channel (transparent = not learned); for cut-out products and subjects"),
     # --- validation
     "validation_split": _p(NUMBER, 0.0, 0, 0.5, group="Outputs", help="a share of the images held out, never trained on; their loss at fixed seeds is measured every `sample_every` steps and drawn beside the training loss, to spot overfitting"),
-    "validation_images": _p(list, [], max_length=LIST_MAX, group="Outputs", help="training image ids (`asset_…`) held out as above; an id that is not one of the model's training images, or a list that leaves no image to train on, is refused at start (400)"),
+    "validation_images": _p(list, [], max_length=LIST_MAX, entries=str, group="Outputs", help="training image ids (`asset_…`) held out as above; an id that is not one of the model's training images, or a list that leaves no image to train on, is refused at start (400)"),
 }  # fmt: skip
 
 # Parameters whose text may span lines (prompts); every other string is one line.

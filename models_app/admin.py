@@ -12,6 +12,7 @@ from typing import Any
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import flatten_fieldsets
 from django.contrib.auth.models import User
 from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
@@ -20,6 +21,15 @@ from django.urls import URLPattern, path, reverse
 from django.views.decorators.http import require_POST
 
 from models_app import admin_console
+from models_app.admin_parameters import (
+    add_parameter_fields,
+    effective_parameters_table,
+    is_parameter_field,
+    parameter_fieldsets,
+    parameter_of,
+    parameter_overrides,
+)
+from models_app.admin_parameters import field_name as parameter_field
 from models_app.errors import ApplicationError, Conflict
 from models_app.media_access import media_url
 from models_app.models import (
@@ -76,6 +86,11 @@ class ServiceForm(forms.ModelForm):
         """Write through the service and return the saved row; None where no service saves this form."""
         raise NotImplementedError
 
+    def form_field(self, service_field: str | None) -> str | None:
+        """The form's field a service's refusal concerns (None: the form as a whole)."""
+        field = self.service_fields.get(service_field or "", service_field)
+        return field if field in self.fields else None
+
     def full_clean(self) -> None:
         super().full_clean()
         if not self.is_bound or self.errors:
@@ -83,8 +98,7 @@ class ServiceForm(forms.ModelForm):
         try:
             saved = self.save_with_service()
         except ApplicationError as exc:
-            field = self.service_fields.get(exc.field or "", exc.field)
-            self.add_error(field if field in self.fields else None, exc.message)
+            self.add_error(self.form_field(exc.field), exc.message)
             return
         if saved is not None:
             self.instance, self.saved_by_service = saved, True
@@ -378,12 +392,26 @@ class TrainingTaskInline(admin.TabularInline):
         return False
 
 
+MODEL_FORM_FIELDS = ["name", "team", "project", "type", "trigger_word", "short_description"]
+
+
 class ModelAdminForm(ServiceForm):
+    """A model's own fields and its training parameters: a field per row of the parameter table, made when
+    the form is (admin_parameters), so a parameter added to the table is on the form with no change here."""
+
     service_fields = {"projectId": "project", "shortDescription": "short_description"}
 
     class Meta:
         model = Model
-        fields = ["name", "team", "project", "type", "trigger_word", "short_description"]
+        fields = MODEL_FORM_FIELDS
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        add_parameter_fields(self, self.instance.parameters or {})
+
+    def form_field(self, service_field: str | None) -> str | None:
+        parameter = parameter_of(service_field)
+        return super().form_field(parameter_field(parameter) if parameter else service_field)
 
     def save_with_service(self) -> Model:
         model = self.instance  # the form's values (the team only on a new model: read-only after)
@@ -393,6 +421,7 @@ class ModelAdminForm(ServiceForm):
             "project": model.project,
             "trigger_word": model.trigger_word,
             "short_description": model.short_description,
+            "parameters": parameter_overrides(self.cleaned_data),  # the overrides as a whole: cleared ones go
         }
         if model.pk is None:
             return model_create(team=model.team, **values)
@@ -406,13 +435,42 @@ class ModelAdmin(TeamScopedAdmin):
     list_display = ["name", "public_id", "team", "type", "status_badge", "image_count", "created_at"]
     list_filter = ["status", "type", "team", "created_at"]
     search_fields = ["name", "public_id", "trigger_word"]
-    readonly_fields = ["public_id", "uuid", "status", "trained_task", "created_at", "updated_at", "deleted_at"]
-    fields = ["name", "team", "project", "type", "trigger_word", "short_description", *readonly_fields]
+    readonly_fields = [
+        "public_id",
+        "uuid",
+        "status",
+        "trained_task",
+        "created_at",
+        "updated_at",
+        "deleted_at",
+        "effective_parameters",
+    ]
     list_select_related = ["team"]
     inlines = [TrainingTaskInline]
     actions = ["start_training", "cancel_training"]
     change_form_template = "admin/models_app/model/change_form.html"
     form = ModelAdminForm
+
+    def get_fieldsets(self, request: HttpRequest, obj: Model | None = None) -> Any:
+        own = [*MODEL_FORM_FIELDS, *(name for name in self.readonly_fields if name != "effective_parameters")]
+        editable = self.has_change_permission(request, obj) if obj else self.has_add_permission(request)
+        parameters = parameter_fieldsets(obj.parameters if obj else {}) if editable else []
+        effective = {
+            "classes": ["collapse"],
+            "fields": ["effective_parameters"],
+            "description": "What a training started now would use: the defaults merged with this model's overrides.",
+        }
+        return [(None, {"fields": own}), *parameters, ("Effective parameters", effective)]
+
+    def get_form(self, request: HttpRequest, obj: Model | None = None, change: bool = False, **kwargs: Any) -> Any:
+        # The parameter fields are the form's own (made in its __init__ from the table), not the model's columns.
+        fields = kwargs.pop("fields", None) or flatten_fieldsets(self.get_fieldsets(request, obj))
+        own = [name for name in fields if not is_parameter_field(name)]
+        return super().get_form(request, obj, change, fields=own, **kwargs)
+
+    @admin.display(description="Effective parameters")
+    def effective_parameters(self, obj: Model) -> str:
+        return effective_parameters_table(obj.parameters if obj.pk else {})
 
     def delete_with_service(self, obj: Model) -> None:
         model_delete(model=obj)  # a soft delete: a live training is cancelled, the rows are kept
@@ -439,7 +497,6 @@ class ModelAdmin(TeamScopedAdmin):
 
         return [
             path("<int:pk>/upload/", view(admin_console.upload), name="models_app_model_upload"),
-            path("<int:pk>/configure/", view(admin_console.configure), name="models_app_model_configure"),
             path("<int:pk>/start/", view(admin_console.start), name="models_app_model_start"),
             path("<int:pk>/cancel/", view(admin_console.cancel), name="models_app_model_cancel"),
             path("<int:pk>/pairs/", view(admin_console.set_pairs), name="models_app_model_pairs"),

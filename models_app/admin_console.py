@@ -21,7 +21,6 @@ from models_app.input_rules import json_document
 from models_app.media_access import media_url
 from models_app.models import Model, Team, TrainingImage, TrainingTask
 from models_app.services.datasets import (
-    model_configure,
     pairs_replace,
     training_image_delete,
     training_image_replace,
@@ -107,7 +106,7 @@ def workspace_context(model: Model) -> dict[str, Any]:
         "count_ok": model.type == Model.Type.EDIT or low <= count <= high,
         "quote": quote,
         "quote_error": quote_error,
-        "parameters_json": json.dumps(model.parameters, indent=2),
+        "overrides": [(name, json.dumps(value)) for name, value in model.parameters.items()],  # edited on the form
         "task": task,
         "task_url": reverse("admin:models_app_trainingtask_change", args=[task.pk]) if task else None,
         "pairs": pairs,
@@ -157,17 +156,6 @@ def replace_image(request: HttpRequest, pk: int, image_pk: int) -> JsonResponse:
             training_image=image, content=upload_file.read(), name=upload_file.name or "image"
         )
         return {"id": replaced.public_id}
-
-    return answer(work)
-
-
-def configure(request: HttpRequest, pk: int) -> JsonResponse:
-    model = scoped_model(request, pk, permission="change_model")
-
-    def work() -> dict[str, Any]:
-        parameters = json_document(request.POST.get("parameters") or "{}", field="parameters")
-        configured = model_configure(model=model, parameters=parameters, replace=True)
-        return {"parameters": configured.parameters, "quote": training_quote(model=configured)}
 
     return answer(work)
 

@@ -107,17 +107,23 @@ def model_update(
     project: Project | None,
     trigger_word: str,
     short_description: str,
+    parameters: dict[str, Any] | None = None,
 ) -> Model:
     """Set a model's own fields at once (the admin's model form). A model queued or training is locked
     like its dataset (`ensure_editable`). Its team is not among the fields: a model, its dataset and
-    its trainings stay in the team that created them."""
+    its trainings stay in the team that created them. `parameters`, when given, replace the stored
+    overrides as a whole (validated as the API validates them); a parameter left out is the default."""
     model = _lock_editable(model.pk)
     model.name = _name_check(name)
     model.type = _type_check(type)
     model.project = _project_check(project, team_id=model.team_id)
     model.trigger_word = _trigger_word_check(trigger_word)
     model.short_description = _description_check(short_description)
-    model.save(update_fields=["name", "type", "project", "trigger_word", "short_description", "updated_at"])
+    fields = ["name", "type", "project", "trigger_word", "short_description", "updated_at"]
+    if parameters is not None:
+        model.parameters = validate_parameters(parameters)
+        fields.append("parameters")
+    model.save(update_fields=fields)
     return model
 
 

@@ -346,7 +346,6 @@ def test_hostile_multipart_uploads_are_refused(model: Model) -> None:
 def test_hostile_admin_console_inputs_are_refused(model: Model, admin_client) -> None:
     image = model.training_images.first()
     upload = reverse("admin:models_app_model_upload", args=[model.pk])
-    configure = reverse("admin:models_app_model_configure", args=[model.pk])
     pairs = reverse("admin:models_app_model_pairs", args=[model.pk])
     caption = reverse("admin:models_app_model_caption", args=[model.pk, image.pk])
     replace = reverse("admin:models_app_model_replace_image", args=[model.pk, image.pk])
@@ -369,10 +368,6 @@ def test_hostile_admin_console_inputs_are_refused(model: Model, admin_client) ->
         ("replace too small", replace, {"image": upload_file("a.png", png((8, 8)))}, r"8x8 pixels"),
         ("caption nul", caption, {"description": "a\x00"}, r"U\+0000"),
         ("caption long", caption, {"description": "c" * 2001}, r"at most 2000 characters"),
-        ("configure deep", configure, {"parameters": "[" * 3000 + "]" * 3000}, r"parameters"),
-        ("configure nul", configure, {"parameters": '{"sample_prompts": ["a\\u0000"]}'}, r"U\+0000"),
-        ("configure webhook", configure, {"parameters": '{"webhook_url": "http://10.0.0.1/"}'}, r"private"),
-        ("configure base", configure, {"parameters": '{"base_model_path": "/etc"}'}, r"outside the"),
         ("pairs not a list", pairs, {"pairs": '{"a": 1}'}, r"pairs must be a JSON list"),
         ("pairs deep", pairs, {"pairs": "[" * 3000 + "]" * 3000}, r"pairs"),
     ]
@@ -380,6 +375,26 @@ def test_hostile_admin_console_inputs_are_refused(model: Model, admin_client) ->
         before = snapshot()
         response = admin_client.post(url, data)
         assert_refused(response.status_code, response.content.decode(), problem), label
+        assert snapshot() == before, label
+
+
+def test_hostile_parameters_on_the_admins_model_form_are_refused(model: Model, admin_client) -> None:
+    change = reverse("admin:models_app_model_change", args=[model.pk])
+    form = {"name": model.name, "type": model.type, "trigger_word": model.trigger_word, "parameter_steps": "10"}
+    form.update({f"training_tasks-{key}": value for key, value in (("TOTAL_FORMS", "0"), ("INITIAL_FORMS", "0"))})
+    cases = [
+        ("transforms deep", "preprocessing_transforms", "[" * 3000 + "]" * 3000, r"preprocessing_transforms"),
+        ("prompt nul", "sample_prompts", "a\x00", r"U\+0000"),
+        ("webhook private", "webhook_url", "http://10.0.0.1/", r"private"),
+        ("base outside", "base_model_path", "/etc", r"outside the"),
+    ]
+    for label, parameter, value, problem in cases:
+        before = snapshot()
+        response = admin_client.post(change, {**form, f"parameter_{parameter}": value})
+        assert response.status_code == 200, label  # the form again, with the refusal on the field
+        errors = response.context["adminform"].form.errors
+        assert list(errors) == [f"parameter_{parameter}"], label
+        assert re.search(problem, errors[f"parameter_{parameter}"][0]), label
         assert snapshot() == before, label
 
 

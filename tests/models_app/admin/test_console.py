@@ -16,6 +16,7 @@ from models_app.services.accounts import membership_set
 from models_app.services.training import training_start
 from tests.factories import ModelFactory, TeamFactory, UserFactory, add_images
 from tests.helpers import png
+from tests.models_app.admin.test_forms import NO_TASKS
 
 pytestmark = pytest.mark.django_db
 
@@ -56,7 +57,6 @@ def test_staff_see_only_their_teams_models_and_cannot_reach_others(staff, tiny_s
         (url("models_app_model_upload", other.pk), {}),
         (url("models_app_model_caption", other.pk, image.pk), {"description": "x"}),
         (url("models_app_model_start", other.pk), {}),
-        (url("models_app_model_configure", other.pk), {"parameters": "{}"}),
     ):
         assert staff.post(endpoint, data).status_code == 404, endpoint
     assert TrainingImage.objects.get(pk=image.pk).description != "x"
@@ -103,14 +103,15 @@ def test_the_workspace_uploads_captions_flags_replaces_and_deletes(staff, tiny_s
 def test_parameters_estimate_start_cancel_and_priority(staff, tiny_sd15: Path) -> None:
     model = ModelFactory(team=staff.team)
     add_images(model, 12)
-    bad = staff.post(url("models_app_model_configure", model.pk), {"parameters": '{"stepz": 5}'})
-    assert bad.status_code == 400 and "unknown parameter 'stepz'" in bad.json()["detail"]
-    broken = staff.post(url("models_app_model_configure", model.pk), {"parameters": "{steps: 5"})
-    assert broken.status_code == 400 and "not valid JSON" in broken.json()["detail"]
-    configured = staff.post(
-        url("models_app_model_configure", model.pk), {"parameters": '{"steps": 2000, "resolution": 512}'}
+    # The parameters are the model form's fields (tests/models_app/admin/test_parameters_form.py); the
+    # estimate beside them follows what was saved.
+    form = {"name": model.name, "type": model.type, "trigger_word": model.trigger_word, **NO_TASKS}
+    bad = staff.post(url("models_app_model_change", model.pk), {**form, "parameter_steps": "0"})
+    assert bad.status_code == 200 and "steps must be at least 1; got 0" in bad.content.decode()
+    saved = staff.post(
+        url("models_app_model_change", model.pk), {**form, "parameter_steps": "2000", "parameter_resolution": "512"}
     )
-    assert configured.json()["quote"]["estimate"]["credits"] == "20.00"
+    assert saved.status_code == 302 and Model.objects.get(pk=model.pk).parameters == {"steps": 2000, "resolution": 512}
     page = staff.get(url("models_app_model_change", model.pk)).content.decode()
     assert "20.00</span> credits" in page and "Can start</dt><dd>yes" in page
 
