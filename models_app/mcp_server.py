@@ -30,8 +30,8 @@ from models_app.input_rules import (
     public_id_plausible,
     shown_id,
 )
-from models_app.models import ApiKey, Model, Team
-from models_app.services.accounts import secret_matches
+from models_app.models import Model, Team
+from models_app.services.accounts import api_key_authenticate
 from models_app.services.assets import asset_create
 from models_app.services.datasets import model_create
 from models_app.services.generation import generation_create
@@ -69,10 +69,8 @@ def api_key_team(token: str) -> Team | None:
     key, _, secret = token.partition(separator)
     if not public_id_plausible(key) or control_character(secret):
         return None
-    api_key = ApiKey.objects.select_related("team").filter(key=key, revoked_at__isnull=True).first()
-    if api_key is None or not secret or not secret_matches(api_key, secret):
-        return None
-    return api_key.team
+    api_key = api_key_authenticate(key=key, secret=secret)
+    return None if api_key is None else api_key.team
 
 
 def render(result: dict[str, Any], response_format: str) -> str:
