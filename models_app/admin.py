@@ -738,7 +738,7 @@ class TrainingTaskAdmin(TeamScopedAdmin):
         context = dict(extra_context or {})
         if task is not None:
             context.update(
-                samples=task.samples.all(),
+                samples=admin_console.sample_entries(task, request),
                 checkpoints=[
                     (checkpoint, [(name, media_url(stored, request)) for name, stored in checkpoint.files.items()])
                     for checkpoint in task.checkpoints.filter(snapshot=False)  # snapshots are the worker's

@@ -205,17 +205,22 @@ def task_progress(request: HttpRequest, pk: str) -> JsonResponse:
             "validation_history": task.validation_history,
             "logs": task.logs[-4000:],
             "error_message": task.error_message,
-            "samples": [
-                {"step": s.step, "prompt": s.prompt, "url": media_url(s.file, request)}
-                for s in task.samples.all()
-                if s.file
-            ],
+            "samples": sample_entries(task, request),
             "finished": task.status not in TrainingTask.ACTIVE_STATUSES,
             "cancel_requested": task.cancel_requested_at is not None,
             "attempt_count": task.attempt_count,
             "model_status": task.model.status,
         }
     )
+
+
+def sample_entries(task: TrainingTask, request: HttpRequest) -> list[dict[str, Any]]:
+    """The task's samples as its page draws them: a grid of steps (rows) by prompt index (columns)."""
+    return [
+        {"step": s.step, "index": s.index, "prompt": s.prompt, "url": media_url(s.file, request)}
+        for s in task.samples.all()
+        if s.file
+    ]
 
 
 def task_cancel(request: HttpRequest, pk: str) -> JsonResponse:

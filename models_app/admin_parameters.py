@@ -76,7 +76,8 @@ class ParameterField(forms.Field):
     def make_widget(self) -> forms.Widget:
         spec, types = self.spec, kinds(self.spec)
         unset = f"default ({as_plain(spec.default_text())})"
-        placeholder = as_plain(spec.default_text())
+        # A default the widget can show whole; a long one ("the model's own (512 SD 1.5, …)") is in the help.
+        placeholder = as_plain(spec.default_text()) if len(spec.default_text()) <= 14 else "default"
         if bool in types:
             # Three states: not set (the default), on, off; an override of "off" is stored as such.
             return forms.Select(choices=[("", unset), ("true", "on"), ("false", "off")])
