@@ -84,13 +84,14 @@ class ParameterField(forms.Field):
         if spec.choices is not None:
             return forms.Select(choices=[("", unset), *((str(choice), str(choice)) for choice in spec.choices)])
         if int in types or float in types:
-            attrs: dict[str, Any] = {"placeholder": placeholder, "step": "1" if float not in types else "any"}
-            attrs.update(
-                {key: value for key, value in (("min", spec.minimum), ("max", spec.maximum)) if value is not None}
-            )
-            return forms.NumberInput(attrs=attrs)
+            # A text box, not <input type=number>: a browser posts what it cannot read as a number ("1e") as
+            # empty, which would silently drop the override instead of refusing it.
+            mode = "numeric" if float not in types else "decimal"
+            return forms.TextInput(attrs={"placeholder": placeholder, "inputmode": mode, "class": "param-number"})
         if list in types and spec.entries is str:
-            return forms.Textarea(attrs={"rows": 3, "placeholder": "one per line", "class": "param-lines"})
+            return forms.Textarea(
+                attrs={"rows": 3, "placeholder": "one per line (or a JSON list)", "class": "param-lines"}
+            )
         if list in types:
             return forms.Textarea(attrs={"rows": 3, "placeholder": "a JSON list", "class": "param-json"})
         if self.parameter in MULTILINE:
@@ -103,8 +104,12 @@ class ParameterField(forms.Field):
             return value
         if isinstance(value, bool):
             return "true" if value else "false"
-        if isinstance(value, list) and self.spec.entries is str and all(isinstance(item, str) for item in value):
-            return "\n".join(value)
+        if (
+            isinstance(value, list)
+            and self.spec.entries is str
+            and all(isinstance(item, str) and "\n" not in item for item in value)
+        ):
+            return "\n".join(value)  # entries that span lines are shown (and read back) as a JSON list
         if isinstance(value, list | dict):
             return json.dumps(value, indent=1)
         return str(value)
@@ -123,7 +128,7 @@ class ParameterField(forms.Field):
             if INTEGER.fullmatch(text):
                 return int(text)
             return float(text) if DECIMAL.fullmatch(text) else text
-        if list in types and self.spec.entries is str:
+        if list in types and self.spec.entries is str and not text.startswith("["):
             return [line.strip() for line in text.splitlines() if line.strip()] or None
         if list in types:
             try:

@@ -44,7 +44,7 @@ def shown(model: Model) -> dict[str, Any]:
         value = model.parameters.get(parameter)
         if isinstance(value, bool):
             values[field_name(parameter)] = "true" if value else "false"
-        elif isinstance(value, list) and spec.entries is str:
+        elif isinstance(value, list) and spec.entries is str and not any("\n" in item for item in value):
             values[field_name(parameter)] = "\n".join(value)
         elif isinstance(value, list):
             values[field_name(parameter)] = json.dumps(value)
@@ -79,8 +79,8 @@ def test_every_parameter_has_a_field_with_its_default_range_and_meaning_in_its_g
     # Widgets by kind: choices and on/off/default as selects, numbers with their bounds, prompts one per line.
     assert '<select name="parameter_optimizer"' in page and '<option value="prodigy">' in page
     assert '<select name="parameter_ema"' in page and '<option value="" selected>default (off)</option>' in page
-    assert 'name="parameter_rank"' in page and 'min="1"' in page and 'max="256"' in page
-    assert '<textarea name="parameter_sample_prompts"' in page and 'placeholder="one per line"' in page
+    assert 'name="parameter_rank"' in page and 'inputmode="numeric"' in page  # its range is in the help
+    assert '<textarea name="parameter_sample_prompts"' in page and 'placeholder="one per line (or a JSON list)"' in page
 
 
 def test_a_bad_value_is_refused_on_its_field_with_the_apis_message_and_nothing_changes(staff) -> None:
@@ -145,6 +145,24 @@ def test_only_what_is_set_is_stored_with_its_type(staff) -> None:
     model.refresh_from_db()
     assert post(staff, model).status_code == 302
     assert stored(model) == model.parameters
+
+
+def test_numbers_are_plain_text_boxes_so_what_a_browser_cannot_read_is_refused_not_dropped(staff) -> None:
+    model = ModelFactory(team=staff.team, parameters={"learning_rate": 0.0005})
+    page = page_of(staff, model)
+    assert 'type="number"' not in page  # a browser posts an unreadable number input as empty
+    response = post(staff, model, learning_rate="1e")
+    assert form_errors(response) == {"parameter_learning_rate": ["learning_rate must be a number, got str"]}
+    assert stored(model) == {"learning_rate": 0.0005}
+
+
+def test_prompts_that_span_lines_survive_a_save_as_a_json_list(staff) -> None:
+    prompts = ["zxq, a red circle\non a table", "zxq, a cat"]
+    model = ModelFactory(team=staff.team, parameters={"sample_prompts": prompts})
+    page = page_of(staff, model)
+    assert escape(json.dumps(prompts, indent=1)) in page
+    assert post(staff, model).status_code == 302
+    assert stored(model) == {"sample_prompts": prompts}
 
 
 def test_clearing_a_field_removes_its_override(staff) -> None:
