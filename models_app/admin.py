@@ -18,6 +18,8 @@ from django.db.models import Count, QuerySet
 from django.http import HttpRequest, HttpResponse, HttpResponseRedirect
 from django.template.loader import render_to_string
 from django.urls import URLPattern, path, reverse
+from django.utils import timezone
+from django.utils.formats import date_format
 from django.views.decorators.http import require_POST
 
 from models_app import admin_console
@@ -157,8 +159,21 @@ def asset_thumbnail(asset: Asset | None, *, large: bool = False) -> str:
     return thumbnail(asset.file, asset.original_name, large=large) if asset is not None else "-"
 
 
-def badge(status: str) -> str:
-    return render_to_string("admin/models_app/cells/status_badge.html", {"status": status})
+def badge(status: str, *, detail: str = "") -> str:
+    return render_to_string("admin/models_app/cells/status_badge.html", {"status": status, "detail": detail})
+
+
+def clipped(text: str, title: str, *, detail: str = "") -> str:
+    """A list cell cut to its column's width (the whole in its title), with an optional second line."""
+    return render_to_string("admin/models_app/cells/clipped.html", {"text": text, "title": title, "detail": detail})
+
+
+class TeamListFilter(admin.RelatedFieldListFilter):
+    """A team filter offers the user's own teams (Django's lists every team there is), each named with its
+    id: two teams may share a name (Team.__str__)."""
+
+    def field_choices(self, field: Any, request: HttpRequest, model_admin: Any) -> list[Any]:
+        return [(str(team.pk), str(team)) for team in admin_console.staff_teams(request).order_by("name", "public_id")]
 
 
 class TeamScopedAdmin(ServiceAdmin):
@@ -174,6 +189,18 @@ class TeamScopedAdmin(ServiceAdmin):
         if request.user.is_superuser:
             return queryset
         return queryset.filter(**{f"{self.team_path}__in": admin_console.staff_teams(request)})
+
+    @admin.display(description="Team", ordering="team__name")
+    def team_cell(self, obj: Any) -> str:
+        return clipped(obj.team.name, str(obj.team), detail=obj.team.public_id)
+
+    @admin.display(description="Created", ordering="created_at")
+    def created(self, obj: Any) -> str:
+        return date_format(timezone.localtime(obj.created_at), "Y-m-d H:i")
+
+    def get_list_filter(self, request: HttpRequest) -> Any:
+        team_filters = ("team", "model__team")
+        return [(name, TeamListFilter) if name in team_filters else name for name in super().get_list_filter(request)]
 
     def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
         readonly = list(super().get_readonly_fields(request, obj))
@@ -432,7 +459,8 @@ class ModelAdminForm(ServiceForm):
 class ModelAdmin(TeamScopedAdmin):
     """A model's page is its dataset workspace (see templates/admin/models_app/model/change_form.html)."""
 
-    list_display = ["name", "public_id", "team", "type", "status_badge", "image_count", "created_at"]
+    # Sized to fit a 1440 px window beside both sidebars (admin.css: "The model and task lists").
+    list_display = ["name_and_id", "team_cell", "type", "status_badge", "image_count", "created"]
     list_filter = ["status", "type", "team", "created_at"]
     search_fields = ["name", "public_id", "trigger_word"]
     readonly_fields = [
@@ -490,6 +518,10 @@ class ModelAdmin(TeamScopedAdmin):
     @admin.display(description="Status", ordering="status")
     def status_badge(self, obj: Model) -> str:
         return badge(obj.status)
+
+    @admin.display(description="Model", ordering="name")
+    def name_and_id(self, obj: Model) -> str:
+        return clipped(obj.name, str(obj), detail=obj.public_id)
 
     def get_urls(self) -> list[URLPattern]:
         def view(function: Any) -> Any:
@@ -648,18 +680,8 @@ TASK_FIELDS = [f.name for f in TrainingTask._meta.fields]
 class TrainingTaskAdmin(TeamScopedAdmin):
     """A task's page shows it live (see templates/admin/models_app/trainingtask/change_form.html)."""
 
-    list_display = [
-        "short_id",
-        "model",
-        "team",
-        "status_badge",
-        "progress_bar",
-        "current_step",
-        "total_steps",
-        "priority",
-        "attempt_count",
-        "created_at",
-    ]
+    # Sized to fit a 1440 px window beside both sidebars (admin.css: "The model and task lists").
+    list_display = ["short_id", "model_cell", "status_badge", "progress_bar", "priority", "created"]
     list_filter = ["status", "training_type", "priority", "team", "created_at"]
     search_fields = ["id", "model__public_id", "model__name", "trigger_word"]
     list_select_related = ["model", "team"]
@@ -705,11 +727,19 @@ class TrainingTaskAdmin(TeamScopedAdmin):
 
     @admin.display(description="Status", ordering="status")
     def status_badge(self, obj: TrainingTask) -> str:
-        return badge(obj.status)
+        retried = obj.attempt_count > 1
+        return badge(obj.status, detail=f"attempt {obj.attempt_count} of {obj.max_attempts}" if retried else "")
 
     @admin.display(description="Progress", ordering="progress")
     def progress_bar(self, obj: TrainingTask) -> str:
-        return render_to_string("admin/models_app/cells/progress_bar.html", {"percent": round(obj.progress)})
+        steps = f"{obj.current_step} / {obj.total_steps}"
+        return render_to_string(
+            "admin/models_app/cells/progress_bar.html", {"percent": round(obj.progress), "steps": steps}
+        )
+
+    @admin.display(description="Model and team", ordering="model__name")
+    def model_cell(self, obj: TrainingTask) -> str:
+        return clipped(obj.model.name, f"{obj.model} in {obj.team}", detail=f"{obj.team.name} · {obj.team.public_id}")
 
     def get_urls(self) -> list[URLPattern]:
         return [

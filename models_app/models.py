@@ -43,7 +43,8 @@ class Team(models.Model):
         ]
 
     def __str__(self) -> str:
-        return self.name
+        # Names are not unique (two teams may both be "Studio"): every select, filter and column shows the id.
+        return f"{self.name} ({self.public_id})"
 
 
 class Project(models.Model):
@@ -75,7 +76,7 @@ class Membership(models.Model):
         constraints = [models.UniqueConstraint(fields=["team", "user"], name="membership_unique")]
 
     def __str__(self) -> str:
-        return f"{self.user} in {self.team} ({self.role})"
+        return f"{self.user} in {self.team}, {self.role}"
 
 
 class ApiKey(models.Model):
