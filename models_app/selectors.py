@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
 
-from django.db.models import Count, IntegerField, OuterRef, Prefetch, QuerySet, Subquery
+from django.db.models import Count, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
+from django.utils import timezone
 
 from models_app.errors import InvalidInput, NotFound
 from models_app.input_rules import public_id_plausible
@@ -230,3 +234,138 @@ def training_measured_seconds_per_unit(*, base_model: str, native_resolution: in
 def credit_entries_recent(*, team: Team, limit: int = 20) -> list[CreditEntry]:
     """The team's newest ledger entries, newest first."""
     return list(CreditEntry.objects.filter(team=team).select_related("task").order_by("-created_at", "-pk")[:limit])
+
+
+# What the training dashboard shows of a task: no logs, no loss curve, none of the worker's JSON.
+DASHBOARD_TASK_FIELDS = (
+    *MODEL_PROGRESS_TASK_FIELDS,
+    "team",
+    "priority",
+    "attempt_count",
+    "max_attempts",
+    "failure_reason",
+    "worker_id",
+    "lease_expires_at",
+    "started_at",
+    "completed_at",
+    "cancel_requested_at",
+    "model__uuid",
+    "model__name",
+    "model__public_id",
+    "team__name",
+    "team__public_id",
+)
+DASHBOARD_QUEUE_ROWS = 25
+DASHBOARD_FAILURE_ROWS = 10
+DASHBOARD_FAILURE_WINDOW = timedelta(hours=24)
+
+_PENDING = TrainingTask.Status.PENDING
+# How many pending tasks of every team a worker claims before this one (training_task_claim_next's order:
+# priority, then age, then id). A correlated count: the team filter of the outer query does not touch it.
+_TASKS_AHEAD = Coalesce(
+    Subquery(
+        TrainingTask.objects.filter(status=_PENDING)
+        .filter(
+            Q(priority__gt=OuterRef("priority"))
+            | Q(priority=OuterRef("priority"), created_at__lt=OuterRef("created_at"))
+            | Q(priority=OuterRef("priority"), created_at=OuterRef("created_at"), pk__lt=OuterRef("pk"))
+        )
+        .order_by()
+        .values("status")
+        .annotate(n=Count("pk"))
+        .values("n")
+    ),
+    0,
+    output_field=IntegerField(),
+)
+
+
+@dataclass(frozen=True)
+class DashboardWorker:
+    """A worker process seen through the task it holds: its identity is host:label:pid:random
+    (training.lease.worker_identity); the label names the GPU worker (TRAINING_WORKER_NAME)."""
+
+    worker_id: str
+    host: str
+    label: str
+    pid: str
+    task: TrainingTask
+    lease_expires_at: datetime | None
+    lease_seconds_left: int | None  # negative once expired; None when the task carries no lease
+
+    @property
+    def lease_expired(self) -> bool:
+        return self.lease_seconds_left is None or self.lease_seconds_left < 0
+
+
+@dataclass(frozen=True)
+class TrainingDashboard:
+    running: Sequence[TrainingTask]
+    queue: Sequence[TrainingTask]  # each with `position`: its place in the whole queue, every team's tasks counted
+    queued_total: int
+    failures: Sequence[TrainingTask]
+    failed_recently: int  # within DASHBOARD_FAILURE_WINDOW
+    workers: list[DashboardWorker]
+    now: datetime
+
+
+def _dashboard_tasks(teams: QuerySet[Team] | None) -> QuerySet[TrainingTask]:
+    tasks = TrainingTask.objects.all() if teams is None else TrainingTask.objects.filter(team__in=teams)
+    return tasks.select_related("model", "team").only(*DASHBOARD_TASK_FIELDS)
+
+
+def dashboard_worker(task: TrainingTask, *, now: datetime) -> DashboardWorker:
+    parts = task.worker_id.split(":")
+    if len(parts) >= 4:  # the label is the part that may itself hold a colon
+        host, label, pid = parts[0], ":".join(parts[1:-2]), parts[-2]
+    else:
+        host, label, pid = parts[0], "", ""
+    left = None if task.lease_expires_at is None else int((task.lease_expires_at - now).total_seconds())
+    return DashboardWorker(
+        worker_id=task.worker_id,
+        host=host or "unknown host",
+        label=label,
+        pid=pid,
+        task=task,
+        lease_expires_at=task.lease_expires_at,
+        lease_seconds_left=left,
+    )
+
+
+def training_dashboard(
+    *,
+    teams: QuerySet[Team] | None,
+    queue_rows: int = DASHBOARD_QUEUE_ROWS,
+    failure_rows: int = DASHBOARD_FAILURE_ROWS,
+) -> TrainingDashboard:
+    """What the GPUs are doing for these teams (every team's when None): the running tasks, the queue
+    in the order the workers will claim it, the recent failures and the workers holding the running
+    tasks. Four queries, whatever the number of rows."""
+    now = timezone.now()
+    tasks = _dashboard_tasks(teams)
+    running = list(tasks.filter(status__in=TrainingTask.RUNNING_STATUSES).order_by("started_at", "created_at", "pk"))
+    queue = list(
+        tasks.filter(status=_PENDING)
+        .annotate(ahead=_TASKS_AHEAD)
+        .order_by("-priority", "created_at", "pk")[:queue_rows]
+    )
+    for task in queue:
+        task.position = task.ahead + 1  # type: ignore[attr-defined]
+    failures = list(tasks.filter(status=TrainingTask.Status.FAILED).order_by("-completed_at", "-pk")[:failure_rows])
+    counts = tasks.order_by().aggregate(
+        queued=Count("pk", filter=Q(status=_PENDING)),
+        failed=Count(
+            "pk", filter=Q(status=TrainingTask.Status.FAILED, completed_at__gte=now - DASHBOARD_FAILURE_WINDOW)
+        ),
+    )
+    return TrainingDashboard(
+        running=running,
+        queue=queue,
+        queued_total=counts["queued"],
+        failures=failures,
+        failed_recently=counts["failed"],
+        workers=sorted(
+            (dashboard_worker(task, now=now) for task in running), key=lambda worker: (worker.host, worker.label)
+        ),
+        now=now,
+    )
