@@ -193,13 +193,18 @@ def api_fixture(models: int) -> tuple[str, str]:
 
 
 def count_queries(key: str, path: str) -> int:
+    """The queries of a request, the API key's own lookup included (a read served within
+    API_KEY_CACHE_SECONDS of the key's last lookup in its process makes one fewer); measured on a
+    second request, since a key's first use also records it (last_used_at)."""
     from django.db import connection
     from django.test import Client
-    from django.test.utils import CaptureQueriesContext
+    from django.test.utils import CaptureQueriesContext, override_settings
 
     client = Client(HTTP_AUTHORIZATION=f"Bearer {key}", HTTP_HOST="localhost")
-    with CaptureQueriesContext(connection) as queries:
-        response = client.get(path)
+    with override_settings(API_KEY_CACHE_SECONDS=0):
+        client.get(path)
+        with CaptureQueriesContext(connection) as queries:
+            response = client.get(path)
     if response.status_code != 200:
         raise RuntimeError(f"GET {path}: {response.status_code} {response.content[:200]!r}")
     return len(queries)
@@ -244,6 +249,37 @@ def load(url: str, key: str, *, clients: int, seconds: float) -> dict[str, float
     }
 
 
+def cpu_seconds(*, session: int) -> dict[str, float]:
+    """CPU seconds used so far by gunicorn (the processes of its session), PostgreSQL (every process named
+    postgres) and this process (the load clients, while they run); from /proc, empty where there is none."""
+    clock = os.sysconf("SC_CLK_TCK")
+    used = {"server": 0.0, "postgres": 0.0}
+    for entry in Path("/proc").iterdir() if Path("/proc/self/stat").exists() else []:
+        try:
+            name, fields = (entry / "stat").read_text().rsplit(")", 1)
+        except (OSError, ValueError):
+            continue  # not a process, or it has just ended
+        values = fields.split()
+        seconds = (int(values[11]) + int(values[12])) / clock  # utime, stime
+        if int(values[3]) == session:
+            used["server"] += seconds
+        elif name.endswith("(postgres"):
+            used["postgres"] += seconds
+    return {**used, "clients": time.process_time()} if Path("/proc/self/stat").exists() else {}
+
+
+def load_measured(url: str, key: str, *, clients: int, seconds: float, session: int) -> dict[str, Any]:
+    """`load`, with the CPU each side spent per request: where a throughput short of a target goes."""
+    before, began = cpu_seconds(session=session), time.perf_counter()
+    figures: dict[str, Any] = dict(load(url, key, clients=clients, seconds=seconds))
+    after, elapsed = cpu_seconds(session=session), time.perf_counter() - began
+    if before and figures["requests"]:
+        spent = {side: after[side] - before[side] for side in before}
+        figures["cpu_ms_per_request"] = {side: round(1000 * v / figures["requests"], 2) for side, v in spent.items()}
+        figures["cores_busy"] = round(sum(spent.values()) / elapsed, 2)
+    return figures
+
+
 def bench_api(environment: Environment, *, clients: int, seconds: float, workers: int) -> dict[str, Any]:
     small_key, small_model = api_fixture(5)
     key, model_id = api_fixture(50)
@@ -281,7 +317,8 @@ def bench_api(environment: Environment, *, clients: int, seconds: float, workers
             url = f"http://127.0.0.1:{port}{path.format(model=model_id)}"
             httpx.get(url, headers={"Authorization": f"Bearer {key}"}, timeout=30).raise_for_status()
             load(url, key, clients=clients, seconds=1.0)  # warm every worker's connection and caches
-            results[name] = {**load(url, key, clients=clients, seconds=seconds), "queries": queries[name]}
+            figures = load_measured(url, key, clients=clients, seconds=seconds, session=server.pid)
+            results[name] = {**figures, "queries": queries[name]}
     finally:
         stop(server)
     return {"clients": clients, "gunicorn_workers": workers, "seconds_per_endpoint": seconds, "endpoints": results}
