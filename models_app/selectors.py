@@ -57,6 +57,11 @@ _TRAINING_IMAGES_COUNT = Coalesce(
 )
 
 
+def team_list_for_user(*, user_id: int) -> QuerySet[Team]:
+    """The teams a user is a member of (any role)."""
+    return Team.objects.filter(memberships__user_id=user_id)
+
+
 def _model_rows(*, team: Team, include_deleted: bool) -> QuerySet[Model]:
     """The team's models with what ModelSerializer shows besides the latest task, in one query.
 

@@ -6,6 +6,7 @@ from django.contrib.auth.models import AnonymousUser
 from drf_spectacular.utils import OpenApiParameter
 from rest_framework.request import Request
 
+from models_app import selectors
 from models_app.api.authentication import Principal, TeamPrincipal
 from models_app.errors import InvalidInput, NotFound
 from models_app.input_rules import public_id_plausible, shown_id
@@ -28,7 +29,7 @@ def request_team(request: Request, team_id: str | None = None) -> Team:
         return principal.team
     if isinstance(principal, AnonymousUser):  # IsAuthenticated stops these first; no query on no one
         raise NotFound("you belong to no team")
-    teams = Team.objects.filter(memberships__user=principal)
+    teams = selectors.team_list_for_user(user_id=principal.pk)
     if team_id:
         team = teams.filter(public_id=team_id).first()
         if team is None:
