@@ -107,6 +107,10 @@ def asset_upload_to(instance: Asset, filename: str) -> str:
     return f"assets/{instance.team.public_id}/{instance.public_id}{suffix}"
 
 
+def asset_thumbnail_upload_to(instance: Asset, filename: str) -> str:
+    return f"thumbnails/{instance.team.public_id}/{PurePosixPath(filename).name}"
+
+
 class Asset(models.Model):
     """A stored image file: uploaded once and reused by id, or produced by a generation."""
 
@@ -125,6 +129,8 @@ class Asset(models.Model):
     height = models.PositiveIntegerField()
     size_bytes = models.PositiveBigIntegerField()
     sha256 = models.CharField(max_length=64, db_index=True)
+    # A small copy of the whole image for the admin's pages, made on first view (services/thumbnails.py).
+    thumbnail = models.FileField(upload_to=asset_thumbnail_upload_to, max_length=300, blank=True, editable=False)
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:

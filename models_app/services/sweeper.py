@@ -55,6 +55,7 @@ logger = logging.getLogger(__name__)
 # its files are never swept (a test checks that every FileField is).
 STORED_FILE_FIELDS: dict[str, tuple[tuple[type[models.Model], str], ...]] = {
     "assets": ((Asset, "file"),),
+    "thumbnails": ((Asset, "thumbnail"),),
     "training": (
         (TrainingTask, "weights"),
         (TrainingTask, "weights_kohya"),
