@@ -21,6 +21,12 @@ def run_generation(job_id: str) -> str:
     return run_generation_job(job_id)
 
 
+def caption_images(model_id: int) -> str:
+    from training.autocaption import caption_model_images
+
+    return caption_model_images(model_id)
+
+
 def deliver_webhook(delivery_id: int) -> str:
     from training.webhooks import deliver_and_schedule
 

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
+from contract.captions import has_trigger, trigger_prefixed
 from models_app.errors import Conflict, InvalidInput, NotFound
 from models_app.input_rules import (
     CAPTION_MAX,
@@ -22,6 +24,7 @@ from models_app.input_rules import (
 from models_app.models import Asset, Model, Pair, Project, Team, TrainingImage
 from models_app.services.assets import asset_create, image_verify
 from models_app.services.image_sources import ImageSource
+from models_app.services.queue import queue_send
 from models_app.training_parameters import validate_parameters
 
 # While a training reads the dataset, it must not change under it.
@@ -357,3 +360,133 @@ def model_delete(*, model: Model) -> Model:
             model.deleted_at = timezone.now()
             model.save(update_fields=["status", "deleted_at", "updated_at"])
     return model
+
+
+# --- captions in bulk: the workspace's caption tools and the automatic captioner --------------------
+
+
+@transaction.atomic
+def training_images_captions_bulk(*, model: Model, captions: Mapping[str, str]) -> list[TrainingImage]:
+    """Set several captions at once, keyed by training image id (`asset_…`). Every caption is checked
+    before anything is written, and all are written in one transaction or none is: an unknown id, a bad
+    caption or a model queued or training (409) leaves every caption as it was. Returns the images whose
+    caption changed."""
+    model = _lock_editable(model.pk)
+    images = {image.public_id: image for image in model.training_images.select_related("asset")}
+    new: dict[str, str] = {}
+    for image_id, text in captions.items():
+        field = f"captions.{image_id}"
+        if image_id not in images:
+            raise InvalidInput(f"{image_id!r} is not a training image of model {model.public_id}", field=field)
+        new[image_id] = caption_check(text, field=field).strip()
+    changed = [image for image_id, image in images.items() if image_id in new and image.description != new[image_id]]
+    for image in changed:
+        image.description = new[image.public_id]
+    TrainingImage.objects.bulk_update(changed, ["description"])
+    return changed
+
+
+@transaction.atomic
+def training_images_captions_add_trigger(*, model: Model, dry_run: bool = False) -> list[TrainingImage]:
+    """Put the model's trigger word in front of every caption that lacks it, by the rule the engine
+    applies when it trains (contract/captions.py), so the stored captions say what will be trained on.
+    Empty captions are left for someone to write. With `dry_run`, the images it would change, unchanged."""
+    locked = _lock_editable(model.pk)
+    trigger_word = locked.trigger_word
+    if not trigger_word:
+        raise InvalidInput(f"model {locked.public_id} has no trigger word; set one first", field="trigger_word")
+    lacking = [
+        image
+        for image in locked.training_images.select_related("asset")
+        if image.description.strip() and not has_trigger(image.description, trigger_word)
+    ]
+    if dry_run:
+        return lacking
+    edits = {image.public_id: trigger_prefixed(image.description.strip(), trigger_word) for image in lacking}
+    return training_images_captions_bulk(model=locked, captions=edits)
+
+
+@dataclass(frozen=True)
+class CaptionsReplaced:
+    images: list[TrainingImage]  # the images whose caption changes (changed, unless a dry run)
+    occurrences: int
+
+
+@transaction.atomic
+def training_images_captions_replace(
+    *, model: Model, find: str, replace: str, dry_run: bool = False, expected: int | None = None
+) -> CaptionsReplaced:
+    """Replace every occurrence of `find` (exact text, case included) by `replace` in the model's
+    captions. A `dry_run` counts the captions and occurrences and writes nothing: the preview. With
+    `expected`, the count the preview showed: if the captions changed since (someone else edited
+    them), nothing is written and the conflict says so."""
+    find = text_check(find, field="find", max_length=CAPTION_MAX)
+    replace = text_check(replace, field="replace", max_length=CAPTION_MAX)
+    if not find:
+        raise InvalidInput("write the text to find", field="find")
+    locked = _lock_editable(model.pk)
+    matching = [image for image in locked.training_images.select_related("asset") if find in image.description]
+    occurrences = sum(image.description.count(find) for image in matching)
+    if expected is not None and expected != len(matching):
+        raise Conflict(
+            f"the captions changed since the preview: {len(matching)} caption(s) would change now, "
+            f"not {expected}; preview again",
+            field="find",
+        )
+    if dry_run:
+        return CaptionsReplaced(images=matching, occurrences=occurrences)
+    edits = {image.public_id: image.description.replace(find, replace) for image in matching}
+    training_images_captions_bulk(model=locked, captions=edits)
+    return CaptionsReplaced(images=matching, occurrences=occurrences)
+
+
+AUTOCAPTION_TASK = "training.tasks.caption_images"
+
+
+def autocaption_unavailable() -> str:
+    """Why this server cannot caption images automatically, or "" when it can."""
+    if not settings.TRAINING_CAPTION_MODEL:
+        return "no captioning model is configured on this server (set TRAINING_CAPTION_MODEL)"
+    return ""
+
+
+@transaction.atomic
+def training_images_autocaption(*, model: Model) -> int:
+    """Queue the automatic captioning of every image of the model on the training workers (which hold
+    the captioning model, TRAINING_CAPTION_MODEL); their captions arrive through
+    `training_images_automatic_captions_store`. Returns the number of images to caption."""
+    locked = _lock_editable(model.pk)
+    if reason := autocaption_unavailable():
+        raise Conflict(f"automatic captions are not available: {reason}")
+    count = locked.training_images.count()
+    if not count:
+        raise InvalidInput(f"model {locked.public_id} has no images to caption", field="images")
+    model_id = locked.pk
+    transaction.on_commit(
+        lambda: queue_send(
+            AUTOCAPTION_TASK, model_id, queue=settings.TRAINING_QUEUE, task_name=f"captions {locked.public_id}"
+        )
+    )
+    return count
+
+
+@transaction.atomic
+def training_images_automatic_captions_store(*, model: Model, captions: Mapping[str, str]) -> list[TrainingImage]:
+    """The captioning model's captions, by training image id: each kept as the image's automatic caption
+    and written as its caption where it has none (a caption someone wrote is never overwritten). An image
+    deleted while it was being captioned is skipped; a model queued or training meanwhile refuses all
+    (409). Returns the images whose caption was filled."""
+    locked = _lock_editable(model.pk)
+    images = {image.public_id: image for image in locked.training_images.select_related("asset")}
+    automatic = {
+        image_id: caption_check(text, field=f"captions.{image_id}").strip()
+        for image_id, text in captions.items()
+        if image_id in images
+    }
+    for image_id, text in automatic.items():
+        images[image_id].automatic_captioning = text
+    TrainingImage.objects.bulk_update([images[image_id] for image_id in automatic], ["automatic_captioning"])
+    fills = {
+        image_id: text for image_id, text in automatic.items() if text and not images[image_id].description.strip()
+    }
+    return training_images_captions_bulk(model=locked, captions=fills)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import hashlib
 import math
 import random
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps
 
+from contract.captions import with_trigger as with_trigger  # the admin's trigger-word tool reads it too
 from contract.transforms import InvalidTransform, Transform
 from contract.transforms import validate_transforms as parse_transforms
 from training.engine.errors import EngineError
@@ -132,17 +132,6 @@ def to_tensor_array(image: Image.Image) -> np.ndarray:
 # --- captions --------------------------------------------------------------------------------------
 
 AVAILABLE_CAPTIONING = CAPTIONING_STRATEGIES
-
-
-def with_trigger(caption: str, trigger_word: str) -> str:
-    caption = " ".join(caption.split())
-    if not caption:
-        return trigger_word
-    words = {word.lower() for word in re.findall(r"[\w'-]+", caption)}
-    if trigger_word and trigger_word.lower() not in words:
-        # The trigger word is what ties the LoRA to the subject at generation time: never lose it.
-        return f"{trigger_word}, {caption}"
-    return caption
 
 
 def caption_for(
