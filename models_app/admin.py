@@ -545,6 +545,27 @@ class ModelAdmin(TeamScopedAdmin):
                 view(admin_console.replace_image),
                 name="models_app_model_replace_image",
             ),
+            path(
+                "<int:pk>/images/<int:image_pk>/thumbnail/",
+                self.admin_site.admin_view(admin_console.thumbnail),
+                name="models_app_model_thumbnail",
+            ),
+            path("<int:pk>/state/", self.admin_site.admin_view(admin_console.state), name="models_app_model_state"),
+            path(
+                "<int:pk>/captions/trigger/",
+                view(admin_console.captions_add_trigger),
+                name="models_app_model_captions_trigger",
+            ),
+            path(
+                "<int:pk>/captions/replace/",
+                view(admin_console.captions_replace),
+                name="models_app_model_captions_replace",
+            ),
+            path(
+                "<int:pk>/captions/automatic/",
+                view(admin_console.autocaption),
+                name="models_app_model_captions_automatic",
+            ),
             *super().get_urls(),
         ]
 

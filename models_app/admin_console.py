@@ -12,22 +12,31 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.shortcuts import get_object_or_404
 from django.urls import reverse
+from PIL import Image
 
+from contract.captions import has_trigger
+from contract.parameters import default
 from models_app.errors import ApplicationError, InvalidInput
 from models_app.input_rules import json_document
 from models_app.media_access import media_url
 from models_app.models import Model, Team, TrainingImage, TrainingTask
 from models_app.services.datasets import (
+    LOCKED_STATUSES,
+    autocaption_unavailable,
     pairs_replace,
     training_image_delete,
     training_image_replace,
     training_image_set_caption,
     training_images_add,
+    training_images_autocaption,
+    training_images_captions_add_trigger,
+    training_images_captions_replace,
 )
 from models_app.services.image_sources import ImageSource
+from models_app.services.thumbnails import asset_thumbnail_ensure
 from models_app.services.training import (
     image_count_bounds,
     training_cancel,
@@ -75,12 +84,24 @@ def answer(work: Any) -> JsonResponse:
         return JsonResponse({"detail": exc.message, "field": exc.field, **exc.extra}, status=exc.status_code)
 
 
-def workspace_context(model: Model) -> dict[str, Any]:
-    """Everything the model page shows about its dataset and its next training."""
-    images = list(model.training_images.select_related("asset").order_by("created_at", "id"))
+def dataset_images(model: Model) -> list[TrainingImage]:
+    return list(model.training_images.select_related("asset").order_by("created_at", "id"))
+
+
+def captioning_strategy(model: Model) -> str:
+    return str(
+        model.parameters.get("preprocessing_captioning_strategy") or default("preprocessing_captioning_strategy")
+    )
+
+
+def image_problems(model: Model, images: list[TrainingImage]) -> dict[int, list[str]]:
+    """What to flag on each image, by image pk. A missing caption is flagged only where the training
+    reads the captions: the `description` strategy (`filename` reads the caption file imported beside the
+    image instead), never on `edit` models, whose pairs' instructions are their captions."""
     hashes = Counter(image.asset.sha256 for image in images)
-    low, high = image_count_bounds(model)
-    cards = []
+    strategy = captioning_strategy(model)
+    reads_captions = model.type != Model.Type.EDIT
+    flags: dict[int, list[str]] = {}
     for image in images:
         asset = image.asset
         problems = []
@@ -88,9 +109,153 @@ def workspace_context(model: Model) -> dict[str, Any]:
             problems.append(f"small: {asset.width}x{asset.height}, under {RECOMMENDED_MIN_SIDE} px")
         if hashes[asset.sha256] > 1:
             problems.append("duplicate of another image here")
-        if not image.description.strip():
+        if reads_captions and strategy == "description" and not image.description.strip():
             problems.append("no caption")
-        cards.append({"image": image, "asset": asset, "problems": problems})
+        if reads_captions and strategy == "filename" and not image.sidecar_caption.strip():
+            problems.append("no caption file")
+        flags[image.pk] = problems
+    return flags
+
+
+STRATEGY_NOTES = {
+    "trigger_only": "Captioning strategy trigger_only: every image trains on the trigger word alone, so these "
+    "captions are not used (set preprocessing_captioning_strategy to description to train on them).",
+    "description": "Captioning strategy description: each image trains on its caption, with the trigger word "
+    "added where it lacks it.",
+    "filename": "Captioning strategy filename: each image trains on the caption file imported beside it (.txt); "
+    "these captions are not used.",
+    "automatic": "Captioning strategy automatic: the captioning model writes each caption when the training "
+    "starts; these captions are not used.",
+}
+
+
+def caption_tools(model: Model, images: list[TrainingImage]) -> dict[str, Any]:
+    """What the caption tools offer, and why one is not available."""
+    trigger_word = model.trigger_word
+    lacking = sum(
+        1 for image in images if image.description.strip() and not has_trigger(image.description, trigger_word)
+    )
+    if model.type == Model.Type.EDIT:
+        note = "An edit model trains on its pairs' instructions (below); these captions are not used."
+    else:
+        note = STRATEGY_NOTES.get(captioning_strategy(model), "")
+    return {
+        "trigger_word": trigger_word,
+        "lacking_trigger": lacking if trigger_word else 0,
+        "trigger_unavailable": "" if trigger_word else "the model has no trigger word: set one in its settings below",
+        "autocaption_unavailable": autocaption_unavailable(),
+        "automatic_count": sum(1 for image in images if image.automatic_captioning),
+        "strategy_note": note,
+    }
+
+
+def thumbnail_url(model: Model, image: TrainingImage) -> str:
+    """The stored thumbnail's signed URL, or the view that makes it on first sight."""
+    if image.asset.thumbnail:
+        return media_url(image.asset.thumbnail, absolute=False)
+    return reverse("admin:models_app_model_thumbnail", args=[model.pk, image.pk])
+
+
+def live_state(model: Model, task: TrainingTask | None) -> dict[str, Any]:
+    """Whether the workspace is read-only now and why, with the training that holds it."""
+    locked = model.status in LOCKED_STATUSES or model.status == Model.Status.DELETED
+    live = task is not None and task.status in TrainingTask.ACTIVE_STATUSES
+    cancel_requested = live and task is not None and task.cancel_requested_at is not None
+    if model.status == Model.Status.DELETED:
+        reason = "This model is deleted: nothing here can change."
+    elif model.status == Model.Status.QUEUED:
+        reason = "A training is queued: the dataset, captions, pairs and settings are read-only until it ends."
+    elif model.status == Model.Status.TRAINING and task is not None:
+        stage = task.preprocessing_stage if task.status == TrainingTask.Status.PREPROCESSING else "training"
+        reason = (
+            f"Training now ({stage}, {task.progress:.0f}%, step {task.current_step} of {task.total_steps}): the "
+            "dataset, captions, pairs and settings are read-only until it ends."
+        )
+    else:
+        reason = ""
+    if reason and cancel_requested:
+        reason += " Cancel requested: it stops at its next step."
+    return {
+        "status": model.status,
+        "status_label": model.get_status_display(),
+        "locked": locked,
+        "reason": reason,
+        "can_cancel": model.status in LOCKED_STATUSES and live and not cancel_requested,
+        "task": None
+        if task is None
+        else {
+            "url": reverse("admin:models_app_trainingtask_change", args=[task.pk]),
+            "status": task.status,
+            "progress": round(task.progress),
+            "live": live,
+        },
+    }
+
+
+def workspace_state(
+    model: Model,
+    *,
+    images: list[TrainingImage] | None = None,
+    flags: dict[int, list[str]] | None = None,
+    task: TrainingTask | None = None,
+    quote: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """What the workspace's script keeps current: the model's status and lock, the captions and their
+    flags, the pairs and whether a training can start (polled; also the answer of every bulk write)."""
+    model.refresh_from_db(fields=["status", "trigger_word", "parameters", "type"])
+    images = dataset_images(model) if images is None else images
+    flags = image_problems(model, images) if flags is None else flags
+    task = model.training_tasks.order_by("-created_at").first() if task is None else task
+    if quote is None:
+        try:
+            quote = training_quote(model=model)
+        except ApplicationError:
+            quote = None
+    low, high = image_count_bounds(model)
+    return {
+        **live_state(model, task),
+        "can_start": bool(quote and quote["canStart"]),
+        "start_problems": [problem["detail"] for problem in quote["problems"]] if quote else [],
+        "count": len(images),
+        "bounds": [low, high],
+        "images": [
+            {
+                "pk": image.pk,
+                "id": image.public_id,
+                "name": image.name,
+                "width": image.asset.width,
+                "height": image.asset.height,
+                "description": image.description,
+                "automatic_captioning": image.automatic_captioning,
+                "problems": flags[image.pk],
+                "thumbnail": thumbnail_url(model, image),
+                "full": media_url(image.asset.file, absolute=False),
+            }
+            for image in images
+        ],
+        "pairs": [
+            {"source_id": pair.source.public_id, "target_id": pair.target.public_id, "instruction": pair.instruction}
+            for pair in model.pairs.select_related("source__asset", "target__asset")
+        ],
+        "captions": caption_tools(model, images),
+    }
+
+
+def workspace_context(model: Model) -> dict[str, Any]:
+    """Everything the model page shows about its dataset and its next training."""
+    images = dataset_images(model)
+    low, high = image_count_bounds(model)
+    flags = image_problems(model, images)
+    cards = [
+        {
+            "image": image,
+            "asset": image.asset,
+            "problems": flags[image.pk],
+            "thumbnail": thumbnail_url(model, image),
+            "full": media_url(image.asset.file, absolute=False),
+        }
+        for image in images
+    ]
     try:
         quote: dict[str, Any] | None = training_quote(model=model)
         quote_error = ""
@@ -112,6 +277,9 @@ def workspace_context(model: Model) -> dict[str, Any]:
         "pairs": pairs,
         "is_edit": model.type == Model.Type.EDIT,
         "priorities": TrainingTask.Priority.choices,
+        "live": live_state(model, task),
+        "captions": caption_tools(model, images),
+        "state_json": workspace_state(model, images=images, flags=flags, task=task, quote=quote),
     }
 
 
@@ -133,9 +301,16 @@ def caption(request: HttpRequest, pk: int, image_pk: int) -> JsonResponse:
     model = scoped_model(request, pk, permission="change_trainingimage")
     image = get_object_or_404(TrainingImage, pk=image_pk, model=model)
     text = request.POST.get("description", "")
-    return answer(
-        lambda: {"description": training_image_set_caption(training_image=image, description=text).description}
-    )
+
+    def work() -> dict[str, Any]:
+        saved = training_image_set_caption(training_image=image, description=text)
+        state = workspace_state(model)
+        # The image's flags as they are now ("no caption" goes once one is written), and the rest of the
+        # page that follows from a caption (the trigger-word tool's count).
+        problems = next(entry["problems"] for entry in state["images"] if entry["pk"] == saved.pk)
+        return {"description": saved.description, "problems": problems, "state": state}
+
+    return answer(work)
 
 
 def delete_image(request: HttpRequest, pk: int, image_pk: int) -> JsonResponse:
@@ -182,9 +357,70 @@ def set_pairs(request: HttpRequest, pk: int) -> JsonResponse:
         pairs = json_document(request.POST.get("pairs") or "[]", field="pairs")
         if not isinstance(pairs, list):
             raise InvalidInput("pairs must be a JSON list of {source_id, target_id, instruction}", field="pairs")
-        return {"count": len(pairs_replace(model=model, pairs=pairs))}
+        saved = pairs_replace(model=model, pairs=pairs)
+        return {"count": len(saved), "pairs": workspace_state(model)["pairs"]}
 
     return answer(work)
+
+
+def state(request: HttpRequest, pk: int) -> JsonResponse:
+    """What the workspace polls: see workspace_state."""
+    return JsonResponse(workspace_state(scoped_model(request, pk)))
+
+
+def thumbnail(request: HttpRequest, pk: int, image_pk: int) -> HttpResponse:
+    """The image's thumbnail, made now if it has none yet, by a redirect to its signed URL."""
+    model = scoped_model(request, pk)
+    image = get_object_or_404(TrainingImage.objects.select_related("asset__team"), pk=image_pk, model=model)
+    try:
+        asset = asset_thumbnail_ensure(asset=image.asset)
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:  # its file gone or unreadable
+        return JsonResponse({"detail": f"no thumbnail of {image.name}: {exc}"}, status=404)
+    return HttpResponseRedirect(media_url(asset.thumbnail, absolute=False))
+
+
+def captions_add_trigger(request: HttpRequest, pk: int) -> JsonResponse:
+    """Put the trigger word in front of every caption that lacks it; `preview=1` only counts them."""
+    model = scoped_model(request, pk, permission="change_trainingimage")
+    preview = request.POST.get("preview") == "1"
+
+    def work() -> dict[str, Any]:
+        images = training_images_captions_add_trigger(model=model, dry_run=preview)
+        return {"changed": len(images), "preview": preview, "state": workspace_state(model)}
+
+    return answer(work)
+
+
+def captions_replace(request: HttpRequest, pk: int) -> JsonResponse:
+    """Find and replace across the captions: `preview=1` counts, then the same with `expected` writes."""
+    model = scoped_model(request, pk, permission="change_trainingimage")
+    preview = request.POST.get("preview") == "1"
+
+    def work() -> dict[str, Any]:
+        expected_text = request.POST.get("expected", "")
+        if expected_text and not expected_text.isdigit():
+            raise InvalidInput("expected must be the number of captions the preview counted", field="expected")
+        result = training_images_captions_replace(
+            model=model,
+            find=request.POST.get("find", ""),
+            replace=request.POST.get("replace", ""),
+            dry_run=preview,
+            expected=int(expected_text) if expected_text else None,
+        )
+        return {
+            "changed": len(result.images),
+            "occurrences": result.occurrences,
+            "preview": preview,
+            "state": workspace_state(model),
+        }
+
+    return answer(work)
+
+
+def autocaption(request: HttpRequest, pk: int) -> JsonResponse:
+    """Queue automatic captions of every image (where a captioning model is configured)."""
+    model = scoped_model(request, pk, permission="change_trainingimage")
+    return answer(lambda: {"queued": training_images_autocaption(model=model)})
 
 
 def task_progress(request: HttpRequest, pk: str) -> JsonResponse:

@@ -64,8 +64,12 @@ def test_a_models_page_shows_its_training_images_as_thumbnails(staff_client) -> 
     model = Model.objects.get()
     page = staff_client.get(reverse("admin:models_app_model_change", args=[model.pk])).content.decode()
     for image in model.training_images.select_related("asset"):
+        # A thumbnail made on first view (services/thumbnails.py), never the original scaled down.
+        thumbnail = reverse("admin:models_app_model_thumbnail", args=[model.pk, image.pk])
+        assert f'src="{thumbnail}"' in page and f'src="{image.asset.file.url}' not in page
+        made = staff_client.get(thumbnail)["Location"]
         # Signed: the media view serves no bare path (models_app/media_access.py).
-        assert f'src="{image.asset.file.url}?token=' in page
+        assert made.startswith("/media/thumbnails/") and "?token=" in made
     assert page.count("<img ") >= 12
 
 
