@@ -232,7 +232,9 @@ def test_the_admin_progress_carries_the_validation_curve(tiny_sd15: Path, admin_
     assert progress["loss_history"] == [[1, 0.5, 0.5], [2, 0.4, 0.45]]
     assert progress["validation_history"] == [[2, 0.6]]
     page = admin_client.get(reverse("admin:models_app_trainingtask_change", args=[task.pk])).content.decode()
-    assert "drawLoss([[1, 0.5, 0.5], [2, 0.4, 0.45]], [[2, 0.6]]);" in page
+    # The page draws its first chart from the same data, embedded with json_script.
+    assert '<script id="loss-history" type="application/json">[[1, 0.5, 0.5], [2, 0.4, 0.45]]</script>' in page
+    assert '<script id="validation-history" type="application/json">[[2, 0.6]]</script>' in page
 
 
 def save_folder(root: Path, name: str) -> Path:
