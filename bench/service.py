@@ -184,10 +184,10 @@ def api_fixture(models: int) -> tuple[str, str]:
     ids = []
     for index in range(models):
         model = model_create(team=team, name=f"model {index}", type="product")
-        TrainingTask.objects.create(
+        task = TrainingTask.objects.create(
             team=team, model=model, trigger_word="zxq", status=TrainingTask.Status.COMPLETED, progress=100.0
         )
-        Model.objects.filter(pk=model.pk).update(status=Model.Status.READY)
+        Model.objects.filter(pk=model.pk).update(status=Model.Status.READY, latest_task=task)
         ids.append(model.public_id)
     return api_key_token(api_key, secret), ids[0]
 

@@ -202,10 +202,10 @@ def workspace_state(
 ) -> dict[str, Any]:
     """What the workspace's script keeps current: the model's status and lock, the captions and their
     flags, the pairs and whether a training can start (polled; also the answer of every bulk write)."""
-    model.refresh_from_db(fields=["status", "trigger_word", "parameters", "type"])
+    model.refresh_from_db(fields=["status", "trigger_word", "parameters", "type", "latest_task"])
     images = dataset_images(model) if images is None else images
     flags = image_problems(model, images) if flags is None else flags
-    task = model.training_tasks.order_by("-created_at").first() if task is None else task
+    task = model.latest_task if task is None else task
     if quote is None:
         try:
             quote = training_quote(model=model)
@@ -262,7 +262,7 @@ def workspace_context(model: Model) -> dict[str, Any]:
     except ApplicationError as exc:
         quote, quote_error = None, exc.message
     count = len(images)
-    task = model.training_tasks.order_by("-created_at").first()
+    task = model.latest_task
     pairs = list(model.pairs.select_related("source__asset", "target__asset"))
     return {
         "cards": cards,

@@ -177,6 +177,12 @@ class Model(models.Model):
     trained_task = models.ForeignKey(
         "TrainingTask", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
     )
+    # The model's newest training task, in any state: what the API shows as `trainingProgress`. Set in the
+    # transaction that creates the task (training_start, the only place tasks of a model are made), so a
+    # read joins it with the model instead of searching the model's tasks for the newest one.
+    latest_task = models.ForeignKey(
+        "TrainingTask", null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
     created_at = models.DateTimeField(auto_now_add=True)
     updated_at = models.DateTimeField(auto_now=True)
     deleted_at = models.DateTimeField(null=True, blank=True)

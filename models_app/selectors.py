@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from django.db.models import Count, IntegerField, OuterRef, Prefetch, Q, QuerySet, Subquery
+from django.db.models import Count, IntegerField, OuterRef, Q, QuerySet, Subquery
 from django.db.models.functions import Coalesce
 from django.utils import timezone
 
@@ -30,8 +30,6 @@ from models_app.models import (
 # to 500 loss points (about 15 KB of JSON) and other bookkeeping that trainingProgress does not show.
 MODEL_PROGRESS_TASK_FIELDS = (
     "id",
-    "model",
-    "created_at",
     "status",
     "preprocessing_stage",
     "progress",
@@ -63,14 +61,19 @@ def team_list_for_user(*, user_id: int) -> QuerySet[Team]:
 
 
 def _model_rows(*, team: Team, include_deleted: bool) -> QuerySet[Model]:
-    """The team's models with what ModelSerializer shows besides the latest task, in one query.
+    """The team's models with all that ModelSerializer shows, in one query.
 
     Read through the team's own manager, every row's `team` is the `team` given (no join, no copy); of
-    the project and of the trained task, only what the serializer shows is read."""
+    the project, the trained task and the latest task, only what the serializer shows is read."""
     models = team.models.all() if include_deleted else team.models.exclude(status=Model.Status.DELETED)
     return (
-        models.select_related("project", "trained_task")
-        .only(*_MODEL_COLUMNS, "project__public_id", "trained_task__weights")
+        models.select_related("project", "trained_task", "latest_task")
+        .only(
+            *_MODEL_COLUMNS,
+            "project__public_id",
+            "trained_task__weights",
+            *(f"latest_task__{name}" for name in MODEL_PROGRESS_TASK_FIELDS),
+        )
         .annotate(training_images_count=_TRAINING_IMAGES_COUNT)
     )
 
@@ -83,7 +86,7 @@ def model_list(
     project_id: str | None = None,
     include_deleted: bool = False,
 ) -> QuerySet[Model]:
-    """The team's models, ready for ModelSerializer: the same two queries for a page of any size."""
+    """The team's models, ready for ModelSerializer: the same query for a page of any size."""
     models = _model_rows(team=team, include_deleted=include_deleted)
     if status:
         models = models.filter(status=status)
@@ -91,31 +94,17 @@ def model_list(
         models = models.filter(type=type)
     if project_id:
         models = models.filter(project__public_id=project_id) if public_id_plausible(project_id) else models.none()
-    # Each model's latest task, for the whole page in one query. A `[:1]` slice in the Prefetch would
-    # have Django rank every task of the page's models with a window function; "the newest task of its
-    # model" as a correlated condition is cheaper to build and to run.
-    newest_of_its_model = TrainingTask.objects.filter(model=OuterRef("model")).order_by("-created_at").values("pk")[:1]
-    latest = TrainingTask.objects.filter(pk=Subquery(newest_of_its_model)).only(*MODEL_PROGRESS_TASK_FIELDS)
-    return models.prefetch_related(Prefetch("training_tasks", queryset=latest, to_attr="latest_tasks"))
+    return models
 
 
 def model_get(*, team: Team, public_id: str, include_deleted: bool = False) -> Model:
-    """One of the team's models, ready for ModelSerializer; its latest task is read only if shown."""
+    """One of the team's models, ready for ModelSerializer."""
     if not public_id_plausible(public_id):
         raise NotFound(f"model {_shown(public_id)} not found")
     model = _model_rows(team=team, include_deleted=include_deleted).filter(public_id=public_id).first()
     if model is None:
         raise NotFound(f"model {public_id} not found")
     return model
-
-
-def model_latest_task(model: Model) -> TrainingTask | None:
-    """The model's latest training task, with the fields `trainingProgress` shows: read with the page by
-    model_list, else now (for one model, a plain query costs half of what the page's prefetch does)."""
-    prefetched = getattr(model, "latest_tasks", None)
-    if prefetched is not None:
-        return prefetched[0] if prefetched else None
-    return model.training_tasks.only(*MODEL_PROGRESS_TASK_FIELDS).order_by("-created_at").first()
 
 
 def project_get(*, team: Team, public_id: str, field: str = "project_id") -> Project:
@@ -244,6 +233,8 @@ def credit_entries_recent(*, team: Team, limit: int = 20) -> list[CreditEntry]:
 # What the training dashboard shows of a task: no logs, no loss curve, none of the worker's JSON.
 DASHBOARD_TASK_FIELDS = (
     *MODEL_PROGRESS_TASK_FIELDS,
+    "model",
+    "created_at",
     "team",
     "priority",
     "attempt_count",

@@ -5,14 +5,13 @@ from __future__ import annotations
 import operator
 from collections.abc import Callable, Mapping
 from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar, cast
 
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
 from models_app.media_access import media_url
 from models_app.models import Asset, GenerationJob, Model, Pair, TrainingImage, TrainingTask
-from models_app.selectors import model_latest_task
 
 
 def file_url(context: Mapping[str, Any], file: Any) -> str:
@@ -24,32 +23,45 @@ def _whole(instance: Any) -> Any:
     return instance
 
 
+OutputStep = tuple[str, Callable[[Any], Any], Callable[[Any], Any] | None, str]
+
+
 class PlannedOutput:
-    """DRF's `to_representation`, with each field's value read by a getter made once per serializer.
+    """DRF's `to_representation`, following a plan made once per serializer class.
 
-    DRF looks each field's source up anew for every row (walking its dotted path, checking whether each
-    step is callable): for the 50 rows of a list page, that lookup cost as much as the formatting itself.
-    The result is the same for every source these serializers use (attributes and dotted attributes,
-    never methods), as tests check against DRF's own loop; each value is still formatted by its field."""
+    DRF builds each serializer's fields anew (a deep copy of the declared ones) and looks each field's
+    source up anew for every row (walking its dotted path, checking whether each step is callable): for
+    the 50 rows of a list page that cost as much as the formatting itself, and the copies as much again
+    on every request. The plan holds, per readable field, a getter of its value and the bound field that
+    formats it, made from one instance of the class; a method field calls the method of the serializer
+    at hand, so what it reads of `self.context` is this request's. The result is the same for every
+    source and field these serializers use (attributes and dotted attributes, never methods; fields that
+    format from their own arguments, never from the context), as tests check against DRF's own loop."""
 
-    _readable_fields: Any  # the serializer's
+    _plan: ClassVar[list[OutputStep] | None] = None
 
-    @cached_property
-    def _output_plan(self) -> list[tuple[str, Callable[[Any], Any], Callable[[Any], Any]]]:
-        return [
-            (
-                field.field_name,
-                _whole if field.source == "*" else operator.attrgetter(field.source),
-                field.to_representation,
-            )
-            for field in self._readable_fields
-        ]
+    @classmethod
+    def _output_plan(cls) -> list[OutputStep]:
+        plan = cls.__dict__.get("_plan")
+        if plan is None:
+            plan = []
+            for field in cast(serializers.Serializer, cls())._readable_fields:
+                value_of = _whole if field.source == "*" else operator.attrgetter(str(field.source))
+                if isinstance(field, serializers.SerializerMethodField):
+                    plan.append((field.field_name, value_of, None, field.method_name))
+                else:
+                    plan.append((field.field_name, value_of, field.to_representation, ""))
+            cls._plan = plan  # two threads building it at once build the same plan
+        return plan
 
     def to_representation(self, instance: Any) -> Any:
         output = {}
-        for name, value_of, represent in self._output_plan:
+        for name, value_of, represent, method in self._output_plan():
             value = value_of(instance)
-            output[name] = None if value is None else represent(value)
+            if represent is None:
+                output[name] = getattr(self, method)(value)
+            else:
+                output[name] = None if value is None else represent(value)
         return output
 
 
@@ -135,7 +147,7 @@ class ModelSerializer(PlannedOutput, serializers.Serializer):
 
     @extend_schema_field(TrainingProgressSerializer(allow_null=True))
     def get_trainingProgress(self, obj: Model) -> dict[str, Any] | None:  # noqa: N802
-        task = model_latest_task(obj)
+        task = obj.latest_task
         return self._progress.to_representation(task) if task is not None else None
 
     @extend_schema_field(serializers.URLField(allow_null=True))

@@ -298,7 +298,7 @@ def training_start(
         # Another start of the same model won the race: the partial unique index refused this one.
         raise Conflict("Model is already training") from exc
     credits_reserve(team=model.team, task=task, estimate=plan.estimate)
-    Model.objects.filter(pk=model.pk).update(status=Model.Status.QUEUED, updated_at=timezone.now())
+    Model.objects.filter(pk=model.pk).update(status=Model.Status.QUEUED, latest_task=task, updated_at=timezone.now())
     webhook_emit(task_id=task.pk, event="queued")
     transaction.on_commit(lambda: training_task_enqueue(task_id=str(task.id)))
     return task

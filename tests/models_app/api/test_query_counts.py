@@ -33,10 +33,10 @@ def grow(team, count: int) -> None:
 @pytest.mark.parametrize(
     ("path", "budget"),
     [
-        # the key, the page's count, its models, their latest tasks
-        ("/v1/models", 4),
-        # the key, the model with its project, image count and trained weights, its latest task
-        ("/v1/models/{model}", 3),
+        # the key, the page's count, its models (each joined with its latest task)
+        ("/v1/models", 3),
+        # the key, the model with its project, image count, trained weights and latest task
+        ("/v1/models/{model}", 2),
         # the key, the model, the page's count, its images
         ("/v1/models/{model}/training-images", 4),
         # the key, the tasks

@@ -32,10 +32,11 @@ def test_models_and_tasks_serialize_as_drf_would() -> None:
     )  # fmt: skip
     done.weights.save("weights.safetensors", ContentFile(b"weights"), save=True)
     Model.objects.filter(pk=trained.pk).update(trained_task=done, status=Model.Status.READY)
-    TrainingTask.objects.create(
+    running = TrainingTask.objects.create(
         team=team, model=trained, trigger_word="zxq", status=TrainingTask.Status.PREPROCESSING,
         preprocessing_stage="captioning", progress=12.5, eta_seconds=77, error_message="slow",
     )  # fmt: skip
+    Model.objects.filter(pk=trained.pk).update(latest_task=running)  # as training_start sets it
     request = RequestFactory().get("/v1/models", HTTP_HOST="localhost")
     for models in (
         list(selectors.model_list(team=team)),
@@ -44,7 +45,8 @@ def test_models_and_tasks_serialize_as_drf_would() -> None:
         serializer = ModelSerializer(models, many=True, context={"request": request}).child
         for model in models:
             assert serializer.to_representation(model) == drf_output(serializer, model)
-            task = selectors.model_latest_task(model)
+            task = model.latest_task
+            assert (task.pk if task else None) == (running.pk if model.pk == trained.pk else None)
             if task is not None:
                 progress = TrainingProgressSerializer()
                 assert progress.to_representation(task) == drf_output(progress, task)
@@ -53,3 +55,19 @@ def test_models_and_tasks_serialize_as_drf_would() -> None:
     serializer = TrainingTaskSerializer()
     for task in tasks:
         assert serializer.to_representation(task) == drf_output(serializer, task)
+
+
+def test_each_serializer_formats_with_its_own_request(settings) -> None:
+    """The output plan is made once per class; what a method field reads of the context is still the
+    request at hand (here, the host of the weights' URL)."""
+    settings.ALLOWED_HOSTS = ["one.example", "two.example"]
+    trained = ModelFactory()
+    done = TrainingTask.objects.create(team=trained.team, model=trained, status=TrainingTask.Status.COMPLETED)
+    done.weights.save("weights.safetensors", ContentFile(b"weights"), save=True)
+    Model.objects.filter(pk=trained.pk).update(trained_task=done, status=Model.Status.READY)
+    model = selectors.model_get(team=trained.team, public_id=trained.public_id)
+    urls = [
+        ModelSerializer(model, context={"request": RequestFactory().get("/", HTTP_HOST=host)}).data["weightsUrl"]
+        for host in ("one.example", "two.example")
+    ]
+    assert urls[0].startswith("http://one.example/") and urls[1].startswith("http://two.example/")
