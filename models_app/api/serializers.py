@@ -12,6 +12,7 @@ from rest_framework import serializers
 
 from models_app.media_access import media_url
 from models_app.models import Asset, GenerationJob, Model, Pair, TrainingImage, TrainingTask
+from models_app.selectors import TaskProgress, model_progress
 
 
 def file_url(context: Mapping[str, Any], file: Any) -> str:
@@ -107,12 +108,12 @@ class TrainingProgressSerializer(PlannedOutput, serializers.Serializer):
     loss = serializers.FloatField(allow_null=True)
     error_message = serializers.CharField(allow_null=True)
 
-    def get_stage(self, obj: TrainingTask) -> str:
+    def get_stage(self, obj: TaskProgress) -> str:
         if obj.status == TrainingTask.Status.PREPROCESSING and obj.preprocessing_stage:
             return obj.preprocessing_stage
         return obj.status.lower()
 
-    def get_progress(self, obj: TrainingTask) -> float:
+    def get_progress(self, obj: TaskProgress) -> float:
         return round(obj.progress / 100.0, 4)
 
 
@@ -147,7 +148,7 @@ class ModelSerializer(PlannedOutput, serializers.Serializer):
 
     @extend_schema_field(TrainingProgressSerializer(allow_null=True))
     def get_trainingProgress(self, obj: Model) -> dict[str, Any] | None:  # noqa: N802
-        task = obj.latest_task
+        task = model_progress(obj)
         return self._progress.to_representation(task) if task is not None else None
 
     @extend_schema_field(serializers.URLField(allow_null=True))

@@ -9,6 +9,7 @@ import importlib
 import pytest
 from django.apps import apps
 
+from models_app import selectors
 from models_app.models import Model, TrainingTask
 from tests.factories import ModelFactory, TeamFactory, add_images
 from tests.helpers import api_client_for
@@ -29,6 +30,12 @@ def test_a_new_start_is_what_the_model_shows_after_a_cancelled_one(tiny_sd15) ->
     assert (detail["trainingProgress"]["taskId"], detail["trainingProgress"]["status"]) == (second, "PENDING")
     listed = client.get("/v1/models").json()["results"]
     assert [row["trainingProgress"]["taskId"] for row in listed] == [second]
+    # A model read without the selectors' columns gets the same progress, read on demand.
+    plain = Model.objects.get(pk=model.pk)
+    assert selectors.model_progress(plain) == selectors.model_progress(
+        selectors.model_get(team=model.team, public_id=model.public_id)
+    )
+    assert str(selectors.model_progress(plain).pk) == second
 
 
 def test_the_migration_gives_each_existing_model_its_newest_task() -> None:

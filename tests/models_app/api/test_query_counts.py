@@ -33,12 +33,12 @@ def grow(team, count: int) -> None:
 @pytest.mark.parametrize(
     ("path", "budget"),
     [
-        # the key, the page's count, its models (each joined with its latest task)
-        ("/v1/models", 3),
+        # the key, the page's models (each with its newest task) and their total, in one query
+        ("/v1/models", 2),
         # the key, the model with its project, image count, trained weights and latest task
         ("/v1/models/{model}", 2),
-        # the key, the model, the page's count, its images
-        ("/v1/models/{model}/training-images", 4),
+        # the key, the model, the page's images with their total
+        ("/v1/models/{model}/training-images", 3),
         # the key, the tasks
         ("/api/v1/training/?limit=50", 2),
     ],
