@@ -40,7 +40,6 @@ MODEL_PROGRESS_TASK_FIELDS = (
     "loss",
     "error_message",
 )
-_MODEL_COLUMNS = tuple(field.name for field in Model._meta.concrete_fields)
 
 
 class TaskProgress(NamedTuple):
@@ -57,8 +56,7 @@ class TaskProgress(NamedTuple):
     error_message: str | None
 
 
-# The newest task's fields as columns of the model's row (`latest_task_status`, ...): a joined TrainingTask
-# instance would cost the page 50 objects of 69 fields each, twice the time of the models themselves.
+# The newest task's fields as columns of the model's row (`latest_task_status`, ...).
 _PROGRESS_COLUMNS = {f"latest_task_{name}": F(f"latest_task__{name}") for name in TaskProgress._fields if name != "pk"}
 # A correlated count rather than a join grouped by every column: the row query needs no GROUP BY, and a
 # page's count query leaves the annotation out. Built once: Django copies an expression where it is used.
@@ -83,14 +81,16 @@ def team_list_for_user(*, user_id: int) -> QuerySet[Team]:
 def _model_rows(*, team: Team, include_deleted: bool) -> QuerySet[Model]:
     """The team's models with all that ModelSerializer shows, in one query.
 
-    Read through the team's own manager, every row's `team` is the `team` given (no join, no copy); of
-    the project and the trained task, only what the serializer shows is read; of the newest task, the
-    fields of its TaskProgress (see model_progress)."""
+    Read through the team's own manager, every row's `team` is the `team` given (no join, no copy). What
+    the serializer shows of the project, the trained task's weights and the newest task (a TaskProgress,
+    see model_progress) comes as columns of the row: joined instances of those models cost more to build
+    than the row's own."""
     models = team.models.all() if include_deleted else team.models.exclude(status=Model.Status.DELETED)
-    return (
-        models.select_related("project", "trained_task")
-        .only(*_MODEL_COLUMNS, "project__public_id", "trained_task__weights")
-        .annotate(training_images_count=_TRAINING_IMAGES_COUNT, **_PROGRESS_COLUMNS)
+    return models.annotate(
+        training_images_count=_TRAINING_IMAGES_COUNT,
+        project_public_id=F("project__public_id"),
+        trained_weights=F("trained_task__weights"),
+        **_PROGRESS_COLUMNS,
     )
 
 

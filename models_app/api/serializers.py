@@ -118,7 +118,8 @@ class TrainingProgressSerializer(PlannedOutput, serializers.Serializer):
 
 
 class ModelSerializer(PlannedOutput, serializers.Serializer):
-    """A model as `GET /v1/models/{id}` shows it (seed 002's fields)."""
+    """A model as `GET /v1/models/{id}` shows it (seed 002's fields), from a row of selectors.model_list or
+    selectors.model_get (what it shows of the model's project and tasks are columns those rows carry)."""
 
     id = serializers.CharField(source="public_id")
     uuid = serializers.UUIDField()
@@ -132,7 +133,7 @@ class ModelSerializer(PlannedOutput, serializers.Serializer):
     trainingProgress = serializers.SerializerMethodField()  # noqa: N815
     weightsUrl = serializers.SerializerMethodField()  # noqa: N815
     teamId = serializers.CharField(source="team.public_id")  # noqa: N815
-    projectId = serializers.SerializerMethodField()  # noqa: N815
+    projectId = serializers.CharField(source="project_public_id", allow_null=True)  # noqa: N815
     createdAt = serializers.DateTimeField(source="created_at")  # noqa: N815
     updatedAt = serializers.DateTimeField(source="updated_at")  # noqa: N815
 
@@ -153,12 +154,8 @@ class ModelSerializer(PlannedOutput, serializers.Serializer):
 
     @extend_schema_field(serializers.URLField(allow_null=True))
     def get_weightsUrl(self, obj: Model) -> str | None:  # noqa: N802
-        task = obj.trained_task
-        return file_url(self.context, task.weights) if task is not None and task.weights else None
-
-    @extend_schema_field(serializers.CharField(allow_null=True))
-    def get_projectId(self, obj: Model) -> str | None:  # noqa: N802
-        return obj.project.public_id if obj.project else None
+        name = vars(obj)["trained_weights"]  # a column of the selectors' rows
+        return file_url(self.context, name) if name else None
 
 
 class ModelEnvelopeSerializer(serializers.Serializer):
