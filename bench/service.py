@@ -297,12 +297,16 @@ def bench_api(environment: Environment, *, clients: int, seconds: float, workers
         for name, path in endpoints.items()
     }
     port = free_port()
+    # BENCH_GUNICORN_ARGS compares other server settings, e.g. "--workers 3 --worker-class sync".
+    server_options = os.environ.get("BENCH_GUNICORN_ARGS", "").split() or [
+        "--workers", str(workers), "--worker-class", "gthread", "--threads", "4",
+    ]  # fmt: skip
     log = environment.scratch / "logs" / "gunicorn.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen(
         [
             sys.executable, "-m", "gunicorn", "config.wsgi:application", "--bind", f"127.0.0.1:{port}",
-            "--workers", str(workers), "--worker-class", "gthread", "--threads", "4", "--log-level", "warning",
+            *server_options, "--log-level", "warning",
         ],
         env={**environment.env, "DJANGO_SETTINGS_MODULE": "config.settings.production",
              "DJANGO_SECRET_KEY": "bench-only-secret-key-not-for-use-anywhere-else-0123456789"},
