@@ -152,14 +152,19 @@ class StrictSerializer(serializers.Serializer):
         return super().to_internal_value(data)
 
 
+# Past this offset (no list holds that many rows) a page goes through DRF's code, which counts the rows
+# first and refuses the page, instead of sending the database an offset beyond its integers.
+OFFSET_MAX = 2**31 - 1
+
+
 class ListPagination(PageNumberPagination):
     """DRF's page-number pages, each read with its total in one query.
 
     DRF's own paginate_queryset counts the rows in a query of its own before reading the page; building and
     compiling that second query cost a list request as much as the page's rows did. Here a window function
     counts the whole filtered set beside the page's rows (`COUNT(*) OVER ()` is computed before the LIMIT).
-    An empty first page has a total of 0; a later page that reads no rows and a page given as "last" or
-    as no number go through DRF's own code, with its answers (404 "Invalid page.")."""
+    An empty first page has a total of 0; a later page that reads no rows, a page given as "last", as no
+    number or as one past OFFSET_MAX go through DRF's own code, with its answers (404 "Invalid page.")."""
 
     page_size = 50
     page_size_query_param = "page_size"
@@ -169,9 +174,9 @@ class ListPagination(PageNumberPagination):
         page_size = self.get_page_size(request)
         raw = request.query_params.get(self.page_query_param) or "1"
         number = int(raw) if raw.isascii() and raw.isdigit() else 0
-        if not page_size or number < 1:
+        offset = (number - 1) * page_size if page_size else 0
+        if not page_size or number < 1 or offset > OFFSET_MAX:
             return super().paginate_queryset(queryset, request, view)
-        offset = (number - 1) * page_size
         rows = list(queryset.annotate(page_total_rows=Window(Count("*")))[offset : offset + page_size])
         if not rows and number > 1:
             return super().paginate_queryset(queryset, request, view)

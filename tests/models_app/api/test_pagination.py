@@ -42,7 +42,7 @@ def test_pages_answer_what_drf_answers(rows: int) -> None:
     queryset = Model.objects.filter(team=team).order_by("-created_at", "-id")
     queries = ["", "?page=1", "?page_size=2", "?page_size=2&page=2", "?page_size=2&page=3", "?page_size=2&page=4",
                "?page=2", "?page=0", "?page=-1", "?page=abc", "?page=last&page_size=2", "?page=%D9%A3",
-               "?page_size=0", "?page_size=1000"]  # fmt: skip
+               "?page_size=0", "?page_size=1000", "?page=99999999999999999999999", f"?page={2**31 // 50 + 2}"]  # fmt: skip
     for query in queries:
         assert answer(ListPagination(), queryset, query) == answer(StockPagination(), queryset, query), query
 
