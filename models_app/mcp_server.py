@@ -282,7 +282,9 @@ def build_server(
         def run(team: Team) -> dict[str, Any]:
             if status and status not in Model.Status.values:
                 raise ApplicationError(f"status must be one of {', '.join(Model.Status.values)}", field="status")
-            models = selectors.model_list(team=team, status=status, project_id=project_id).order_by("-created_at")
+            models = selectors.model_list(team=team, status=status, project_id=project_id).order_by(
+                *selectors.MODEL_LIST_ORDER
+            )
             rows = [
                 {k: row[k] for k in ("id", "name", "type", "status", "trainingImagesNumber")}
                 for row in ModelSerializer(models[:limit], many=True).data

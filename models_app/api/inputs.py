@@ -6,6 +6,7 @@ them to what DRF parses, so every view receives a body that already passed them.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from django.core.paginator import Page
@@ -171,18 +172,33 @@ class ListPagination(PageNumberPagination):
     max_page_size = 200
 
     def paginate_queryset(self, queryset: Any, request: Any, view: Any = None) -> list[Any] | None:
+        def read(offset: int, limit: int) -> tuple[list[Any], int]:
+            rows = list(queryset.annotate(page_total_rows=Window(Count("*")))[offset : offset + limit])
+            return rows, (rows[0].page_total_rows if rows else 0)
+
+        return self.paginate_read(read, lambda: queryset, request, view)
+
+    def paginate_read(
+        self,
+        read: Callable[[int, int], tuple[list[Any], int]],
+        queryset: Callable[[], Any],
+        request: Any,
+        view: Any = None,
+    ) -> list[Any] | None:
+        """The page, from `read(offset, limit)`, which returns the rows and the total (0 when it read none).
+        `queryset()` is the whole list, for the cases DRF's own code answers."""
         page_size = self.get_page_size(request)
         raw = request.query_params.get(self.page_query_param) or "1"
         number = int(raw) if raw.isascii() and raw.isdigit() else 0
         offset = (number - 1) * page_size if page_size else 0
         if not page_size or number < 1 or offset > OFFSET_MAX:
-            return super().paginate_queryset(queryset, request, view)
-        rows = list(queryset.annotate(page_total_rows=Window(Count("*")))[offset : offset + page_size])
+            return super().paginate_queryset(queryset(), request, view)
+        rows, total = read(offset, page_size)
         if not rows and number > 1:
-            return super().paginate_queryset(queryset, request, view)
+            return super().paginate_queryset(queryset(), request, view)
         self.request = request
-        paginator = self.django_paginator_class(queryset, page_size)
-        paginator.count = rows[0].page_total_rows if rows else 0  # the cached_property, known without a query
+        paginator = self.django_paginator_class(rows, page_size)
+        paginator.count = total  # the cached_property, known without a query
         self.page = Page(rows, number, paginator)
         self.display_page_controls = paginator.num_pages > 1 and self.template is not None
         return rows

@@ -69,9 +69,13 @@ class ModelListApi(APIView):
         filters = self.ModelListFilter(data=snake_keys(request.query_params))
         filters.is_valid(raise_exception=True)
         team = request_team(request)
-        models = selectors.model_list(team=team, **filters.validated_data).order_by("-created_at", "-id")
         paginator = ListPagination()
-        page = paginator.paginate_queryset(models, request, view=self)
+        page = paginator.paginate_read(
+            lambda offset, limit: selectors.model_page(team=team, offset=offset, limit=limit, **filters.validated_data),
+            lambda: selectors.model_list(team=team, **filters.validated_data).order_by(*selectors.MODEL_LIST_ORDER),
+            request,
+            view=self,
+        )
         return paginator.get_paginated_response(ModelSerializer(page, many=True, context={"request": request}).data)
 
     @extend_schema(
