@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import operator
 from collections.abc import Callable, Mapping
 from functools import cached_property
 from typing import Any, ClassVar, cast
 
+from django.db import models
 from drf_spectacular.utils import extend_schema_field
 from rest_framework import serializers
 
@@ -22,6 +24,18 @@ def file_url(context: Mapping[str, Any], file: Any) -> str:
 
 def _whole(instance: Any) -> Any:
     return instance
+
+
+class UtcDateTimeField(serializers.DateTimeField):
+    """DRF's DateTimeField, always in UTC ("2022-04-13T15:42:05.901Z", as the seed documents show).
+
+    The API's timestamps never depend on a timezone activated somewhere for a request. Naming the zone
+    also spares DRF a look-up of the current timezone for every value: that was a third of the time of
+    a page of 50 models' serialization."""
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("default_timezone", dt.UTC)
+        super().__init__(**kwargs)
 
 
 OutputStep = tuple[str, Callable[[Any], Any], Callable[[Any], Any] | None, str]
@@ -71,7 +85,7 @@ class TrainingImageSerializer(serializers.Serializer):
 
     id = serializers.CharField(source="asset.public_id", help_text='The training image ID ("asset_…")')
     automatic_captioning = serializers.CharField(help_text="Automatic captioning of the image")
-    created_at = serializers.DateTimeField(help_text="The upload date as an ISO string")
+    created_at = UtcDateTimeField(help_text="The upload date as an ISO string")
     description = serializers.CharField(help_text="Description (caption) for the image")
     download_url = serializers.SerializerMethodField(help_text="The URL of the image")
     name = serializers.CharField(help_text="The original file name of the image")
@@ -134,8 +148,8 @@ class ModelSerializer(PlannedOutput, serializers.Serializer):
     weightsUrl = serializers.SerializerMethodField()  # noqa: N815
     teamId = serializers.CharField(source="team.public_id")  # noqa: N815
     projectId = serializers.CharField(source="project_public_id", allow_null=True)  # noqa: N815
-    createdAt = serializers.DateTimeField(source="created_at")  # noqa: N815
-    updatedAt = serializers.DateTimeField(source="updated_at")  # noqa: N815
+    createdAt = UtcDateTimeField(source="created_at")  # noqa: N815
+    updatedAt = UtcDateTimeField(source="updated_at")  # noqa: N815
 
     def get_trainingImagesNumber(self, obj: Model) -> int:  # noqa: N802
         count = getattr(obj, "training_images_count", None)
@@ -172,7 +186,7 @@ class AssetSerializer(serializers.Serializer):
     size_bytes = serializers.IntegerField()
     sha256 = serializers.CharField()
     download_url = serializers.SerializerMethodField()
-    created_at = serializers.DateTimeField()
+    created_at = UtcDateTimeField()
 
     def get_download_url(self, obj: Asset) -> str:
         return file_url(self.context, obj.file)
@@ -200,15 +214,15 @@ class JobSerializer(serializers.Serializer):
     seed = serializers.IntegerField()
     images = JobImageSerializer(many=True)
     error = serializers.CharField(source="error_message")
-    cancelRequestedAt = serializers.DateTimeField(  # noqa: N815
+    cancelRequestedAt = UtcDateTimeField(  # noqa: N815
         source="cancel_requested_at",
         allow_null=True,
         help_text="Set once a cancel was asked for: a running job then ends `canceled`, without its images.",
     )
     attempts = serializers.IntegerField(source="attempt_count", help_text="Workers that took the job (retries).")
-    createdAt = serializers.DateTimeField(source="created_at")  # noqa: N815
-    startedAt = serializers.DateTimeField(source="started_at", allow_null=True)  # noqa: N815
-    completedAt = serializers.DateTimeField(source="completed_at", allow_null=True)  # noqa: N815
+    createdAt = UtcDateTimeField(source="created_at")  # noqa: N815
+    startedAt = UtcDateTimeField(source="started_at", allow_null=True)  # noqa: N815
+    completedAt = UtcDateTimeField(source="completed_at", allow_null=True)  # noqa: N815
 
 
 class TrainingTaskSerializer(PlannedOutput, serializers.ModelSerializer):
@@ -222,6 +236,11 @@ class TrainingTaskSerializer(PlannedOutput, serializers.ModelSerializer):
     preprocessing_transforms = serializers.ListField(
         child=serializers.DictField(), allow_null=True, help_text="List of image transformations to apply"
     )
+
+    serializer_field_mapping = {
+        **serializers.ModelSerializer.serializer_field_mapping,
+        models.DateTimeField: UtcDateTimeField,
+    }
 
     class Meta:
         model = TrainingTask

@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import datetime as dt
+import zoneinfo
+
 import pytest
 from django.core.files.base import ContentFile
 from django.test import RequestFactory
+from django.utils import timezone
 from rest_framework import serializers
 
 from models_app import selectors
@@ -71,3 +75,18 @@ def test_each_serializer_formats_with_its_own_request(settings) -> None:
         for host in ("one.example", "two.example")
     ]
     assert urls[0].startswith("http://one.example/") and urls[1].startswith("http://two.example/")
+
+
+def test_timestamps_are_utc_whatever_timezone_is_active() -> None:
+    """As the seed documents show them ("2022-04-13T15:42:05.901Z"), even where a request activated
+    another timezone."""
+    model = ModelFactory()
+    task = TrainingTask.objects.create(team=model.team, model=model, status=TrainingTask.Status.COMPLETED)
+    Model.objects.filter(pk=model.pk).update(latest_task=task)
+    row = selectors.model_get(team=model.team, public_id=model.public_id)
+    expected = row.created_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+    with timezone.override(zoneinfo.ZoneInfo("Europe/Paris")):
+        shown = ModelSerializer(row).data
+        task_shown = TrainingTaskSerializer(task).data
+    assert shown["createdAt"] == expected and expected.endswith("Z")
+    assert task_shown["created_at"] == task.created_at.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
