@@ -297,10 +297,9 @@ def bench_api(environment: Environment, *, clients: int, seconds: float, workers
         for name, path in endpoints.items()
     }
     port = free_port()
-    # BENCH_GUNICORN_ARGS compares other server settings, e.g. "--workers 3 --worker-class sync".
-    server_options = os.environ.get("BENCH_GUNICORN_ARGS", "").split() or [
-        "--workers", str(workers), "--worker-class", "gthread", "--threads", "4",
-    ]  # fmt: skip
+    # As the README's production command runs it (sync workers); BENCH_GUNICORN_ARGS compares other
+    # server settings, e.g. "--workers 4 --worker-class gthread --threads 4".
+    server_options = os.environ.get("BENCH_GUNICORN_ARGS", "").split() or ["--workers", str(workers)]
     log = environment.scratch / "logs" / "gunicorn.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     server = subprocess.Popen(
