@@ -12,14 +12,15 @@ from typing import Any
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.core.exceptions import PermissionDenied
-from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
-from django.shortcuts import get_object_or_404
+from django.db.models import QuerySet
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseRedirect, JsonResponse
 from django.urls import reverse
 from PIL import Image
 
 from contract.captions import has_trigger
 from contract.parameters import default
-from models_app.errors import ApplicationError, InvalidInput
+from models_app import selectors
+from models_app.errors import ApplicationError, InvalidInput, NotFound
 from models_app.input_rules import json_document
 from models_app.media_access import media_url
 from models_app.models import Model, Team, TrainingImage, TrainingTask
@@ -50,11 +51,12 @@ from models_app.services.training import (
 RECOMMENDED_MIN_SIDE = 512
 
 
-def staff_teams(request: HttpRequest) -> Any:
+def staff_teams(request: HttpRequest) -> QuerySet[Team]:
+    """The teams the signed-in staff member works on (every team for a superuser)."""
     user = request.user
     if not isinstance(user, User):  # the console's views are staff-only: no one signed in, no team
-        return Team.objects.none()
-    return Team.objects.all() if user.is_superuser else Team.objects.filter(memberships__user=user)
+        return selectors.team_list_for_staff(user_id=None, superuser=False)
+    return selectors.team_list_for_staff(user_id=user.pk, superuser=user.is_superuser)
 
 
 def require(request: HttpRequest, permission: str) -> None:
@@ -65,15 +67,29 @@ def require(request: HttpRequest, permission: str) -> None:
 
 def scoped_model(request: HttpRequest, pk: int, *, permission: str = "view_model") -> Model:
     """The model if it is one of the user's teams' (404 otherwise) and their role grants `permission`."""
-    model = get_object_or_404(Model.objects.filter(team__in=staff_teams(request)).select_related("team"), pk=pk)
+    try:
+        model = selectors.model_in_teams(teams=staff_teams(request), pk=pk)
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
     require(request, permission)
     return model
 
 
 def scoped_task(request: HttpRequest, pk: str, *, permission: str = "view_trainingtask") -> TrainingTask:
-    task = get_object_or_404(TrainingTask.objects.filter(team__in=staff_teams(request)).select_related("model"), pk=pk)
+    try:
+        task = selectors.training_task_in_teams(teams=staff_teams(request), pk=pk)
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
     require(request, permission)
     return task
+
+
+def scoped_image(model: Model, pk: int) -> TrainingImage:
+    """One of the (already scoped) model's training images; 404 otherwise."""
+    try:
+        return selectors.training_image_of_model(model=model, pk=pk)
+    except NotFound as exc:
+        raise Http404(exc.message) from exc
 
 
 def answer(work: Any) -> JsonResponse:
@@ -85,7 +101,7 @@ def answer(work: Any) -> JsonResponse:
 
 
 def dataset_images(model: Model) -> list[TrainingImage]:
-    return list(model.training_images.select_related("asset").order_by("created_at", "id"))
+    return list(selectors.training_image_list(model=model))
 
 
 def captioning_strategy(model: Model) -> str:
@@ -299,7 +315,7 @@ def upload(request: HttpRequest, pk: int) -> JsonResponse:
 
 def caption(request: HttpRequest, pk: int, image_pk: int) -> JsonResponse:
     model = scoped_model(request, pk, permission="change_trainingimage")
-    image = get_object_or_404(TrainingImage, pk=image_pk, model=model)
+    image = scoped_image(model, image_pk)
     text = request.POST.get("description", "")
 
     def work() -> dict[str, Any]:
@@ -315,13 +331,13 @@ def caption(request: HttpRequest, pk: int, image_pk: int) -> JsonResponse:
 
 def delete_image(request: HttpRequest, pk: int, image_pk: int) -> JsonResponse:
     model = scoped_model(request, pk, permission="change_trainingimage")
-    image = get_object_or_404(TrainingImage, pk=image_pk, model=model)
+    image = scoped_image(model, image_pk)
     return answer(lambda: training_image_delete(training_image=image))
 
 
 def replace_image(request: HttpRequest, pk: int, image_pk: int) -> JsonResponse:
     model = scoped_model(request, pk, permission="change_trainingimage")
-    image = get_object_or_404(TrainingImage, pk=image_pk, model=model)
+    image = scoped_image(model, image_pk)
     upload_file = request.FILES.get("image")
 
     def work() -> dict[str, Any]:
@@ -371,7 +387,7 @@ def state(request: HttpRequest, pk: int) -> JsonResponse:
 def thumbnail(request: HttpRequest, pk: int, image_pk: int) -> HttpResponse:
     """The image's thumbnail, made now if it has none yet, by a redirect to its signed URL."""
     model = scoped_model(request, pk)
-    image = get_object_or_404(TrainingImage.objects.select_related("asset__team"), pk=image_pk, model=model)
+    image = scoped_image(model, image_pk)
     try:
         asset = asset_thumbnail_ensure(asset=image.asset)
     except (OSError, ValueError, Image.DecompressionBombError) as exc:  # its file gone or unreadable

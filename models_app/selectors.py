@@ -79,6 +79,42 @@ def team_list_for_user(*, user_id: int) -> QuerySet[Team]:
     return Team.objects.filter(memberships__user_id=user_id)
 
 
+def team_list_for_staff(*, user_id: int | None, superuser: bool) -> QuerySet[Team]:
+    """The teams a staff member works on in the admin: every team for a superuser, else their own; none
+    for no one signed in."""
+    if user_id is None:
+        return Team.objects.none()
+    return Team.objects.all() if superuser else team_list_for_user(user_id=user_id)
+
+
+def model_in_teams(*, teams: QuerySet[Team], pk: int) -> Model:
+    """One of these teams' models by primary key (the admin's URLs), with its team; 404 otherwise."""
+    model = Model.objects.filter(team__in=teams, pk=pk).select_related("team").first()
+    if model is None:
+        raise NotFound(f"model {pk} not found")
+    return model
+
+
+def training_task_in_teams(*, teams: QuerySet[Team], pk: str) -> TrainingTask:
+    """One of these teams' training tasks by id, with its model; 404 otherwise."""
+    try:
+        key = uuid.UUID(str(pk))
+    except ValueError as exc:
+        raise NotFound(f"training task {_shown(str(pk))} not found") from exc
+    task = TrainingTask.objects.filter(team__in=teams, pk=key).select_related("model").first()
+    if task is None:
+        raise NotFound(f"training task {pk} not found")
+    return task
+
+
+def training_image_of_model(*, model: Model, pk: int) -> TrainingImage:
+    """One of the model's training images by primary key, with its asset; 404 otherwise."""
+    image = model.training_images.select_related("asset__team").filter(pk=pk).first()
+    if image is None:
+        raise NotFound(f"training image {pk} not found in model {model.public_id}")
+    return image
+
+
 def _shown_columns(models: QuerySet[Model], *, include_deleted: bool) -> QuerySet[Model]:
     """Models with all that ModelSerializer shows, in one query. What it shows of the project, the trained
     task's weights and the newest task (a TaskProgress, see model_progress) comes as columns of the row:

@@ -60,6 +60,13 @@ def test_staff_see_only_their_teams_models_and_cannot_reach_others(staff, tiny_s
     ):
         assert staff.post(endpoint, data).status_code == 404, endpoint
     assert TrainingImage.objects.get(pk=image.pk).description != "x"
+    # Another model's image through one's own model, and another team's training: not found either.
+    assert staff.post(url("models_app_model_caption", own.pk, image.pk), {"description": "x"}).status_code == 404
+    assert TrainingImage.objects.get(pk=image.pk).description != "x"
+    theirs = TrainingTask.objects.create(team=other.team, model=other, status=TrainingTask.Status.PENDING)
+    assert staff.get(url("models_app_task_progress", theirs.pk)).status_code == 404
+    assert staff.post(url("models_app_task_cancel", theirs.pk)).status_code == 404
+    assert TrainingTask.objects.get(pk=theirs.pk).cancel_requested_at is None
 
 
 def test_a_superuser_sees_every_team(client) -> None:
