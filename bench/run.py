@@ -176,7 +176,7 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
                         f", MFU {row['mfu']:.0%}" if "mfu" in row else ""
                     )
                     target, met = "", None
-                    if label == "default":
+                    if label == "default" and name in GPU_TARGETS:
                         target = f"<= {GPU_TARGETS[name]} s"
                         met = row["seconds_per_step"] <= GPU_TARGETS[name]
                         if name == "flux":

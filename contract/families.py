@@ -16,15 +16,25 @@ PIPELINE_FAMILIES = {
     "StableDiffusionXLPipeline": "sdxl",
     "FluxPipeline": "flux",
     "FluxKontextPipeline": "flux-kontext",
+    "StableDiffusion3Pipeline": "sd3",
 }
-SUPPORTED_FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext")
+SUPPORTED_FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3")
+# What the admin and the docs call each family.
+FAMILY_LABELS = {
+    "sd15": "SD 1.5",
+    "sdxl": "SDXL",
+    "flux": "FLUX.1",
+    "flux-kontext": "FLUX.1 Kontext",
+    "sd3": "SD 3.5",
+}
 
 
 def native_resolution(family: str, *, vae_config: dict, denoiser_config: dict) -> int:
     """The side in pixels a base model was trained at, from its VAE's and denoiser's configs: what a
     training with no `resolution` uses (the family classes and the cost estimate both ask here)."""
     vae_scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
-    if family in ("sd15", "sdxl"):
+    if family in ("sd15", "sdxl", "sd3"):
+        # SD 3.5's transformer counts its sample size in latent pixels, as a UNet does (128 -> 1024 px).
         return int(denoiser_config["sample_size"]) * vae_scale
     # FLUX configs carry no usable sample size for the transformer: full-size VAEs mean 1024 px.
     return 1024 if vae_scale == 8 else int(vae_config.get("sample_size", 64))
@@ -62,6 +72,8 @@ def detect_family(base_model: str) -> str:
 def guess_family_from_name(base_model: str) -> str:
     """For estimates before a hub model is fetched: the family its name suggests, the costliest if unclear."""
     name = base_model.lower()
+    if "stable-diffusion-3" in name or "sd3" in name or "sd-3" in name:
+        return "sd3"
     if "kontext" in name:
         return "flux-kontext"
     if "flux" in name:

@@ -24,9 +24,16 @@ from models_app.models import CreditEntry, Team, TrainingTask
 
 # Relative cost of one step at the family's native resolution, and its seconds per step on the
 # reference GPU (an H100; see bench/). SD 1.5 at 512 px is the unit.
-FAMILY_COST = {"sd15": Decimal("1"), "sdxl": Decimal("3"), "flux": Decimal("8"), "flux-kontext": Decimal("10")}
-NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux": 1024, "flux-kontext": 1024}
-SECONDS_PER_STEP = {"sd15": 0.07, "sdxl": 0.2, "flux": 0.5, "flux-kontext": 0.7}
+# SD 3.5: large (8.1 B) and medium (2.5 B) share the family; priced and timed as large.
+FAMILY_COST = {
+    "sd15": Decimal("1"),
+    "sdxl": Decimal("3"),
+    "flux": Decimal("8"),
+    "flux-kontext": Decimal("10"),
+    "sd3": Decimal("6"),
+}
+NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux": 1024, "flux-kontext": 1024, "sd3": 1024}
+SECONDS_PER_STEP = {"sd15": 0.07, "sdxl": 0.2, "flux": 0.5, "flux-kontext": 0.7, "sd3": 0.4}
 CENT = Decimal("0.01")
 
 

@@ -17,6 +17,10 @@ from tests.training.comfyui_keys import (
     comfyui_flux_diffusers_to_bfl,
     comfyui_flux_key_map,
     comfyui_flux_lora_names,
+    comfyui_sd3_depth,
+    comfyui_sd3_diffusers_to_mmdit,
+    comfyui_sd3_key_map,
+    comfyui_sd3_lora_names,
     comfyui_unet_diffusers_to_ldm,
     comfyui_unet_key_map,
     comfyui_unet_layout,
@@ -469,3 +473,145 @@ def test_a_key_without_an_adapter_suffix_is_reported_whole():
     assert unmapped_kohya_modules([f"{name}.lora_down.bias"], comfyui_unet_lora_names(SD15_UNET)) == [
         f"{name}.lora_down.bias"
     ]
+
+
+# --- SD 3.5: diffusers SD3Transformer2DModel -> MMDiT --------------------------------------------------------
+
+SD35_LARGE_TRANSFORMER = {  # stable-diffusion-3.5-large transformer/config.json
+    "attention_head_dim": 64,
+    "caption_projection_dim": 2432,
+    "in_channels": 16,
+    "joint_attention_dim": 4096,
+    "num_attention_heads": 38,
+    "num_layers": 38,
+    "out_channels": 16,
+    "patch_size": 2,
+    "pooled_projection_dim": 2048,
+    "pos_embed_max_size": 192,
+    "qk_norm": "rms_norm",
+    "sample_size": 128,
+}
+SD35_MEDIUM_TRANSFORMER = {  # stable-diffusion-3.5-medium transformer/config.json
+    "attention_head_dim": 64,
+    "caption_projection_dim": 1536,
+    "dual_attention_layers": list(range(13)),
+    "in_channels": 16,
+    "joint_attention_dim": 4096,
+    "num_attention_heads": 24,
+    "num_layers": 24,
+    "out_channels": 16,
+    "patch_size": 2,
+    "pooled_projection_dim": 2048,
+    "pos_embed_max_size": 384,
+    "qk_norm": "rms_norm",
+    "sample_size": 128,
+}
+TINY_SD3_TRANSFORMER = {
+    "sample_size": 32,
+    "patch_size": 2,
+    "in_channels": 16,
+    "out_channels": 16,
+    "num_layers": 2,
+    "attention_head_dim": 32,
+    "num_attention_heads": 4,
+    "joint_attention_dim": 64,
+    "caption_projection_dim": 128,
+    "pooled_projection_dim": 64,
+    "pos_embed_max_size": 64,
+    "dual_attention_layers": (0,),
+    "qk_norm": "rms_norm",
+}
+SD3_CONFIGS = {
+    "sd35-large": SD35_LARGE_TRANSFORMER,
+    "sd35-medium": SD35_MEDIUM_TRANSFORMER,
+    "tiny-sd3": TINY_SD3_TRANSFORMER,
+}
+# Modules ComfyUI routes that a given model lacks: the dual attention of blocks without it, and the last
+# block's context output and MLP (diffusers' `context_pre_only` block has none; ComfyUI drops those patches).
+SD3_ROUTED_BUT_ABSENT = re.compile(
+    r"^transformer_blocks\.\d+\.(attn2\.(to_[qkv]|to_out\.0|norm_[qk])"
+    r"|attn\.to_add_out|ff_context\.net\.(0\.proj|2))$"
+)
+
+
+def build_sd3(config: dict) -> nn.Module:
+    from diffusers import SD3Transformer2DModel
+
+    with torch.device("meta"):
+        return SD3Transformer2DModel(**config)
+
+
+@pytest.mark.parametrize("family", list(SD3_CONFIGS))
+def test_every_sd3_linear_is_mapped(family: str):
+    transformer = build_sd3(SD3_CONFIGS[family])
+    names = layers(transformer)
+    # ComfyUI reads the number of blocks off the width; the published models (and the tiny one) agree.
+    assert comfyui_sd3_depth(dict(transformer.config)) == transformer.config.num_layers
+    blocks = [name for name in names if name.startswith("transformer_blocks.")]
+    leaves = ("attn.to_q", "attn.add_k_proj", "attn.to_add_out", "ff_context.net.2", "norm1_context.linear")
+    for leaf in leaves + (("attn2.to_q",) if transformer.config.dual_attention_layers else ()):
+        assert any(name.endswith("." + leaf) for name in blocks), leaf
+    known = comfyui_sd3_lora_names(dict(transformer.config))
+    assert unmapped_kohya_modules(exported_keys("transformer", names), known) == []
+    assert comfyui_sd3_lora_names(SD3_CONFIGS[family]) == known
+
+
+@pytest.mark.parametrize("family", list(SD3_CONFIGS))
+def test_sd3_map_has_no_phantom_blocks(family: str):
+    transformer = build_sd3(SD3_CONFIGS[family])
+    modules = {name for name, _ in transformer.named_modules()}
+    absent = [name for name in comfyui_sd3_diffusers_to_mmdit(dict(transformer.config)) if name not in modules]
+    assert [name for name in absent if not SD3_ROUTED_BUT_ABSENT.match(name)] == []
+
+
+def test_the_restated_tiny_sd3_config_is_the_built_one(tiny_models: dict) -> None:
+    built = json.loads((tiny_models["sd3"] / "transformer" / "config.json").read_text(encoding="utf-8"))
+    for key, value in TINY_SD3_TRANSFORMER.items():
+        assert built[key] == (list(value) if isinstance(value, tuple) else value), key
+
+
+@pytest.mark.parametrize(
+    ("lora_name", "target"),
+    [
+        (
+            "lora_transformer_transformer_blocks_0_attn_to_q",
+            ComfyTarget("diffusion_model.joint_blocks.0.x_block.attn.qkv.weight", (0, 2432)),
+        ),
+        (
+            "lora_transformer_transformer_blocks_5_attn_add_v_proj",
+            ComfyTarget("diffusion_model.joint_blocks.5.context_block.attn.qkv.weight", (4864, 2432)),
+        ),
+        ("lora_transformer_transformer_blocks_0_attn_to_out_0", ldm("joint_blocks.0.x_block.attn.proj")),
+        ("lora_transformer_transformer_blocks_0_attn_to_add_out", ldm("joint_blocks.0.context_block.attn.proj")),
+        ("lora_transformer_transformer_blocks_0_norm1_linear", ldm("joint_blocks.0.x_block.adaLN_modulation.1")),
+        ("lora_transformer_transformer_blocks_3_ff_net_0_proj", ldm("joint_blocks.3.x_block.mlp.fc1")),
+        ("lora_transformer_transformer_blocks_3_ff_context_net_2", ldm("joint_blocks.3.context_block.mlp.fc2")),
+        (
+            "lora_transformer_transformer_blocks_36_norm1_context_linear",
+            ldm("joint_blocks.36.context_block.adaLN_modulation.1"),
+        ),
+        (
+            "lora_transformer_transformer_blocks_37_norm1_context_linear",
+            ComfyTarget(
+                "diffusion_model.joint_blocks.37.context_block.adaLN_modulation.1.weight", swap_scale_shift=True
+            ),
+        ),
+        ("lora_transformer_pos_embed_proj", ldm("x_embedder.proj")),
+        ("lora_transformer_time_text_embed_text_embedder_linear_1", ldm("y_embedder.mlp.0")),
+        (
+            "lora_transformer_norm_out_linear",
+            ComfyTarget("diffusion_model.final_layer.adaLN_modulation.1.weight", swap_scale_shift=True),
+        ),
+    ],
+)
+def test_sd35_large_correspondences(lora_name: str, target: ComfyTarget):
+    assert comfyui_sd3_key_map(SD35_LARGE_TRANSFORMER)[lora_name] == target
+
+
+def test_sd35_medium_dual_attention_lands_on_attn2():
+    known = comfyui_sd3_key_map(SD35_MEDIUM_TRANSFORMER)
+    assert known["lora_transformer_transformer_blocks_12_attn2_to_k"] == ComfyTarget(
+        "diffusion_model.joint_blocks.12.x_block.attn2.qkv.weight", (1536, 1536)
+    )
+    assert "lora_transformer_transformer_blocks_23_attn_to_q" in known
+    assert "lora_transformer_transformer_blocks_24_attn_to_q" not in known

@@ -111,6 +111,7 @@ EXPECTED = {
     "sdxl": ("sdxl_base_v1-0", "stable-diffusion-xl-v1-base/lora"),
     "flux": ("flux1", "flux-1-dev/lora"),
     "flux-kontext": ("flux1", "flux-1-kontext-dev/lora"),
+    "sd3": ("sd3", "stable-diffusion-3/lora"),
 }
 
 

@@ -65,6 +65,7 @@ FAMILY_RUNS = {
     "sd15": (150, 3e-3, 0.15, 0.08),
     "sdxl": (150, 3e-3, 0.1, 0.1),
     "flux": (150, 2e-3, 0.1, 0.2),
+    "sd3": (100, 2e-3, 0.1, 0.2),
 }
 
 
@@ -97,6 +98,7 @@ TRIGGER_RUNS: dict[str, tuple[int, float, dict[str, Any], float]] = {
     "sd15": (150, 3e-3, {"noise_offset": 0.5}, 0.15),
     "sdxl": (150, 3e-3, {"noise_offset": 0.5}, 0.3),
     "flux": (150, 2e-3, {}, 0.1),
+    "sd3": (100, 2e-3, {}, 0.25),
 }
 
 

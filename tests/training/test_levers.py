@@ -16,7 +16,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.training.comfyui_keys import comfyui_flux_lora_names, comfyui_unet_lora_names, unmapped_kohya_modules
+from tests.training.comfyui_keys import comfyui_lora_names, unmapped_kohya_modules
 from training.demo_dataset import write_concept
 from training.engine import EngineError, SilentCallbacks, TrainingCancelled, TrainingSpec, train
 from training.engine.checkpoints import list_checkpoints
@@ -30,7 +30,7 @@ from training.engine.trainer import Cache, class_caption, elementwise_loss, redu
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
 
-FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext")
+FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3")
 CPU = torch.device("cpu")
 
 
@@ -98,7 +98,7 @@ def test_tiny_models_see_captions_and_carry_signal_in_their_latents(
     from transformers import AutoTokenizer
 
     base = tiny_models[family]
-    for folder in ("tokenizer", "tokenizer_2"):
+    for folder in ("tokenizer", "tokenizer_2", "tokenizer_3"):
         if not (base / folder).is_dir():
             continue
         tokenizer = AutoTokenizer.from_pretrained(str(base / folder))  # loaded back from what was saved
@@ -192,6 +192,38 @@ def test_on_real_flux_dev_the_default_targets_cover_every_block_linear() -> None
     assert not pattern.match("proj_out") and not pattern.match("x_embedder")  # outside the blocks
 
 
+@pytest.mark.parametrize(
+    "config",
+    [
+        # stable-diffusion-3.5-large and -medium transformer/config.json (the fields that shape the tree).
+        {"num_layers": 38, "num_attention_heads": 38, "caption_projection_dim": 2432, "qk_norm": "rms_norm"},
+        {"num_layers": 24, "num_attention_heads": 24, "caption_projection_dim": 1536, "qk_norm": "rms_norm",
+         "dual_attention_layers": tuple(range(13)), "pos_embed_max_size": 384},
+    ],
+    ids=["large", "medium"],
+)  # fmt: skip
+def test_on_real_sd35_the_default_targets_cover_every_block_linear(config: dict[str, Any]) -> None:
+    from diffusers import SD3Transformer2DModel
+
+    with torch.device("meta"):
+        model = SD3Transformer2DModel(
+            attention_head_dim=64, joint_attention_dim=4096, pooled_projection_dim=2048, **config
+        )
+    block_linears = [
+        name for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith("transformer_blocks.")
+    ]  # fmt: skip
+    # Per block: q, k, v, out and the context's q, k, v (+ out and its MLP but in the last block), the
+    # image MLP, two modulations; medium's first 13 blocks add the dual attention's q, k, v, out.
+    blocks = config["num_layers"]
+    dual = len(config.get("dual_attention_layers", ()))
+    assert len(block_linears) == blocks * 14 - 3 + dual * 4
+    sd3 = family_class("sd3")
+    pattern = re.compile(sd3.lora_target_pattern(sd3, "all_linear"))  # type: ignore[arg-type]  # class attributes only
+    assert all(pattern.match(name) for name in block_linears)
+    assert not pattern.match("proj_out") and not pattern.match("context_embedder")  # outside the blocks
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 @pytest.mark.parametrize("lora_type", ["lora", "dora", "lokr", "loha"])
@@ -219,7 +251,7 @@ def test_every_adapter_type_trains_exports_for_comfyui_and_generates(
     # Every module of the kohya/LyCORIS file is one ComfyUI maps onto the model.
     kohya = load_file(result.kohya_path)
     config = json.loads((base / ("unet" if family in ("sd15", "sdxl") else "transformer") / "config.json").read_text())
-    known = comfyui_unet_lora_names(config) if family in ("sd15", "sdxl") else comfyui_flux_lora_names(config)
+    known = comfyui_lora_names(family, config)
     assert unmapped_kohya_modules(kohya, known) == []
     metadata = read_metadata(result.kohya_path)
     assert metadata["ss_network_dim"] == "4" and metadata["modelspec.trigger_phrase"] == "zxq"

@@ -101,6 +101,45 @@ def test_an_edit_model_trains_on_its_pairs_and_generates_from_an_input_image(
 
 
 @slow
+def test_an_sd35_model_fine_tunes_fully_through_the_api_and_generates(
+    tiny_models: dict[str, Path], fast_training: dict, django_capture_on_commit_callbacks
+) -> None:
+    model = ModelFactory()
+    add_images(model, 12)
+    base = tiny_models["sd3"]
+    model_configure(
+        model=model,
+        parameters={**fast_training, "steps": 4, "training_type": "FULL", "learning_rate": 1e-4,
+                    "base_model_path": str(base)},
+    )  # fmt: skip
+    client = api_client_for(model.team)
+    quote = client.put(f"/v1/models/{model.public_id}/train?dryRun=true", {}, format="json").json()["result"]
+    assert quote["canStart"] and quote["estimate"]["family"] == "sd3"
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.get(f"/v1/models/{model.public_id}/train").status_code == 200
+    assert run_queued() == [TrainingTask.Status.COMPLETED]
+    model.refresh_from_db()
+    task = TrainingTask.objects.get(model=model)
+    assert model.status == Model.Status.READY and task.weights_kohya.name == ""
+    # The whole transformer, trained away from the base's weights.
+    trained = load_file(task.weights.path)
+    original = load_file(str(base / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert trained.keys() == original.keys()
+    assert any(not (trained[key] == original[key]).all() for key in original)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        job = client.post(
+            "/v1/images/generation",
+            {"modelID": model.public_id, "prompt": "zxq, a disc", "steps": 2, "width": 64, "height": 64},
+            format="json",
+        )
+    assert job.status_code == 200, job.json()
+    assert run_queued() == ["completed"]
+    result = client.get(f"/v1/jobs/{job.json()['result']['jobId']}").json()["result"]
+    assert result["status"] == "completed" and len(result["images"]) == 1
+
+
+@slow
 def test_filename_captions_come_from_the_txt_files_beside_imported_images(
     tiny_sd15: Path, settings, tmp_path: Path, fast_training: dict
 ) -> None:

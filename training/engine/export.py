@@ -77,7 +77,14 @@ ADAPTER_KEY = re.compile(
 # sd-scripts' `ss_base_model_version` values (library/model_util.py `get_model_version_str_for_sd1_sd2`,
 # sdxl_model_util.MODEL_VERSION_SDXL_BASE_V1_0, flux_utils.MODEL_VERSION_FLUX_V1; sd-scripts has one value
 # for every FLUX.1 variant, so Kontext is "flux1" too).
-SS_BASE_MODEL_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0", "flux": "flux1", "flux-kontext": "flux1"}
+# SD 3.5: no sd-scripts constant was found for it; "sd3" is the prefix readers classify SD 3.x files by.
+SS_BASE_MODEL_VERSION = {
+    "sd15": "sd_v1",
+    "sdxl": "sdxl_base_v1-0",
+    "flux": "flux1",
+    "flux-kontext": "flux1",
+    "sd3": "sd3",
+}
 # Stability ModelSpec architecture ids (sd-scripts library/sai_model_spec.py ARCH_*). Adapters append
 # "/lora" (ModelSpec's "/" separator, sd-scripts' ADAPTER_LORA); sd-scripts writes "/lora" for every network
 # it trains, LyCORIS ones (LoKr, LoHa, DoRA) included, and neither ModelSpec nor sd-scripts defines another
@@ -88,6 +95,8 @@ MODELSPEC_ARCHITECTURE = {
     "sdxl": "stable-diffusion-xl-v1-base",
     "flux": "flux-1-dev",
     "flux-kontext": "flux-1-kontext-dev",
+    # sd-scripts' ARCH_SD3_M ("may be followed by -m or -5-large"): the family's id, whatever the size.
+    "sd3": "stable-diffusion-3",
 }
 MODELSPEC_ADAPTER_SUFFIX = "/lora"
 # The version of the spec whose keys we write (its README: "This is specification version 1.0.1"; sd-scripts

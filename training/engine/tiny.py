@@ -16,7 +16,7 @@ from training.engine.errors import EngineError
 if TYPE_CHECKING:
     from transformers import CLIPTextConfig
 
-FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext")
+FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -288,7 +288,7 @@ def build_tiny_flux(out_dir: Path, *, seed: int = 0, kontext: bool = False) -> P
         FluxPipeline,
         FluxTransformer2DModel,
     )
-    from transformers import CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel, T5Tokenizer
+    from transformers import CLIPTextModel, CLIPTokenizer, T5Tokenizer
 
     out_dir = Path(out_dir)
     staging = _staging(out_dir)
@@ -310,20 +310,7 @@ def build_tiny_flux(out_dir: Path, *, seed: int = 0, kontext: bool = False) -> P
         axes_dims_rope=(4, 6, 6),
     )
     clip = CLIPTextModel(_clip_config(clip_vocab))
-    t5 = T5EncoderModel(
-        T5Config(
-            vocab_size=t5_vocab,
-            d_model=32,
-            d_kv=8,
-            d_ff=37,
-            num_layers=2,
-            num_heads=4,
-            relative_attention_num_buckets=8,
-            pad_token_id=0,
-            eos_token_id=1,
-            decoder_start_token_id=0,  # type: ignore[call-arg]  # PreTrainedConfig keeps extra keywords; its typing omits them
-        )
-    )
+    t5 = _tiny_t5(t5_vocab)
     vae = _small_vae(
         block_out_channels=[32, 32],
         latent_channels=16,
@@ -355,6 +342,75 @@ def build_tiny_flux(out_dir: Path, *, seed: int = 0, kontext: bool = False) -> P
     return out_dir
 
 
+def _tiny_t5(vocab_size: int, width: int = 32) -> object:
+    from transformers import T5Config, T5EncoderModel
+
+    return T5EncoderModel(
+        T5Config(
+            vocab_size=vocab_size,
+            d_model=width,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=width // 8,
+            relative_attention_num_buckets=8,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,  # type: ignore[call-arg]  # PreTrainedConfig keeps extra keywords; its typing omits them
+        )
+    )
+
+
+def build_tiny_sd3(out_dir: Path, *, seed: int = 0) -> Path:
+    """An SD 3.5 medium-shaped pipeline: an MMDiT whose first block has the dual (image-only) attention
+    and RMS-normed q/k, two CLIP encoders with projections and T5, a 16-channel VAE with a shift."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+    from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5Tokenizer
+
+    out_dir = Path(out_dir)
+    staging = _staging(out_dir)
+    torch.manual_seed(seed)
+    clip_vocab = _write_clip_tokenizer(staging / "tokenizer")
+    _write_clip_tokenizer(staging / "tokenizer_2")
+    t5_vocab = _write_t5_tokenizer(staging / "tokenizer_3")
+    transformer = SD3Transformer2DModel(
+        sample_size=32,  # latent pixels: 64-pixel images over a VAE that downsamples by 2
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=2,
+        # 4 x 32 = 128 wide: at least as wide as a 2x2 patch of 16-channel latents (see the tiny FLUX),
+        # and 64 per block, the ratio of the published models that ComfyUI relies on (it reads the
+        # number of blocks off the width: 1536 / 64 = 24 for medium, 2432 / 64 = 38 for large).
+        attention_head_dim=32,
+        num_attention_heads=4,
+        joint_attention_dim=64,  # T5's width; the two CLIPs' 32 + 32 are padded to it, as in the pipeline
+        caption_projection_dim=128,
+        pooled_projection_dim=64,  # both CLIPs' 32-wide projections side by side
+        pos_embed_max_size=64,  # up to 256-pixel images
+        dual_attention_layers=(0,),
+        qk_norm="rms_norm",
+    )
+    vae = _small_vae(block_out_channels=[32, 32], latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+    calibrate_vae(vae, with_shift=True)
+    pipeline = StableDiffusion3Pipeline(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=CLIPTextModelWithProjection(_clip_config(clip_vocab)),
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(clip_vocab)),
+        text_encoder_3=_tiny_t5(t5_vocab, width=64),
+        tokenizer=CLIPTokenizer.from_pretrained(str(staging / "tokenizer")),
+        tokenizer_2=CLIPTokenizer.from_pretrained(str(staging / "tokenizer_2")),
+        tokenizer_3=T5Tokenizer.from_pretrained(str(staging / "tokenizer_3")),
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),  # SD 3.5's fixed shift
+    )
+    # diffusers' type-checking imports resolve its pipelines to dummy classes without save_pretrained.
+    pipeline.save_pretrained(str(staging), safe_serialization=True)  # type: ignore[attr-defined]
+    staging.rename(out_dir)
+    return out_dir
+
+
 def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0) -> Path:
     if family == "sd15":
         return build_tiny_sd15(out_dir, seed=seed)
@@ -362,6 +418,8 @@ def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0) -> Path:
         return build_tiny_sdxl(out_dir, seed=seed)
     if family in ("flux", "flux-kontext"):
         return build_tiny_flux(out_dir, seed=seed, kontext=family == "flux-kontext")
+    if family == "sd3":
+        return build_tiny_sd3(out_dir, seed=seed)
     raise EngineError(f"unknown family {family!r}; tiny models exist for: {', '.join(FAMILIES)}")
 
 

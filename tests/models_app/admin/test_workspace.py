@@ -331,3 +331,12 @@ def test_the_form_keeps_one_clearly_labelled_save_that_stays_on_the_page(staff) 
     response = staff.post(url("models_app_model_change", model.pk), model_form(model, name="After", _continue="Save"))
     assert response.status_code == 302 and response["Location"] == url("models_app_model_change", model.pk)
     assert Model.objects.get(pk=model.pk).name == "After"
+
+
+def test_the_estimate_names_the_base_models_family(staff, tiny_models: dict[str, Path]) -> None:
+    from models_app.services.datasets import model_configure
+
+    model = ModelFactory(team=staff.team)
+    model_configure(model=model, parameters={"base_model_path": str(tiny_models["sd3"]), "steps": 50})
+    page = staff.get(url("models_app_model_change", model.pk)).content.decode()
+    assert "<dt>Family</dt><dd>SD 3.5 (sd3) at 64 px, 50 steps</dd>" in page

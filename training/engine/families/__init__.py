@@ -6,12 +6,14 @@ from training.engine.errors import EngineError
 from training.engine.families.base import Family
 from training.engine.families.flux import FluxFamily, FluxKontextFamily
 from training.engine.families.sd import SD15Family, SDXLFamily
+from training.engine.families.sd3 import SD3Family
 
 FAMILY_CLASSES: dict[str, type[Family]] = {
     "sd15": SD15Family,
     "sdxl": SDXLFamily,
     "flux": FluxFamily,
     "flux-kontext": FluxKontextFamily,
+    "sd3": SD3Family,
 }
 
 

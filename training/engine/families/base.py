@@ -199,3 +199,9 @@ def randn(shape: torch.Size | tuple[int, ...], generator: torch.Generator, devic
     # Drawn where the generator lives: the run's CPU generator on a CPU, a per-step generator on the
     # GPU itself there (a copy from the host each step would make the host wait for the device).
     return torch.randn(shape, generator=generator, device=generator.device).to(device)
+
+
+def vae_config(base_model: str) -> dict[str, Any]:
+    from diffusers import AutoencoderKL
+
+    return dict(AutoencoderKL.load_config(base_model, subfolder="vae"))

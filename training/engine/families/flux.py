@@ -7,21 +7,18 @@ without it. The Kontext variant learns edits: the source image's latents ride al
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 from typing import Any
 
 import torch
 
 from contract.families import native_resolution
-from training.engine.families.base import Family, NoisedBatch, NoiseSettings, randn
-from training.engine.families.sd import _vae_config
+from training.engine.families.base import NoisedBatch, NoiseSettings
+from training.engine.families.flow import FlowFamily
 
 
-class FluxFamily(Family):
+class FluxFamily(FlowFamily):
     name = "flux"
-    denoiser_key = "transformer"
-    is_flow = True
     block_prefixes = ("transformer_blocks", "single_transformer_blocks")
     lora_targets_attention = (
         "attn.to_q",
@@ -50,15 +47,10 @@ class FluxFamily(Family):
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
-        from diffusers import FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+        from diffusers import FluxTransformer2DModel
 
-        self.vae_config = _vae_config(base_model)
         self.transformer_config = FluxTransformer2DModel.load_config(base_model, subfolder="transformer")
-        self.scheduler_config = dict(FlowMatchEulerDiscreteScheduler.load_config(base_model, subfolder="scheduler"))
         self.ids_cache: dict[tuple[int, int, bool], torch.Tensor] = {}
-
-    def vae_scale(self) -> int:
-        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
 
     def default_resolution(self) -> int:
         return native_resolution("flux", vae_config=self.vae_config, denoiser_config=dict(self.transformer_config))
@@ -82,9 +74,6 @@ class FluxFamily(Family):
             self.device
         )
         self.encoders_loaded = True
-
-    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        return (latents - float(self.vae_config["shift_factor"])) * float(self.vae_config["scaling_factor"])
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -115,56 +104,6 @@ class FluxFamily(Family):
         return FluxTransformer2DModel.from_pretrained(
             self.base_model, subfolder="transformer", torch_dtype=self.weight_dtype
         ).to(self.device)
-
-    def timestep_shift(self, settings: NoiseSettings, latent_height: int, latent_width: int) -> float:
-        """How far sigmas are pushed towards noise: the user's value, or what the model's own
-        scheduler uses at this image size (FLUX: grows with the token count, as in its pipeline)."""
-        if settings.timestep_shift is not None:
-            return float(settings.timestep_shift)
-        config = self.scheduler_config
-        if not config.get("use_dynamic_shifting"):
-            return float(config.get("shift", 1.0))
-        tokens = (latent_height // 2) * (latent_width // 2)
-        low, high = float(config.get("base_image_seq_len", 256)), float(config.get("max_image_seq_len", 4096))
-        base, top = float(config.get("base_shift", 0.5)), float(config.get("max_shift", 1.15))
-        mu = base + (top - base) * (tokens - low) / (high - low)
-        return math.exp(mu)
-
-    def sample_sigmas(self, batch: int, generator: torch.Generator, settings: NoiseSettings) -> torch.Tensor:
-        shape = (batch,)
-        if settings.timestep_sampling == "uniform":
-            return torch.rand(shape, generator=generator, device=generator.device)
-        if settings.timestep_sampling == "sigmoid":
-            return torch.sigmoid(
-                settings.sigmoid_scale * torch.randn(shape, generator=generator, device=generator.device)
-            )
-        # Logit-normal (SD3's default): the middle of the path, the hardest part, is seen most.
-        normal = torch.randn(shape, generator=generator, device=generator.device)
-        return torch.sigmoid(settings.logit_mean + settings.logit_std * normal)
-
-    def add_noise(
-        self,
-        latents: torch.Tensor,
-        generator: torch.Generator,
-        settings: NoiseSettings,
-        *,
-        levels: torch.Tensor | None = None,
-        noise: torch.Tensor | None = None,
-    ) -> NoisedBatch:
-        # A point on the straight path from the image (sigma 0) to pure noise (sigma 1).
-        batch = latents.shape[0]
-        if noise is None:
-            noise = randn(latents.shape, generator, self.device)
-        if levels is None:
-            sigmas = self.sample_sigmas(batch, generator, settings).to(self.device)
-            shift = self.timestep_shift(settings, latents.shape[-2], latents.shape[-1])
-            if shift != 1.0:
-                sigmas = shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
-        else:
-            sigmas = levels.to(self.device, torch.float32)
-        sigma = sigmas.view(-1, 1, 1, 1)
-        noisy = (1.0 - sigma) * latents + sigma * noise
-        return NoisedBatch(noisy=noisy, timesteps=sigmas, target=noise - latents)
 
     def predict(
         self,

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from contract.families import native_resolution
-from training.engine.families.base import Family, NoisedBatch, NoiseSettings, randn
+from training.engine.families.base import Family, NoisedBatch, NoiseSettings, randn, vae_config
 
 
 class SD15Family(Family):
@@ -25,7 +25,7 @@ class SD15Family(Family):
         from diffusers import DDPMScheduler, UNet2DConditionModel
 
         self.unet_config = UNet2DConditionModel.load_config(base_model, subfolder="unet")
-        self.vae_config = _vae_config(base_model)
+        self.vae_config = vae_config(base_model)
         self.noise_scheduler = DDPMScheduler.from_pretrained(base_model, subfolder="scheduler")
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(device)
 
@@ -277,12 +277,6 @@ def _text_encoder_arguments(
         arguments[f"{component}_lora_layers"] = state
         arguments[f"{component}_lora_adapter_metadata"] = config
     return arguments
-
-
-def _vae_config(base_model: str) -> dict[str, Any]:
-    from diffusers import AutoencoderKL
-
-    return dict(AutoencoderKL.load_config(base_model, subfolder="vae"))
 
 
 def _model_index(base_model: str) -> dict[str, Any]:

@@ -1,0 +1,84 @@
+"""Rectified-flow families (FLUX.1, SD 3.5): a point on the straight path from the image (sigma 0) to
+pure noise (sigma 1), with the velocity `noise - latents` as the target.
+
+What differs between them (how latents become tokens, the conditioning, the timestep units the
+transformer takes) lives in each family; the sigma draw and the shift are here, once."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from training.engine.families.base import Family, NoisedBatch, NoiseSettings, randn, vae_config
+
+
+class FlowFamily(Family):
+    denoiser_key = "transformer"
+    is_flow = True
+    patch_size = 2  # latent pixels per token along a side (what the resolution-dependent shift counts)
+
+    def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
+        super().__init__(base_model, device, weight_dtype)
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        self.vae_config = vae_config(base_model)
+        self.scheduler_config = dict(FlowMatchEulerDiscreteScheduler.load_config(base_model, subfolder="scheduler"))
+
+    def vae_scale(self) -> int:
+        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
+
+    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        shift = self.vae_config.get("shift_factor") or 0.0
+        return (latents - float(shift)) * float(self.vae_config["scaling_factor"])
+
+    def timestep_shift(self, settings: NoiseSettings, latent_height: int, latent_width: int) -> float:
+        """How far sigmas are pushed towards noise: the user's value, or what the model's own
+        scheduler uses at this image size (FLUX: grows with the token count, as in its pipeline; SD 3.5:
+        its fixed `shift`)."""
+        if settings.timestep_shift is not None:
+            return float(settings.timestep_shift)
+        config = self.scheduler_config
+        if not config.get("use_dynamic_shifting"):
+            return float(config.get("shift", 1.0))
+        tokens = (latent_height // self.patch_size) * (latent_width // self.patch_size)
+        low, high = float(config.get("base_image_seq_len", 256)), float(config.get("max_image_seq_len", 4096))
+        base, top = float(config.get("base_shift", 0.5)), float(config.get("max_shift", 1.15))
+        mu = base + (top - base) * (tokens - low) / (high - low)
+        return math.exp(mu)
+
+    def sample_sigmas(self, batch: int, generator: torch.Generator, settings: NoiseSettings) -> torch.Tensor:
+        shape = (batch,)
+        if settings.timestep_sampling == "uniform":
+            return torch.rand(shape, generator=generator, device=generator.device)
+        if settings.timestep_sampling == "sigmoid":
+            return torch.sigmoid(
+                settings.sigmoid_scale * torch.randn(shape, generator=generator, device=generator.device)
+            )
+        # Logit-normal (SD3's default): the middle of the path, the hardest part, is seen most.
+        normal = torch.randn(shape, generator=generator, device=generator.device)
+        return torch.sigmoid(settings.logit_mean + settings.logit_std * normal)
+
+    def add_noise(
+        self,
+        latents: torch.Tensor,
+        generator: torch.Generator,
+        settings: NoiseSettings,
+        *,
+        levels: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> NoisedBatch:
+        # A point on the straight path from the image (sigma 0) to pure noise (sigma 1).
+        batch = latents.shape[0]
+        if noise is None:
+            noise = randn(latents.shape, generator, self.device)
+        if levels is None:
+            sigmas = self.sample_sigmas(batch, generator, settings).to(self.device)
+            shift = self.timestep_shift(settings, latents.shape[-2], latents.shape[-1])
+            if shift != 1.0:
+                sigmas = shift * sigmas / (1.0 + (shift - 1.0) * sigmas)
+        else:
+            sigmas = levels.to(self.device, torch.float32)
+        sigma = sigmas.view(-1, 1, 1, 1)
+        noisy = (1.0 - sigma) * latents + sigma * noise
+        return NoisedBatch(noisy=noisy, timesteps=sigmas, target=noise - latents)

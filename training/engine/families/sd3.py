@@ -1,0 +1,156 @@
+"""Stable Diffusion 3 / 3.5 (medium and large): an MMDiT transformer over 2x2 latent patches, trained
+with rectified flow, conditioned on two CLIP encoders and T5.
+
+The conditioning is what `StableDiffusion3Pipeline.encode_prompt` builds: each CLIP encoder's
+penultimate hidden states side by side, zero-padded to T5's width and followed by T5's tokens in one
+sequence; the pooled vector is both CLIPs' projected outputs side by side. The transformer takes its
+timestep in the scheduler's units (sigma x 1000) and patches the latents itself. SD 3.5 medium's
+first blocks have a second, image-only attention (`attn2`, "dual attention"); large has none.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from contract.families import native_resolution
+from training.engine.families.base import NoisedBatch, NoiseSettings
+from training.engine.families.flow import FlowFamily
+
+
+class SD3Family(FlowFamily):
+    name = "sd3"
+    block_prefixes = ("transformer_blocks",)
+    lora_targets_attention = (
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_q_proj",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+        # SD 3.5 medium's dual-attention blocks (absent from large: the pattern then matches nothing more).
+        "attn2.to_q",
+        "attn2.to_k",
+        "attn2.to_v",
+        "attn2.to_out.0",
+    )
+    # Feed-forward of both streams and the AdaLN modulation projections.
+    lora_targets_linear = (
+        "ff.net.0.proj",
+        "ff.net.2",
+        "ff_context.net.0.proj",
+        "ff_context.net.2",
+        "norm1.linear",
+        "norm1_context.linear",
+    )
+    clip_max_length = 77
+    max_sequence_length = 256  # the pipeline's default T5 length
+
+    def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
+        super().__init__(base_model, device, weight_dtype)
+        from diffusers import SD3Transformer2DModel
+
+        self.transformer_config = dict(SD3Transformer2DModel.load_config(base_model, subfolder="transformer"))
+        self.patch_size = int(self.transformer_config.get("patch_size", 2))
+
+    def default_resolution(self) -> int:
+        return native_resolution("sd3", vae_config=self.vae_config, denoiser_config=self.transformer_config)
+
+    def size_multiple(self) -> int:
+        return self.vae_scale() * self.patch_size
+
+    def load_encoders(self) -> None:
+        from diffusers import AutoencoderKL
+        from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5Tokenizer
+
+        self.tokenizer = CLIPTokenizer.from_pretrained(self.base_model, subfolder="tokenizer")
+        self.tokenizer_2 = CLIPTokenizer.from_pretrained(self.base_model, subfolder="tokenizer_2")
+        self.tokenizer_3 = T5Tokenizer.from_pretrained(self.base_model, subfolder="tokenizer_3")
+        self.text_encoder = CLIPTextModelWithProjection.from_pretrained(
+            self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
+        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
+        self.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
+            self.base_model, subfolder="text_encoder_2", dtype=self.weight_dtype
+        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
+        self.text_encoder_3 = T5EncoderModel.from_pretrained(
+            self.base_model, subfolder="text_encoder_3", dtype=self.weight_dtype
+        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
+        self.vae = AutoencoderKL.from_pretrained(self.base_model, subfolder="vae", torch_dtype=self.weight_dtype).to(
+            self.device
+        )
+        self.encoders_loaded = True
+
+    def encoder_attributes(self) -> list[str]:
+        return [*super().encoder_attributes(), "text_encoder_3", "tokenizer_3"]
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        hidden, pooled = [], []
+        for tokenizer, encoder in ((self.tokenizer, self.text_encoder), (self.tokenizer_2, self.text_encoder_2)):
+            ids = tokenizer(
+                prompts, padding="max_length", max_length=self.clip_max_length, truncation=True, return_tensors="pt"
+            ).input_ids.to(self.device)
+            output = encoder(ids, output_hidden_states=True)
+            pooled.append(output[0])  # the projected pooled output
+            hidden.append(output.hidden_states[-2])  # the penultimate layer, as the pipeline (no clip_skip)
+        t5_ids = self.tokenizer_3(
+            prompts, padding="max_length", max_length=self.max_sequence_length, truncation=True, return_tensors="pt"
+        ).input_ids.to(self.device)
+        t5 = self.text_encoder_3(t5_ids)[0]
+        clip = torch.cat(hidden, dim=-1)
+        clip = torch.nn.functional.pad(clip, (0, t5.shape[-1] - clip.shape[-1]))
+        return {
+            "prompt_embeds": torch.cat([clip, t5], dim=-2).float().cpu(),
+            "pooled_prompt_embeds": torch.cat(pooled, dim=-1).float().cpu(),
+        }
+
+    def long_prompts(self, prompts: list[str]) -> list[tuple[str, int, int]]:
+        # T5 reads the long caption; CLIP's 77-token cut is the pipeline's too and expected.
+        limit = self.max_sequence_length
+        counts = [len(self.tokenizer_3(prompt, truncation=False).input_ids) for prompt in prompts]
+        return [(prompt, n, limit) for prompt, n in zip(prompts, counts, strict=True) if n > limit]
+
+    def load_denoiser(self) -> torch.nn.Module:
+        from diffusers import SD3Transformer2DModel
+
+        return SD3Transformer2DModel.from_pretrained(
+            self.base_model, subfolder="transformer", torch_dtype=self.weight_dtype
+        ).to(self.device)
+
+    def predict(
+        self,
+        denoiser: torch.nn.Module,
+        batch: NoisedBatch,
+        conditioning: dict[str, torch.Tensor],
+        settings: NoiseSettings,
+        *,
+        source_latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        steps = float(self.scheduler_config.get("num_train_timesteps", 1000))
+        return denoiser(
+            hidden_states=batch.noisy.to(self.weight_dtype),
+            timestep=(batch.timesteps * steps).to(self.weight_dtype),
+            encoder_hidden_states=conditioning["prompt_embeds"].to(self.device, self.weight_dtype),
+            pooled_projections=conditioning["pooled_prompt_embeds"].to(self.device, self.weight_dtype),
+            return_dict=False,
+        )[0]
+
+    def save_lora(
+        self,
+        state_dict: dict[str, torch.Tensor],
+        directory: str,
+        weight_name: str,
+        adapter_metadata: dict[str, Any],
+        text_encoders: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
+    ) -> None:
+        from diffusers import StableDiffusion3Pipeline
+
+        StableDiffusion3Pipeline.save_lora_weights(
+            directory,
+            transformer_lora_layers=state_dict,
+            weight_name=weight_name,
+            transformer_lora_adapter_metadata=adapter_metadata,
+        )
