@@ -1,5 +1,5 @@
-"""Real-size GPU benchmarks: SD 1.5 (512 px), SDXL (1024 px), FLUX.1-dev and SD 3.5 large and medium
-(1024 px) denoisers built
+"""Real-size GPU benchmarks: SD 1.5 (512 px), SDXL (1024 px), FLUX.1-dev, SD 3.5 large and medium and
+Chroma1-HD (1024 px) denoisers built
 from their published configurations with random weights (the compute is the same as with real ones),
 LoRA rank 16, batch 1, trained by the engine's own step (`trainer.train_step`): seconds per step, peak
 GPU memory, and model FLOPs utilisation against the matmul rate measured on the same GPU.
@@ -168,6 +168,35 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "scheduler": SCHEDULER_SD3,
         "prompts": {"prompt_embeds": (333, 4096), "pooled_prompt_embeds": (2048,)},
     },
+    "chroma": {
+        "family": "chroma",
+        "pipeline": "ChromaPipeline",
+        "resolution": 1024,
+        "denoiser": "transformer",
+        "config": {  # Chroma1-HD
+            "_class_name": "ChromaTransformer2DModel",
+            "approximator_hidden_dim": 5120,
+            "approximator_layers": 5,
+            "approximator_num_channels": 64,
+            "attention_head_dim": 128,
+            "axes_dims_rope": [16, 56, 56],
+            "in_channels": 64,
+            "joint_attention_dim": 4096,
+            "num_attention_heads": 24,
+            "num_layers": 19,
+            "num_single_layers": 38,
+            "patch_size": 1,
+        },
+        "vae": {
+            **VAE_SD,
+            "latent_channels": 16,
+            "scaling_factor": 0.3611,
+            "shift_factor": 0.1159,
+            "use_quant_conv": False,
+            "use_post_quant_conv": False,
+        },
+        "prompts": {"prompt_embeds": (512, 4096), "text_mask": (512,)},
+    },
 }
 TINY_SD3: dict[str, Any] = {
     "resolution": 64,
@@ -201,6 +230,13 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
         "config": {"attention_head_dim": 16, "axes_dims_rope": [4, 6, 6], "num_attention_heads": 2,
                    "joint_attention_dim": 32, "num_layers": 1, "num_single_layers": 1, "pooled_projection_dim": 32},
         "prompts": {"prompt_embeds": (16, 32), "pooled_prompt_embeds": (32,)},
+    },
+    "chroma": {
+        "resolution": 64,
+        "config": {"attention_head_dim": 16, "axes_dims_rope": [4, 6, 6], "num_attention_heads": 2,
+                   "joint_attention_dim": 32, "num_layers": 1, "num_single_layers": 1,
+                   "approximator_num_channels": 16, "approximator_hidden_dim": 32, "approximator_layers": 1},
+        "prompts": {"prompt_embeds": (16, 32), "text_mask": (16,)},
     },
     "sd35-large": TINY_SD3,
     "sd35-medium": {**TINY_SD3, "config": {**TINY_SD3["config"], "dual_attention_layers": [0]}},
@@ -419,6 +455,7 @@ VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "sd35-large": [("default", {}), ("no compile", {"compile": "off"}), ("fp8 base", {"quantize_base": "fp8"}),
                    ("gradient checkpointing", {"gradient_checkpointing": True})],
     "sd35-medium": [("default", {}), ("no compile", {"compile": "off"})],
+    "chroma": [("default", {}), ("no compile", {"compile": "off"}), ("fp8 base", {"quantize_base": "fp8"})],
 }  # fmt: skip
 
 

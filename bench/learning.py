@@ -32,6 +32,8 @@ RUNS: dict[str, dict[str, Any]] = {  # steps and learning rate per family (batch
     "sdxl": {"steps": 400, "learning_rate": 3e-3},
     "flux": {"steps": 300, "learning_rate": 2e-3},
     "flux-kontext": {"steps": 300, "learning_rate": 2e-3},
+    "sd3": {"steps": 150, "learning_rate": 2e-3},
+    "chroma": {"steps": 150, "learning_rate": 2e-3},
 }
 
 TRIGGER_PULL = 0.25
@@ -39,6 +41,8 @@ TRIGGER_RUNS: dict[str, dict[str, Any]] = {
     "sd15": {"steps": 300, "learning_rate": 3e-3, "noise_offset": 0.5},
     "sdxl": {"steps": 300, "learning_rate": 3e-3, "noise_offset": 0.5},
     "flux": {"steps": 300, "learning_rate": 2e-3},
+    "sd3": {"steps": 150, "learning_rate": 2e-3},
+    "chroma": {"steps": 150, "learning_rate": 5e-3},
 }
 
 

@@ -17,8 +17,9 @@ PIPELINE_FAMILIES = {
     "FluxPipeline": "flux",
     "FluxKontextPipeline": "flux-kontext",
     "StableDiffusion3Pipeline": "sd3",
+    "ChromaPipeline": "chroma",
 }
-SUPPORTED_FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3")
+SUPPORTED_FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma")
 # What the admin and the docs call each family.
 FAMILY_LABELS = {
     "sd15": "SD 1.5",
@@ -26,6 +27,7 @@ FAMILY_LABELS = {
     "flux": "FLUX.1",
     "flux-kontext": "FLUX.1 Kontext",
     "sd3": "SD 3.5",
+    "chroma": "Chroma",
 }
 
 
@@ -74,6 +76,8 @@ def guess_family_from_name(base_model: str) -> str:
     name = base_model.lower()
     if "stable-diffusion-3" in name or "sd3" in name or "sd-3" in name:
         return "sd3"
+    if "chroma" in name:
+        return "chroma"
     if "kontext" in name:
         return "flux-kontext"
     if "flux" in name:

@@ -27,6 +27,9 @@ check that every module of an exported `lora_kohya.safetensors` is one ComfyUI u
   `num_blocks`, so ComfyUI maps `width / 64` blocks (24 for 3.5 medium, 38 for large: all of them) and
   slices q, k, v at `depth * 64` rows. The dual attention (`attn2`) is mapped for every block; the last
   block's `norm1_context.linear` has its scale and shift halves swapped (`swap_scale_shift`).
+- `comfy/model_base.py`: `Chroma` subclasses `Flux`, so `model_lora_keys_unet` maps a Chroma model's LoRA
+  names with `flux_to_diffusers` and the same `lora_transformer_` prefix; the modulation targets that map
+  names (Chroma has none: its `distilled_guidance_layer` computes them) are dropped as absent.
 - `comfy/model_detection.py`, `detect_unet_config` and `unet_config_from_diffusers_unet`: how those
   `unet_config` fields follow from a model (a flat per-resnet list of transformer depths, the output one
   ordered from the shallowest level up, because `unet_to_diffusers` pops it from the end), and the
@@ -415,7 +418,7 @@ def comfyui_lora_names(family: str, denoiser_config: dict) -> set[str]:
     """The kohya module names ComfyUI maps for a model of `family` with this diffusers denoiser config."""
     if family in ("sd15", "sdxl"):
         return comfyui_unet_lora_names(denoiser_config)
-    if family in ("flux", "flux-kontext"):
+    if family in ("flux", "flux-kontext", "chroma"):  # comfy.model_base.Chroma is a Flux subclass
         return comfyui_flux_lora_names(denoiser_config)
     if family == "sd3":
         return comfyui_sd3_lora_names(denoiser_config)

@@ -17,6 +17,7 @@ from tests.training.comfyui_keys import (
     comfyui_flux_diffusers_to_bfl,
     comfyui_flux_key_map,
     comfyui_flux_lora_names,
+    comfyui_lora_names,
     comfyui_sd3_depth,
     comfyui_sd3_diffusers_to_mmdit,
     comfyui_sd3_key_map,
@@ -615,3 +616,39 @@ def test_sd35_medium_dual_attention_lands_on_attn2():
     )
     assert "lora_transformer_transformer_blocks_23_attn_to_q" in known
     assert "lora_transformer_transformer_blocks_24_attn_to_q" not in known
+
+
+# --- Chroma: mapped as a FLUX model ---------------------------------------------------------------------------
+
+CHROMA_HD_TRANSFORMER = {  # Chroma1-HD transformer/config.json (ChromaTransformer2DModel's defaults)
+    "attention_head_dim": 128,
+    "axes_dims_rope": [16, 56, 56],
+    "in_channels": 64,
+    "joint_attention_dim": 4096,
+    "num_attention_heads": 24,
+    "num_layers": 19,
+    "num_single_layers": 38,
+    "patch_size": 1,
+    "approximator_num_channels": 64,
+    "approximator_hidden_dim": 5120,
+    "approximator_layers": 5,
+}
+
+
+@pytest.mark.parametrize("config", [CHROMA_HD_TRANSFORMER, "tiny"], ids=["chroma-hd", "tiny-chroma"])
+def test_every_chroma_block_linear_is_mapped(config: dict | str, tiny_models: dict) -> None:
+    from diffusers import ChromaTransformer2DModel
+
+    if config == "tiny":
+        config = json.loads((tiny_models["chroma"] / "transformer" / "config.json").read_text(encoding="utf-8"))
+    assert isinstance(config, dict)
+    values = {key: value for key, value in config.items() if not key.startswith("_")}
+    with torch.device("meta"):
+        transformer = ChromaTransformer2DModel(**values)
+    names = layers(transformer)
+    blocks = [name for name in names if name.startswith(("transformer_blocks.", "single_transformer_blocks."))]
+    # No modulation linears inside Chroma's blocks: its approximator computes them, outside the blocks.
+    assert not [name for name in blocks if "norm" in name]
+    assert any(name.endswith("single_transformer_blocks.0.proj_mlp") for name in blocks)
+    known = comfyui_lora_names("chroma", dict(transformer.config))
+    assert unmapped_kohya_modules(exported_keys("transformer", blocks), known) == []

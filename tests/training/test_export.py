@@ -112,6 +112,7 @@ EXPECTED = {
     "flux": ("flux1", "flux-1-dev/lora"),
     "flux-kontext": ("flux1", "flux-1-kontext-dev/lora"),
     "sd3": ("sd3", "stable-diffusion-3/lora"),
+    "chroma": ("chroma", "chroma/lora"),
 }
 
 

@@ -30,7 +30,7 @@ from training.engine.trainer import Cache, class_caption, elementwise_loss, redu
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
 
-FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3")
+FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma")
 CPU = torch.device("cpu")
 
 

@@ -78,12 +78,14 @@ ADAPTER_KEY = re.compile(
 # sdxl_model_util.MODEL_VERSION_SDXL_BASE_V1_0, flux_utils.MODEL_VERSION_FLUX_V1; sd-scripts has one value
 # for every FLUX.1 variant, so Kontext is "flux1" too).
 # SD 3.5: no sd-scripts constant was found for it; "sd3" is the prefix readers classify SD 3.x files by.
+# Chroma: sd-scripts names its architecture "chroma" (ARCH_FLUX_1_CHROMA); the same word here.
 SS_BASE_MODEL_VERSION = {
     "sd15": "sd_v1",
     "sdxl": "sdxl_base_v1-0",
     "flux": "flux1",
     "flux-kontext": "flux1",
     "sd3": "sd3",
+    "chroma": "chroma",
 }
 # Stability ModelSpec architecture ids (sd-scripts library/sai_model_spec.py ARCH_*). Adapters append
 # "/lora" (ModelSpec's "/" separator, sd-scripts' ADAPTER_LORA); sd-scripts writes "/lora" for every network
@@ -97,6 +99,7 @@ MODELSPEC_ARCHITECTURE = {
     "flux-kontext": "flux-1-kontext-dev",
     # sd-scripts' ARCH_SD3_M ("may be followed by -m or -5-large"): the family's id, whatever the size.
     "sd3": "stable-diffusion-3",
+    "chroma": "chroma",  # sd-scripts' ARCH_FLUX_1_CHROMA
 }
 MODELSPEC_ADAPTER_SUFFIX = "/lora"
 # The version of the spec whose keys we write (its README: "This is specification version 1.0.1"; sd-scripts

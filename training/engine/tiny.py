@@ -16,7 +16,7 @@ from training.engine.errors import EngineError
 if TYPE_CHECKING:
     from transformers import CLIPTextConfig
 
-FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3")
+FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -411,6 +411,52 @@ def build_tiny_sd3(out_dir: Path, *, seed: int = 0) -> Path:
     return out_dir
 
 
+def build_tiny_chroma(out_dir: Path, *, seed: int = 0) -> Path:
+    """A Chroma-shaped pipeline: the tiny FLUX's blocks, modulated by a one-layer approximator from the
+    timestep alone, T5 as the only text encoder, and FLUX's 16-channel VAE and scheduler."""
+    import torch
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from transformers import T5Tokenizer
+
+    out_dir = Path(out_dir)
+    staging = _staging(out_dir)
+    torch.manual_seed(seed)
+    t5_vocab = _write_t5_tokenizer(staging / "tokenizer")
+    transformer = ChromaTransformer2DModel(
+        patch_size=1,
+        in_channels=64,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,  # 64 wide, as the packed latents (see the tiny FLUX)
+        num_attention_heads=4,
+        joint_attention_dim=32,
+        axes_dims_rope=(4, 6, 6),
+        approximator_num_channels=16,
+        approximator_hidden_dim=32,
+        approximator_layers=1,
+    )
+    vae = _small_vae(block_out_channels=[32, 32], latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+    calibrate_vae(vae, with_shift=True)
+    pipeline = ChromaPipeline(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=_tiny_t5(t5_vocab),
+        tokenizer=T5Tokenizer.from_pretrained(str(staging / "tokenizer")),
+        scheduler=FlowMatchEulerDiscreteScheduler(
+            shift=3.0,
+            use_dynamic_shifting=True,
+            base_shift=0.5,
+            max_shift=1.15,
+            base_image_seq_len=256,
+            max_image_seq_len=4096,
+        ),
+    )
+    # diffusers' type-checking imports resolve its pipelines to dummy classes without save_pretrained.
+    pipeline.save_pretrained(str(staging), safe_serialization=True)  # type: ignore[attr-defined]
+    staging.rename(out_dir)
+    return out_dir
+
+
 def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0) -> Path:
     if family == "sd15":
         return build_tiny_sd15(out_dir, seed=seed)
@@ -420,6 +466,8 @@ def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0) -> Path:
         return build_tiny_flux(out_dir, seed=seed, kontext=family == "flux-kontext")
     if family == "sd3":
         return build_tiny_sd3(out_dir, seed=seed)
+    if family == "chroma":
+        return build_tiny_chroma(out_dir, seed=seed)
     raise EngineError(f"unknown family {family!r}; tiny models exist for: {', '.join(FAMILIES)}")
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from training.engine.errors import EngineError
 from training.engine.families.base import Family
+from training.engine.families.chroma import ChromaFamily
 from training.engine.families.flux import FluxFamily, FluxKontextFamily
 from training.engine.families.sd import SD15Family, SDXLFamily
 from training.engine.families.sd3 import SD3Family
@@ -14,6 +15,7 @@ FAMILY_CLASSES: dict[str, type[Family]] = {
     "flux": FluxFamily,
     "flux-kontext": FluxKontextFamily,
     "sd3": SD3Family,
+    "chroma": ChromaFamily,
 }
 
 

@@ -47,10 +47,13 @@ class FluxFamily(FlowFamily):
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
+        self.transformer_config = self.load_config()
+        self.ids_cache: dict[tuple[int, int, bool], torch.Tensor] = {}
+
+    def load_config(self) -> dict[str, Any]:
         from diffusers import FluxTransformer2DModel
 
-        self.transformer_config = FluxTransformer2DModel.load_config(base_model, subfolder="transformer")
-        self.ids_cache: dict[tuple[int, int, bool], torch.Tensor] = {}
+        return dict(FluxTransformer2DModel.load_config(self.base_model, subfolder="transformer"))
 
     def default_resolution(self) -> int:
         return native_resolution("flux", vae_config=self.vae_config, denoiser_config=dict(self.transformer_config))
