@@ -1,5 +1,5 @@
-"""Real-size GPU benchmarks: SD 1.5 (512 px), SDXL (1024 px), FLUX.1-dev, SD 3.5 large and medium and
-Chroma1-HD (1024 px) denoisers built
+"""Real-size GPU benchmarks: SD 1.5 (512 px), SDXL (1024 px), FLUX.1-dev, SD 3.5 large and medium,
+Chroma1-HD and Z-Image (1024 px) denoisers built
 from their published configurations with random weights (the compute is the same as with real ones),
 LoRA rank 16, batch 1, trained by the engine's own step (`trainer.train_step`): seconds per step, peak
 GPU memory, and model FLOPs utilisation against the matmul rate measured on the same GPU.
@@ -197,6 +197,37 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         },
         "prompts": {"prompt_embeds": (512, 4096), "text_mask": (512,)},
     },
+    "zimage": {
+        "family": "zimage",
+        "pipeline": "ZImagePipeline",
+        "resolution": 1024,
+        "denoiser": "transformer",
+        "config": {  # Z-Image-Turbo
+            "_class_name": "ZImageTransformer2DModel",
+            "all_patch_size": [2],
+            "all_f_patch_size": [1],
+            "axes_dims": [32, 48, 48],
+            "axes_lens": [1024, 512, 512],
+            "cap_feat_dim": 2560,
+            "dim": 3840,
+            "in_channels": 16,
+            "n_heads": 30,
+            "n_kv_heads": 30,
+            "n_layers": 30,
+            "n_refiner_layers": 2,
+        },
+        "vae": {
+            **VAE_SD,
+            "latent_channels": 16,
+            "scaling_factor": 0.3611,
+            "shift_factor": 0.1159,
+            "use_quant_conv": False,
+            "use_post_quant_conv": False,
+        },
+        "scheduler": SCHEDULER_SD3,  # a fixed shift of 3.0, as Z-Image's scheduler
+        # Every one of the 512 caption positions kept: the longest caption the pipeline feeds.
+        "prompts": {"prompt_embeds": (512, 2560), "text_mask": (512,)},
+    },
 }
 TINY_SD3: dict[str, Any] = {
     "resolution": 64,
@@ -236,6 +267,12 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
         "config": {"attention_head_dim": 16, "axes_dims_rope": [4, 6, 6], "num_attention_heads": 2,
                    "joint_attention_dim": 32, "num_layers": 1, "num_single_layers": 1,
                    "approximator_num_channels": 16, "approximator_hidden_dim": 32, "approximator_layers": 1},
+        "prompts": {"prompt_embeds": (16, 32), "text_mask": (16,)},
+    },
+    "zimage": {
+        "resolution": 64,
+        "config": {"dim": 64, "n_layers": 2, "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2,
+                   "cap_feat_dim": 32, "axes_dims": [8, 12, 12], "axes_lens": [1024, 64, 64]},
         "prompts": {"prompt_embeds": (16, 32), "text_mask": (16,)},
     },
     "sd35-large": TINY_SD3,
@@ -456,6 +493,7 @@ VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                    ("gradient checkpointing", {"gradient_checkpointing": True})],
     "sd35-medium": [("default", {}), ("no compile", {"compile": "off"})],
     "chroma": [("default", {}), ("no compile", {"compile": "off"}), ("fp8 base", {"quantize_base": "fp8"})],
+    "zimage": [("default", {}), ("no compile", {"compile": "off"}), ("gradient checkpointing", {"gradient_checkpointing": True})],
 }  # fmt: skip
 
 

@@ -34,6 +34,7 @@ RUNS: dict[str, dict[str, Any]] = {  # steps and learning rate per family (batch
     "flux-kontext": {"steps": 300, "learning_rate": 2e-3},
     "sd3": {"steps": 150, "learning_rate": 2e-3},
     "chroma": {"steps": 150, "learning_rate": 2e-3},
+    "zimage": {"steps": 150, "learning_rate": 2e-3},
 }
 
 TRIGGER_PULL = 0.25
@@ -43,6 +44,7 @@ TRIGGER_RUNS: dict[str, dict[str, Any]] = {
     "flux": {"steps": 300, "learning_rate": 2e-3},
     "sd3": {"steps": 150, "learning_rate": 2e-3},
     "chroma": {"steps": 150, "learning_rate": 5e-3},
+    "zimage": {"steps": 150, "learning_rate": 2e-3},
 }
 
 

@@ -18,8 +18,9 @@ PIPELINE_FAMILIES = {
     "FluxKontextPipeline": "flux-kontext",
     "StableDiffusion3Pipeline": "sd3",
     "ChromaPipeline": "chroma",
+    "ZImagePipeline": "zimage",
 }
-SUPPORTED_FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma")
+SUPPORTED_FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage")
 # What the admin and the docs call each family.
 FAMILY_LABELS = {
     "sd15": "SD 1.5",
@@ -28,6 +29,7 @@ FAMILY_LABELS = {
     "flux-kontext": "FLUX.1 Kontext",
     "sd3": "SD 3.5",
     "chroma": "Chroma",
+    "zimage": "Z-Image",
 }
 
 
@@ -76,6 +78,8 @@ def guess_family_from_name(base_model: str) -> str:
     name = base_model.lower()
     if "stable-diffusion-3" in name or "sd3" in name or "sd-3" in name:
         return "sd3"
+    if "z-image" in name or "zimage" in name:
+        return "zimage"
     if "chroma" in name:
         return "chroma"
     if "kontext" in name:

@@ -151,6 +151,6 @@ def image_server(tmp_path: Path, settings) -> Iterator[ImageServer]:
 def tiny_models(base_models_root: Path, tiny_sd15: Path) -> dict[str, Path]:
     """A tiny model of every family, built once per test session."""
     models = {"sd15": tiny_sd15}
-    for family in ("sdxl", "flux", "flux-kontext", "sd3", "chroma"):
+    for family in ("sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage"):
         models[family] = build_tiny_model(family, base_models_root / f"tiny-{family}")
     return models

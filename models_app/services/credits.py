@@ -32,9 +32,26 @@ FAMILY_COST = {
     "flux-kontext": Decimal("10"),
     "sd3": Decimal("6"),
     "chroma": Decimal("6"),  # 8.9 B, a FLUX.1 without the guidance and modulation weights
+    "zimage": Decimal("5"),  # 6.2 B
 }
-NATIVE_RESOLUTION = {"sd15": 512, "sdxl": 1024, "flux": 1024, "flux-kontext": 1024, "sd3": 1024, "chroma": 1024}
-SECONDS_PER_STEP = {"sd15": 0.07, "sdxl": 0.2, "flux": 0.5, "flux-kontext": 0.7, "sd3": 0.4, "chroma": 0.4}
+NATIVE_RESOLUTION = {
+    "sd15": 512,
+    "sdxl": 1024,
+    "flux": 1024,
+    "flux-kontext": 1024,
+    "sd3": 1024,
+    "chroma": 1024,
+    "zimage": 1024,
+}
+SECONDS_PER_STEP = {
+    "sd15": 0.07,
+    "sdxl": 0.2,
+    "flux": 0.5,
+    "flux-kontext": 0.7,
+    "sd3": 0.4,
+    "chroma": 0.4,
+    "zimage": 0.35,
+}
 CENT = Decimal("0.01")
 
 

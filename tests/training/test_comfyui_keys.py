@@ -26,6 +26,8 @@ from tests.training.comfyui_keys import (
     comfyui_unet_key_map,
     comfyui_unet_layout,
     comfyui_unet_lora_names,
+    comfyui_zimage_diffusers_to_comfy,
+    comfyui_zimage_key_map,
     split_adapter_key,
     unmapped_kohya_modules,
 )
@@ -652,3 +654,76 @@ def test_every_chroma_block_linear_is_mapped(config: dict | str, tiny_models: di
     assert any(name.endswith("single_transformer_blocks.0.proj_mlp") for name in blocks)
     known = comfyui_lora_names("chroma", dict(transformer.config))
     assert unmapped_kohya_modules(exported_keys("transformer", blocks), known) == []
+
+
+# --- Z-Image: lycoris_ names through ComfyUI's Lumina2 branch ---------------------------------------------------
+
+ZIMAGE_TRANSFORMER = {  # Z-Image-Turbo transformer/config.json (ZImageTransformer2DModel's defaults)
+    "all_patch_size": [2],
+    "all_f_patch_size": [1],
+    "in_channels": 16,
+    "dim": 3840,
+    "n_layers": 30,
+    "n_refiner_layers": 2,
+    "n_heads": 30,
+    "n_kv_heads": 30,
+    "cap_feat_dim": 2560,
+    "axes_dims": [32, 48, 48],
+    "axes_lens": [1024, 512, 512],
+}
+
+
+def zimage_config(name: str, tiny_models: dict) -> dict:
+    if name == "tiny":
+        built = json.loads((tiny_models["zimage"] / "transformer" / "config.json").read_text(encoding="utf-8"))
+        return {key: value for key, value in built.items() if not key.startswith("_")}
+    return ZIMAGE_TRANSFORMER
+
+
+@pytest.mark.parametrize("name", ["z-image", "tiny"])
+def test_every_zimage_block_linear_is_mapped(name: str, tiny_models: dict) -> None:
+    from diffusers import ZImageTransformer2DModel
+
+    config = zimage_config(name, tiny_models)
+    with torch.device("meta"):
+        transformer = ZImageTransformer2DModel(**config)
+    names = layers(transformer)
+    blocks = [name for name in names if name.startswith(("layers.", "noise_refiner.", "context_refiner."))]
+    for leaf in ("attention.to_q", "attention.to_out.0", "feed_forward.w2", "adaLN_modulation.0"):
+        assert any(block.endswith("." + leaf) for block in blocks), leaf
+    exported = list(to_kohya({f"transformer.{n}.lora_A.weight": torch.zeros(1) for n in blocks}
+                             | {f"transformer.{n}.lora_B.weight": torch.zeros(1) for n in blocks},
+                             alpha=4.0, denoiser_prefix="lycoris_"))  # fmt: skip
+    assert all(key.startswith("lycoris_") for key in exported)
+    assert unmapped_kohya_modules(exported, comfyui_lora_names("zimage", config)) == []
+    # The same modules under the prefix the other transformer families use would not load in ComfyUI.
+    assert unmapped_kohya_modules(exported_keys("transformer", blocks[:1]), comfyui_lora_names("zimage", config))
+
+
+def test_zimage_map_has_no_phantom_blocks() -> None:
+    from diffusers import ZImageTransformer2DModel
+
+    with torch.device("meta"):
+        transformer = ZImageTransformer2DModel(**ZIMAGE_TRANSFORMER)
+    modules = {name for name, _ in transformer.named_modules()}
+    absent = [name for name in comfyui_zimage_diffusers_to_comfy(ZIMAGE_TRANSFORMER) if name not in modules]
+    # ComfyUI routes a modulation for the context refiner too, which has none.
+    assert absent == ["context_refiner.0.adaLN_modulation.0", "context_refiner.1.adaLN_modulation.0"]
+
+
+@pytest.mark.parametrize(
+    ("lora_name", "target"),
+    [
+        (
+            "lycoris_layers_0_attention_to_k",
+            ComfyTarget("diffusion_model.layers.0.attention.qkv.weight", (3840, 3840)),
+        ),
+        ("lycoris_layers_29_attention_to_out_0", ldm("layers.29.attention.out")),
+        ("lycoris_noise_refiner_1_feed_forward_w3", ldm("noise_refiner.1.feed_forward.w3")),
+        ("lycoris_context_refiner_0_attention_to_q",
+         ComfyTarget("diffusion_model.context_refiner.0.attention.qkv.weight", (0, 3840))),
+        ("lycoris_all_x_embedder_2-1", ldm("x_embedder")),
+    ],
+)  # fmt: skip
+def test_zimage_correspondences(lora_name: str, target: ComfyTarget) -> None:
+    assert comfyui_zimage_key_map(ZIMAGE_TRANSFORMER)[lora_name] == target

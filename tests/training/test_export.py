@@ -113,6 +113,7 @@ EXPECTED = {
     "flux-kontext": ("flux1", "flux-1-kontext-dev/lora"),
     "sd3": ("sd3", "stable-diffusion-3/lora"),
     "chroma": ("chroma", "chroma/lora"),
+    "zimage": ("zimage", "z-image/lora"),
 }
 
 

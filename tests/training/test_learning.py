@@ -67,6 +67,7 @@ FAMILY_RUNS = {
     "flux": (150, 2e-3, 0.1, 0.2),
     "sd3": (100, 2e-3, 0.1, 0.2),
     "chroma": (100, 2e-3, 0.1, 0.2),
+    "zimage": (100, 2e-3, 0.1, 0.2),
 }
 
 
@@ -103,6 +104,7 @@ TRIGGER_RUNS: dict[str, tuple[int, float, dict[str, Any], float]] = {
     # Chroma's caption reaches the image only through T5's tokens in the joint attention (no pooled
     # vector): at 2e-3 the tiny model's pull stayed at 0.03-0.06 after 150-300 steps, 0.45 at 5e-3.
     "chroma": (150, 5e-3, {}, 0.2),
+    "zimage": (100, 2e-3, {}, 0.25),
 }
 
 

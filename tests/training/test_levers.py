@@ -30,7 +30,7 @@ from training.engine.trainer import Cache, class_caption, elementwise_loss, redu
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
 
-FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma")
+FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage")
 CPU = torch.device("cpu")
 
 
@@ -222,6 +222,24 @@ def test_on_real_sd35_the_default_targets_cover_every_block_linear(config: dict[
     pattern = re.compile(sd3.lora_target_pattern(sd3, "all_linear"))  # type: ignore[arg-type]  # class attributes only
     assert all(pattern.match(name) for name in block_linears)
     assert not pattern.match("proj_out") and not pattern.match("context_embedder")  # outside the blocks
+
+
+def test_on_real_zimage_the_default_targets_cover_every_block_linear() -> None:
+    from diffusers import ZImageTransformer2DModel
+
+    with torch.device("meta"):
+        model = ZImageTransformer2DModel()  # Z-Image-Turbo's configuration is the class's default
+    block_linears = [
+        name for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith(("layers.", "noise_refiner.", "context_refiner."))
+    ]  # fmt: skip
+    # 30 joint layers and 2 noise refiners with q, k, v, out, a SwiGLU's three and a modulation; 2
+    # context refiners without the modulation.
+    assert len(block_linears) == 32 * 8 + 2 * 7 == 270
+    zimage = family_class("zimage")
+    pattern = re.compile(zimage.lora_target_pattern(zimage, "all_linear"))  # type: ignore[arg-type]  # class attributes only
+    assert all(pattern.match(name) for name in block_linears)
+    assert not pattern.match("cap_embedder.1") and not pattern.match("t_embedder.mlp.0")  # outside the blocks
 
 
 @pytest.mark.slow

@@ -56,6 +56,9 @@ LORA_TYPE_LABELS = {"lora": "LoRA", "dora": "DoRA", "lokr": "LoKr", "loha": "LoH
 # kohya prefixes: `lora_unet_` for a UNet, `lora_transformer_` for a diffusers-named transformer (what
 # ComfyUI maps for diffusers FLUX names), `lora_te_` (SD 1.x) or `lora_te1_`/`lora_te2_` (SDXL) for text encoders.
 KOHYA_PREFIX = {"unet": "lora_unet_", "transformer": "lora_transformer_", "text_encoder_2": "lora_te2_"}
+# A transformer family whose ComfyUI loader reads another prefix says so (`Family.kohya_prefix`): Z-Image's
+# (ComfyUI's Lumina2 branch) reads LyCORIS-style `lycoris_<diffusers name>`. Files with either load here.
+TRANSFORMER_KOHYA_PREFIXES = ("lora_transformer_", "lycoris_")
 KOHYA_TEXT_ENCODER_PREFIXES = ("lora_te_", "lora_te1_")
 COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
 
@@ -78,7 +81,8 @@ ADAPTER_KEY = re.compile(
 # sdxl_model_util.MODEL_VERSION_SDXL_BASE_V1_0, flux_utils.MODEL_VERSION_FLUX_V1; sd-scripts has one value
 # for every FLUX.1 variant, so Kontext is "flux1" too).
 # SD 3.5: no sd-scripts constant was found for it; "sd3" is the prefix readers classify SD 3.x files by.
-# Chroma: sd-scripts names its architecture "chroma" (ARCH_FLUX_1_CHROMA); the same word here.
+# Chroma: sd-scripts names its architecture "chroma" (ARCH_FLUX_1_CHROMA); the same word here. Z-Image:
+# "zimage", our choice, beside sd-scripts' ModelSpec id "z-image".
 SS_BASE_MODEL_VERSION = {
     "sd15": "sd_v1",
     "sdxl": "sdxl_base_v1-0",
@@ -86,6 +90,7 @@ SS_BASE_MODEL_VERSION = {
     "flux-kontext": "flux1",
     "sd3": "sd3",
     "chroma": "chroma",
+    "zimage": "zimage",
 }
 # Stability ModelSpec architecture ids (sd-scripts library/sai_model_spec.py ARCH_*). Adapters append
 # "/lora" (ModelSpec's "/" separator, sd-scripts' ADAPTER_LORA); sd-scripts writes "/lora" for every network
@@ -100,6 +105,7 @@ MODELSPEC_ARCHITECTURE = {
     # sd-scripts' ARCH_SD3_M ("may be followed by -m or -5-large"): the family's id, whatever the size.
     "sd3": "stable-diffusion-3",
     "chroma": "chroma",  # sd-scripts' ARCH_FLUX_1_CHROMA
+    "zimage": "z-image",  # sd-scripts' ARCH_ZIMAGE_UNKNOWN
 }
 MODELSPEC_ADAPTER_SUFFIX = "/lora"
 # The version of the spec whose keys we write (its README: "This is specification version 1.0.1"; sd-scripts
@@ -259,7 +265,9 @@ def lora_metadata(
 # --- kohya / LyCORIS layout ----------------------------------------------------------------------------
 
 
-def _kohya_prefix(component: str, *, two_text_encoders: bool) -> str:
+def _kohya_prefix(component: str, *, two_text_encoders: bool, denoiser_prefix: str | None = None) -> str:
+    if denoiser_prefix and component in ("unet", "transformer"):
+        return denoiser_prefix
     if component == "text_encoder":
         return KOHYA_TEXT_ENCODER_PREFIXES[1 if two_text_encoders else 0]
     return KOHYA_PREFIX[component]
@@ -292,7 +300,11 @@ def _lokr_is_full(parts: Mapping[str, Any]) -> bool:
 
 
 def to_kohya(
-    diffusers_state: Mapping[str, torch.Tensor], *, alpha: float, rank: int | None = None
+    diffusers_state: Mapping[str, torch.Tensor],
+    *,
+    alpha: float,
+    rank: int | None = None,
+    denoiser_prefix: str | None = None,
 ) -> dict[str, torch.Tensor]:
     """A diffusers/PEFT-layout adapter state dict (any of LoRA, DoRA, LoKr, LoHa) in kohya/LyCORIS names:
     `unet.down_blocks.0…to_q.lora_A.weight` -> `lora_unet_down_blocks_0…to_q.lora_down.weight`, one `.alpha`
@@ -315,7 +327,8 @@ def to_kohya(
         if component.startswith("text_encoder") and module.startswith("encoder."):
             # transformers 5 dropped CLIP's `text_model.` level; kohya names (and ComfyUI's map) keep it.
             module = "text_model." + module
-        name = _kohya_prefix(component, two_text_encoders=two_text_encoders) + module.replace(".", "_")
+        prefix = _kohya_prefix(component, two_text_encoders=two_text_encoders, denoiser_prefix=denoiser_prefix)
+        name = prefix + module.replace(".", "_")
         kind = _adapter_kind(parts, f"{component}.{module}")
         for suffix, tensor in parts.items():
             if suffix == "lora_magnitude_vector":
@@ -347,7 +360,9 @@ def from_kohya(
         names_by_component = {component: list(module_names)}
     by_flat: dict[str, tuple[str, str]] = {}
     for owner, names in names_by_component.items():
-        prefixes = KOHYA_TEXT_ENCODER_PREFIXES if owner == "text_encoder" else (KOHYA_PREFIX[owner],)
+        prefixes = {"text_encoder": KOHYA_TEXT_ENCODER_PREFIXES, "transformer": TRANSFORMER_KOHYA_PREFIXES}.get(
+            owner, (KOHYA_PREFIX[owner],)
+        )
         for prefix in prefixes:
             for name in names:
                 by_flat[prefix + name.replace(".", "_")] = (owner, name)
@@ -378,12 +393,19 @@ def from_kohya(
     return converted
 
 
-def write_kohya(diffusers_path: Path, kohya_path: Path, *, alpha: float, metadata: dict[str, str]) -> Path:
+def write_kohya(
+    diffusers_path: Path,
+    kohya_path: Path,
+    *,
+    alpha: float,
+    metadata: dict[str, str],
+    denoiser_prefix: str | None = None,
+) -> Path:
     """The kohya/ComfyUI copy of a diffusers-layout adapter file (the rank is read from `metadata`)."""
     state = load_file(str(diffusers_path))
     rank = int(metadata["rank"]) if metadata.get("rank") else None
     save_file(
-        to_kohya(state, alpha=alpha, rank=rank),
+        to_kohya(state, alpha=alpha, rank=rank, denoiser_prefix=denoiser_prefix),
         str(kohya_path),
         metadata={**metadata, "format": "pt", "layout": "kohya"},
     )
@@ -405,13 +427,15 @@ def adapter_kind(state: Mapping[str, torch.Tensor]) -> str:
 
 
 def _is_kohya_layout(state: Mapping[str, torch.Tensor]) -> bool:
-    return any(key.startswith("lora_") for key in state)
+    return any(key.startswith(("lora_", "lycoris_")) for key in state)
 
 
 def _component_of_kohya_key(key: str) -> str:
     for component in ("unet", "transformer", "text_encoder_2"):
         if key.startswith(KOHYA_PREFIX[component]):
             return component
+    if key.startswith(TRANSFORMER_KOHYA_PREFIXES):
+        return "transformer"
     if key.startswith(KOHYA_TEXT_ENCODER_PREFIXES):
         return "text_encoder"
     raise EngineError(f"adapter key {key!r} names no pipeline component this engine knows")
@@ -501,7 +525,7 @@ def load_adapter_file(pipeline: Any, path: Path) -> str:
     metadata = read_metadata(path)
     kind = adapter_kind(state)
     if kind in ("lora", "dora"):
-        if _is_kohya_layout(state) and any(key.startswith(KOHYA_PREFIX["transformer"]) for key in state):
+        if _is_kohya_layout(state) and any(key.startswith(TRANSFORMER_KOHYA_PREFIXES) for key in state):
             # diffusers reads kohya files of UNets, and of FLUX only with BFL names (`lora_unet_double_blocks_…`),
             # not with the diffusers names (`lora_transformer_…`) ComfyUI reads and we write: convert them here.
             pipeline.load_lora_weights(_kohya_lora_to_diffusers(pipeline, state))
@@ -634,5 +658,11 @@ def export_weights(
         }
         save_file(prefixed, str(weights_path), metadata={"format": "pt"})
     add_metadata(weights_path, {**metadata, "layout": "diffusers"})
-    kohya_path = write_kohya(weights_path, spec.output_dir / KOHYA_WEIGHTS_NAME, alpha=alpha, metadata=metadata)
+    kohya_path = write_kohya(
+        weights_path,
+        spec.output_dir / KOHYA_WEIGHTS_NAME,
+        alpha=alpha,
+        metadata=metadata,
+        denoiser_prefix=family.kohya_prefix,
+    )
     return Exported(weights_path=weights_path, kohya_path=kohya_path, metadata=metadata)

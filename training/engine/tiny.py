@@ -16,7 +16,7 @@ from training.engine.errors import EngineError
 if TYPE_CHECKING:
     from transformers import CLIPTextConfig
 
-FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma")
+FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage")
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -457,6 +457,95 @@ def build_tiny_chroma(out_dir: Path, *, seed: int = 0) -> Path:
     return out_dir
 
 
+# Qwen's chat format, which ZImagePipeline wraps every prompt in (apply_chat_template).
+QWEN_CHAT_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
+    "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+
+def _write_qwen_tokenizer(folder: Path) -> int:
+    """A byte-level Qwen2 tokenizer with no merges (every byte one token, as the CLIP one above), Qwen's
+    chat markers and chat template. Returns its vocab size."""
+    folder.mkdir(parents=True, exist_ok=True)
+    vocab = {symbol: index for index, symbol in enumerate(sorted(_bytes_to_unicode().values()))}
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    marker = {"special": True, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False}
+    (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    config = {
+        "tokenizer_class": "Qwen2Tokenizer",
+        "model_max_length": 512,
+        "pad_token": "<|endoftext|>",
+        "eos_token": "<|im_end|>",
+        "added_tokens_decoder": {str(len(vocab) + i): {"content": token, **marker} for i, token in enumerate(specials)},
+        "chat_template": QWEN_CHAT_TEMPLATE,
+    }
+    (folder / "tokenizer_config.json").write_text(json.dumps(config), encoding="utf-8")
+
+    from transformers import Qwen2Tokenizer
+
+    tokenizer = Qwen2Tokenizer.from_pretrained(str(folder))
+    if len(tokenizer) != len(vocab) + len(specials):
+        raise EngineError(f"the tiny Qwen tokenizer loaded with {len(tokenizer)} tokens, not {len(vocab) + 3}")
+    tokenizer.save_pretrained(str(folder))
+    return len(tokenizer)
+
+
+def build_tiny_zimage(out_dir: Path, *, seed: int = 0) -> Path:
+    """A Z-Image-shaped pipeline: a single-stream DiT (noise and caption refiners, then joint layers),
+    a two-layer Qwen3 text encoder with a byte-level tokenizer and Qwen's chat template, FLUX's 16-channel
+    VAE layout and Z-Image's fixed-shift flow scheduler."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, ZImagePipeline, ZImageTransformer2DModel
+    from transformers import Qwen2Tokenizer, Qwen3Config, Qwen3Model
+
+    out_dir = Path(out_dir)
+    staging = _staging(out_dir)
+    torch.manual_seed(seed)
+    vocab_size = _write_qwen_tokenizer(staging / "tokenizer")
+    text_encoder = Qwen3Model(
+        Qwen3Config(
+            vocab_size=vocab_size,
+            hidden_size=32,
+            intermediate_size=37,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=512,
+            pad_token_id=vocab_size - 3,
+            eos_token_id=vocab_size - 1,
+        )
+    )
+    transformer = ZImageTransformer2DModel(
+        all_patch_size=(2,),
+        all_f_patch_size=(1,),
+        in_channels=16,
+        dim=64,  # as wide as a 2x2 patch of 16-channel latents (see the tiny FLUX)
+        n_layers=2,
+        n_refiner_layers=1,
+        n_heads=2,
+        n_kv_heads=2,
+        cap_feat_dim=32,  # the Qwen3 encoder's width
+        axes_dims=[8, 12, 12],  # sums to the head width, 64 / 2
+        axes_lens=[1024, 64, 64],
+    )
+    vae = _small_vae(block_out_channels=[32, 32], latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+    calibrate_vae(vae, with_shift=True)
+    pipeline = ZImagePipeline(
+        transformer=transformer,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=Qwen2Tokenizer.from_pretrained(str(staging / "tokenizer")),
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False),
+    )
+    # diffusers' type-checking imports resolve its pipelines to dummy classes without save_pretrained.
+    pipeline.save_pretrained(str(staging), safe_serialization=True)  # type: ignore[attr-defined]
+    staging.rename(out_dir)
+    return out_dir
+
+
 def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0) -> Path:
     if family == "sd15":
         return build_tiny_sd15(out_dir, seed=seed)
@@ -468,6 +557,8 @@ def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0) -> Path:
         return build_tiny_sd3(out_dir, seed=seed)
     if family == "chroma":
         return build_tiny_chroma(out_dir, seed=seed)
+    if family == "zimage":
+        return build_tiny_zimage(out_dir, seed=seed)
     raise EngineError(f"unknown family {family!r}; tiny models exist for: {', '.join(FAMILIES)}")
 
 

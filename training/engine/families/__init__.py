@@ -8,6 +8,7 @@ from training.engine.families.chroma import ChromaFamily
 from training.engine.families.flux import FluxFamily, FluxKontextFamily
 from training.engine.families.sd import SD15Family, SDXLFamily
 from training.engine.families.sd3 import SD3Family
+from training.engine.families.zimage import ZImageFamily
 
 FAMILY_CLASSES: dict[str, type[Family]] = {
     "sd15": SD15Family,
@@ -16,6 +17,7 @@ FAMILY_CLASSES: dict[str, type[Family]] = {
     "flux-kontext": FluxKontextFamily,
     "sd3": SD3Family,
     "chroma": ChromaFamily,
+    "zimage": ZImageFamily,
 }
 
 

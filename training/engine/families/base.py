@@ -55,6 +55,9 @@ class Family(ABC):
     lora_targets_linear: tuple[str, ...] = ()  # added to the attention ones for "all_linear"
     lora_targets_conv: tuple[str, ...] = ()  # added for "all_linear+conv" (UNets)
     block_prefixes: tuple[str, ...] = ()  # the denoiser's repeated blocks, where adapters go
+    # The kohya-layout prefix of the denoiser's modules when ComfyUI's loader for the family reads another
+    # than the component's usual one (`lora_unet_`, `lora_transformer_`: export.KOHYA_PREFIX).
+    kohya_prefix: str | None = None
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         self.base_model = base_model

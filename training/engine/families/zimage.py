@@ -1,0 +1,129 @@
+"""Z-Image (Tongyi-MAI Z-Image, Z-Image-Turbo): a single-stream DiT trained with rectified flow. The image
+tokens (2x2 latent patches) and the caption's tokens each pass refiner layers, then one stack of joint
+layers; every layer is modulated by the timestep. The caption is a Qwen3 encoder's second-to-last hidden
+states of the prompt in Qwen's chat format, padding dropped.
+
+The transformer's time runs the other way from the scheduler's sigma (1 - sigma: 1 is the clean image)
+and it predicts the negated velocity; `ZImagePipeline` flips both, and so does `predict` here, so the
+trainer's velocity target (noise - latents) is the same as for the other flow families."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from contract.families import native_resolution
+from training.engine.families.base import NoisedBatch, NoiseSettings
+from training.engine.families.flow import FlowFamily
+
+
+class ZImageFamily(FlowFamily):
+    name = "zimage"
+    block_prefixes = ("layers", "noise_refiner", "context_refiner")
+    lora_targets_attention = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0")
+    # The SwiGLU feed-forward and the per-layer timestep modulation (the context refiner has none).
+    lora_targets_linear = ("feed_forward.w1", "feed_forward.w2", "feed_forward.w3", "adaLN_modulation.0")
+    # ComfyUI's loader for this family (its Lumina2 branch) reads `lycoris_<diffusers name>`, not
+    # `lora_transformer_…` (see tests/training/comfyui_keys.py).
+    kohya_prefix = "lycoris_"
+    max_sequence_length = 512  # the pipeline's default
+
+    def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
+        super().__init__(base_model, device, weight_dtype)
+        from diffusers import ZImageTransformer2DModel
+
+        self.transformer_config = dict(ZImageTransformer2DModel.load_config(base_model, subfolder="transformer"))
+        self.patch_size = int(next(iter(self.transformer_config.get("all_patch_size", (2,)))))
+
+    def default_resolution(self) -> int:
+        return native_resolution("zimage", vae_config=self.vae_config, denoiser_config=self.transformer_config)
+
+    def size_multiple(self) -> int:
+        return self.vae_scale() * self.patch_size
+
+    def load_encoders(self) -> None:
+        from diffusers import AutoencoderKL
+        from transformers import AutoModel, AutoTokenizer
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base_model, subfolder="tokenizer")
+        self.text_encoder = AutoModel.from_pretrained(
+            self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
+        ).to(self.device)
+        self.vae = AutoencoderKL.from_pretrained(self.base_model, subfolder="vae", torch_dtype=self.weight_dtype).to(
+            self.device
+        )
+        self.encoders_loaded = True
+
+    def chat(self, prompts: list[str]) -> list[str]:
+        """Each prompt in Qwen's chat format, as the pipeline feeds it to the encoder."""
+        return [
+            str(
+                self.tokenizer.apply_chat_template(
+                    [{"role": "user", "content": prompt}],
+                    tokenize=False,
+                    add_generation_prompt=True,
+                    enable_thinking=True,
+                )
+            )
+            for prompt in prompts
+        ]
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        tokens = self.tokenizer(
+            self.chat(prompts),
+            padding="max_length",
+            max_length=self.max_sequence_length,
+            truncation=True,
+            return_tensors="pt",
+        )
+        mask = tokens.attention_mask.to(self.device).bool()
+        output = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask, output_hidden_states=True)
+        # Cached at full length with the mask; `predict` keeps each caption's own tokens, as the pipeline.
+        return {"prompt_embeds": output.hidden_states[-2].float().cpu(), "text_mask": mask.float().cpu()}
+
+    def long_prompts(self, prompts: list[str]) -> list[tuple[str, int, int]]:
+        limit = self.max_sequence_length
+        counts = [len(self.tokenizer(text, truncation=False).input_ids) for text in self.chat(prompts)]
+        return [(prompt, n, limit) for prompt, n in zip(prompts, counts, strict=True) if n > limit]
+
+    def load_denoiser(self) -> torch.nn.Module:
+        from diffusers import ZImageTransformer2DModel
+
+        return ZImageTransformer2DModel.from_pretrained(
+            self.base_model, subfolder="transformer", torch_dtype=self.weight_dtype
+        ).to(self.device)
+
+    def predict(
+        self,
+        denoiser: torch.nn.Module,
+        batch: NoisedBatch,
+        conditioning: dict[str, torch.Tensor],
+        settings: NoiseSettings,
+        *,
+        source_latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        embeds = conditioning["prompt_embeds"].to(self.device, self.weight_dtype)
+        masks = conditioning["text_mask"].to(self.device).bool()
+        captions = [embeds[row][masks[row]] for row in range(embeds.shape[0])]
+        images = list(batch.noisy.to(self.weight_dtype).unsqueeze(2).unbind(0))  # (C, frames=1, H, W) each
+        output = denoiser(images, (1.0 - batch.timesteps).to(self.weight_dtype), captions, return_dict=False)[0]
+        return -torch.stack(output).squeeze(2)
+
+    def save_lora(
+        self,
+        state_dict: dict[str, torch.Tensor],
+        directory: str,
+        weight_name: str,
+        adapter_metadata: dict[str, Any],
+        text_encoders: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
+    ) -> None:
+        from diffusers import ZImagePipeline
+
+        ZImagePipeline.save_lora_weights(
+            directory,
+            transformer_lora_layers=state_dict,
+            weight_name=weight_name,
+            transformer_lora_adapter_metadata=adapter_metadata,
+        )
