@@ -1,5 +1,5 @@
 """Real-size GPU benchmarks: SD 1.5 (512 px), SDXL (1024 px), FLUX.1-dev, SD 3.5 large and medium,
-Chroma1-HD and Z-Image (1024 px) denoisers built
+Chroma1-HD, Z-Image and Qwen-Image (1024 px) denoisers built
 from their published configurations with random weights (the compute is the same as with real ones),
 LoRA rank 16, batch 1, trained by the engine's own step (`trainer.train_step`): seconds per step, peak
 GPU memory, and model FLOPs utilisation against the matmul rate measured on the same GPU.
@@ -228,6 +228,42 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         # Every one of the 512 caption positions kept: the longest caption the pipeline feeds.
         "prompts": {"prompt_embeds": (512, 2560), "text_mask": (512,)},
     },
+    "qwenimage": {
+        "family": "qwenimage",
+        "pipeline": "QwenImagePipeline",
+        "resolution": 1024,
+        "denoiser": "transformer",
+        "config": {  # Qwen-Image (and -Edit: the same transformer)
+            "_class_name": "QwenImageTransformer2DModel",
+            "attention_head_dim": 128,
+            "axes_dims_rope": [16, 56, 56],
+            "in_channels": 64,
+            "joint_attention_dim": 3584,
+            "num_attention_heads": 24,
+            "num_layers": 60,
+            "out_channels": 16,
+            "patch_size": 2,
+        },
+        "vae": {
+            "_class_name": "AutoencoderKLQwenImage",
+            "base_dim": 96,
+            "z_dim": 16,
+            "dim_mult": [1, 2, 4, 4],
+            "num_res_blocks": 2,
+            "temperal_downsample": [False, True, True],
+            "latent_channels": 16,
+        },
+        "scheduler": {
+            "_class_name": "FlowMatchEulerDiscreteScheduler",
+            "use_dynamic_shifting": True,
+            "base_shift": 0.5,
+            "max_shift": 0.9,
+            "base_image_seq_len": 256,
+            "max_image_seq_len": 8192,
+            "shift": 1.0,
+        },
+        "prompts": {"prompt_embeds": (512, 3584), "text_mask": (512,)},
+    },
 }
 TINY_SD3: dict[str, Any] = {
     "resolution": 64,
@@ -273,6 +309,12 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
         "resolution": 64,
         "config": {"dim": 64, "n_layers": 2, "n_refiner_layers": 1, "n_heads": 2, "n_kv_heads": 2,
                    "cap_feat_dim": 32, "axes_dims": [8, 12, 12], "axes_lens": [1024, 64, 64]},
+        "prompts": {"prompt_embeds": (16, 32), "text_mask": (16,)},
+    },
+    "qwenimage": {
+        "resolution": 64,
+        "config": {"attention_head_dim": 16, "axes_dims_rope": [4, 6, 6], "num_attention_heads": 2,
+                   "joint_attention_dim": 32, "num_layers": 1},
         "prompts": {"prompt_embeds": (16, 32), "text_mask": (16,)},
     },
     "sd35-large": TINY_SD3,
@@ -494,6 +536,8 @@ VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "sd35-medium": [("default", {}), ("no compile", {"compile": "off"})],
     "chroma": [("default", {}), ("no compile", {"compile": "off"}), ("fp8 base", {"quantize_base": "fp8"})],
     "zimage": [("default", {}), ("no compile", {"compile": "off"}), ("gradient checkpointing", {"gradient_checkpointing": True})],
+    "qwenimage": [("default", {}), ("no compile", {"compile": "off"}), ("fp8 base", {"quantize_base": "fp8"}),
+                  ("fp8 base + checkpointing", {"quantize_base": "fp8", "gradient_checkpointing": True})],
 }  # fmt: skip
 
 

@@ -35,6 +35,7 @@ RUNS: dict[str, dict[str, Any]] = {  # steps and learning rate per family (batch
     "sd3": {"steps": 150, "learning_rate": 2e-3},
     "chroma": {"steps": 150, "learning_rate": 2e-3},
     "zimage": {"steps": 150, "learning_rate": 2e-3},
+    "qwenimage": {"steps": 150, "learning_rate": 2e-3},
 }
 
 TRIGGER_PULL = 0.25

@@ -19,8 +19,9 @@ PIPELINE_FAMILIES = {
     "StableDiffusion3Pipeline": "sd3",
     "ChromaPipeline": "chroma",
     "ZImagePipeline": "zimage",
+    "QwenImagePipeline": "qwenimage",
 }
-SUPPORTED_FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage")
+SUPPORTED_FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage", "qwenimage")
 # What the admin and the docs call each family.
 FAMILY_LABELS = {
     "sd15": "SD 1.5",
@@ -30,13 +31,22 @@ FAMILY_LABELS = {
     "sd3": "SD 3.5",
     "chroma": "Chroma",
     "zimage": "Z-Image",
+    "qwenimage": "Qwen-Image",
 }
+
+
+def vae_downscale(vae_config: dict) -> int:
+    """Pixels per latent pixel along a side: an image VAE halves per level after the first; Qwen-Image's
+    video VAE (Wan 2.1's) halves once per entry of `temperal_downsample`."""
+    if "temperal_downsample" in vae_config:
+        return int(2 ** len(vae_config["temperal_downsample"]))
+    return int(2 ** (len(vae_config["block_out_channels"]) - 1))
 
 
 def native_resolution(family: str, *, vae_config: dict, denoiser_config: dict) -> int:
     """The side in pixels a base model was trained at, from its VAE's and denoiser's configs: what a
     training with no `resolution` uses (the family classes and the cost estimate both ask here)."""
-    vae_scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
+    vae_scale = vae_downscale(vae_config)
     if family in ("sd15", "sdxl", "sd3"):
         # SD 3.5's transformer counts its sample size in latent pixels, as a UNet does (128 -> 1024 px).
         return int(denoiser_config["sample_size"]) * vae_scale
@@ -78,6 +88,8 @@ def guess_family_from_name(base_model: str) -> str:
     name = base_model.lower()
     if "stable-diffusion-3" in name or "sd3" in name or "sd-3" in name:
         return "sd3"
+    if "qwen-image" in name or "qwenimage" in name:
+        return "qwenimage"
     if "z-image" in name or "zimage" in name:
         return "zimage"
     if "chroma" in name:

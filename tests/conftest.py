@@ -147,10 +147,22 @@ def image_server(tmp_path: Path, settings) -> Iterator[ImageServer]:
         server.server_close()
 
 
+class TinyModels(dict[str, Path]):
+    """A tiny model of each family, built the first time a test asks for it (once per session): a test
+    of one family does not wait for all eight to be built."""
+
+    def __init__(self, root: Path) -> None:
+        super().__init__()
+        self.root = root
+
+    def __missing__(self, family: str) -> Path:
+        self[family] = build_tiny_model(family, self.root / f"tiny-{family}")
+        return self[family]
+
+
 @pytest.fixture(scope="session")
 def tiny_models(base_models_root: Path, tiny_sd15: Path) -> dict[str, Path]:
-    """A tiny model of every family, built once per test session."""
-    models = {"sd15": tiny_sd15}
-    for family in ("sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage"):
-        models[family] = build_tiny_model(family, base_models_root / f"tiny-{family}")
+    """A tiny model of every family (tiny_sd15's for SD 1.5), built on first use."""
+    models = TinyModels(base_models_root)
+    models["sd15"] = tiny_sd15
     return models

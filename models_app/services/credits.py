@@ -33,6 +33,7 @@ FAMILY_COST = {
     "sd3": Decimal("6"),
     "chroma": Decimal("6"),  # 8.9 B, a FLUX.1 without the guidance and modulation weights
     "zimage": Decimal("5"),  # 6.2 B
+    "qwenimage": Decimal("14"),  # 20 B
 }
 NATIVE_RESOLUTION = {
     "sd15": 512,
@@ -42,6 +43,7 @@ NATIVE_RESOLUTION = {
     "sd3": 1024,
     "chroma": 1024,
     "zimage": 1024,
+    "qwenimage": 1024,
 }
 SECONDS_PER_STEP = {
     "sd15": 0.07,
@@ -51,6 +53,7 @@ SECONDS_PER_STEP = {
     "sd3": 0.4,
     "chroma": 0.4,
     "zimage": 0.35,
+    "qwenimage": 0.9,
 }
 CENT = Decimal("0.01")
 

@@ -18,9 +18,9 @@ pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
     ("name", "billions", "rel"),
     # The published parameter counts of each denoiser. Stability announced SD 3.5 large at 8.1 B and medium
     # at 2.5 B, counting the fixed positional table (a buffer here) with the weights; Tongyi announced
-    # Z-Image at 6 B (its configuration counts 6.15 B).
+    # Z-Image at 6 B (its configuration counts 6.15 B), Alibaba Qwen-Image at 20 B (20.4 B).
     [("sd15", 0.86, 0.01), ("sdxl", 2.57, 0.01), ("flux", 11.9, 0.01), ("sd35-large", 8.1, 0.015),
-     ("sd35-medium", 2.5, 0.015), ("chroma", 8.9, 0.01), ("zimage", 6.0, 0.03)],
+     ("sd35-medium", 2.5, 0.015), ("chroma", 8.9, 0.01), ("zimage", 6.0, 0.03), ("qwenimage", 20.0, 0.025)],
 )  # fmt: skip
 def test_the_benchmarked_architectures_have_the_published_sizes(name: str, billions: float, rel: float) -> None:
     model = gpu.random_denoiser(gpu.architecture(name, tiny=False), torch.device("meta"), torch.bfloat16)
@@ -31,7 +31,16 @@ def test_the_benchmarked_architectures_have_the_published_sizes(name: str, billi
 @pytest.mark.slow
 def test_the_benchmark_trains_each_family_with_the_engines_step_and_counts_its_flops(tmp_path: Path) -> None:
     results = gpu.run(tmp_path, tiny=True, quick=True)
-    assert set(results["architectures"]) == {"sd15", "sdxl", "flux", "sd35-large", "sd35-medium", "chroma", "zimage"}
+    assert set(results["architectures"]) == {
+        "sd15",
+        "sdxl",
+        "flux",
+        "sd35-large",
+        "sd35-medium",
+        "chroma",
+        "zimage",
+        "qwenimage",
+    }
     for rows in results["architectures"].values():
         [row] = rows.values()
         assert row["seconds_per_step"] > 0 and row["step_tflop"] > 0 and 0 < row["mfu"] < 1

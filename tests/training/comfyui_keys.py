@@ -36,6 +36,9 @@ check that every module of an exported `lora_kohya.safetensors` is one ComfyUI u
   It reads `n_layers`, `dim` and `n_refiner_layers` (default 2; `model_detection` does not set it); q, k
   and v land on row ranges of the fused `attention.qkv`, `attention.to_out.0` on `attention.out`; the
   other block names are the same on both sides.
+- `comfy/lora.py`, the `comfy.model_base.QwenImage` branch: every weight of ComfyUI's Qwen-Image model
+  (`comfy/ldm/qwen_image/model.py`, whose module names are diffusers' own) is registered bare, under
+  `transformer.` and as `lycoris_<name with _>`; no `lora_transformer_` and no conversion table.
 - `comfy/model_detection.py`, `detect_unet_config` and `unet_config_from_diffusers_unet`: how those
   `unet_config` fields follow from a model (a flat per-resnet list of transformer depths, the output one
   ordered from the shallowest level up, because `unet_to_diffusers` pops it from the end), and the
@@ -468,6 +471,22 @@ def comfyui_zimage_key_map(transformer_config: Mapping[str, Any]) -> dict[str, C
     }
 
 
+def comfyui_qwenimage_lora_names(transformer_config: Mapping[str, Any]) -> set[str]:
+    """`lycoris_<name with _>` for every Linear of the diffusers Qwen-Image transformer (built on the meta
+    device): ComfyUI's model has the same module names."""
+    import torch
+    from diffusers import QwenImageTransformer2DModel
+
+    values = {key: value for key, value in transformer_config.items() if not key.startswith("_")}
+    with torch.device("meta"):
+        model = QwenImageTransformer2DModel(**values)
+    return {
+        ZIMAGE_PREFIX + name.replace(".", "_")
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear)
+    }
+
+
 def comfyui_lora_names(family: str, denoiser_config: dict) -> set[str]:
     """The kohya module names ComfyUI maps for a model of `family` with this diffusers denoiser config."""
     if family in ("sd15", "sdxl"):
@@ -478,6 +497,8 @@ def comfyui_lora_names(family: str, denoiser_config: dict) -> set[str]:
         return comfyui_sd3_lora_names(denoiser_config)
     if family == "zimage":
         return set(comfyui_zimage_key_map(denoiser_config))
+    if family == "qwenimage":
+        return comfyui_qwenimage_lora_names(denoiser_config)
     raise ValueError(f"no ComfyUI key map for the {family} family")
 
 

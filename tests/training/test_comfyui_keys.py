@@ -727,3 +727,38 @@ def test_zimage_map_has_no_phantom_blocks() -> None:
 )  # fmt: skip
 def test_zimage_correspondences(lora_name: str, target: ComfyTarget) -> None:
     assert comfyui_zimage_key_map(ZIMAGE_TRANSFORMER)[lora_name] == target
+
+
+# --- Qwen-Image: ComfyUI's module names are diffusers' own ---------------------------------------------------
+
+QWEN_IMAGE_TRANSFORMER = {  # Qwen-Image transformer/config.json (QwenImageTransformer2DModel's defaults)
+    "attention_head_dim": 128,
+    "axes_dims_rope": [16, 56, 56],
+    "in_channels": 64,
+    "joint_attention_dim": 3584,
+    "num_attention_heads": 24,
+    "num_layers": 60,
+    "out_channels": 16,
+    "patch_size": 2,
+}
+
+
+@pytest.mark.parametrize("name", ["qwen-image", "tiny"])
+def test_every_qwenimage_block_linear_is_mapped(name: str, tiny_models: dict) -> None:
+    from diffusers import QwenImageTransformer2DModel
+
+    config = QWEN_IMAGE_TRANSFORMER
+    if name == "tiny":
+        built = json.loads((tiny_models["qwenimage"] / "transformer" / "config.json").read_text(encoding="utf-8"))
+        config = {key: value for key, value in built.items() if not key.startswith("_")}
+    with torch.device("meta"):
+        transformer = QwenImageTransformer2DModel(**config)
+    blocks = [name for name in layers(transformer) if name.startswith("transformer_blocks.")]
+    for leaf in ("attn.to_q", "attn.add_v_proj", "img_mlp.net.2", "txt_mod.1"):
+        assert any(block.endswith("." + leaf) for block in blocks), leaf
+    state = {f"transformer.{n}.lora_{ab}.weight": torch.zeros(1) for n in blocks for ab in "AB"}
+    exported = list(to_kohya(state, alpha=4.0, denoiser_prefix="lycoris_"))
+    known = comfyui_lora_names("qwenimage", config)
+    assert unmapped_kohya_modules(exported, known) == []
+    assert "lycoris_transformer_blocks_0_img_mlp_net_0_proj" in known and "lycoris_proj_out" in known
+    assert unmapped_kohya_modules(exported_keys("transformer", blocks[:1]), known)  # not lora_transformer_

@@ -29,7 +29,7 @@ from training.engine.generate import generate
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
 
-FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage")
+FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage", "qwenimage")
 
 
 def dataset(folder: Path, count: int = 4) -> list[DatasetImage]:
@@ -126,7 +126,10 @@ def test_each_family_trains_a_lora_that_loads_back_and_changes_the_output(
     kohya_state = load_file(result.kohya_path)
     component = "unet" if family in ("sd15", "sdxl") else "transformer"
     # What ComfyUI's loader for the family reads (tests/training/comfyui_keys.py checks each name).
-    prefix = {"unet": "lora_unet_", "transformer": "lycoris_" if family == "zimage" else "lora_transformer_"}[component]
+    prefix = {
+        "unet": "lora_unet_",
+        "transformer": "lycoris_" if family in ("zimage", "qwenimage") else "lora_transformer_",
+    }[component]
     assert all(key.startswith(prefix) for key in kohya_state)
     assert {float(v) for k, v in kohya_state.items() if k.endswith(".alpha")} == {4.0}
     modules = sorted({key.split(".", 1)[1].rsplit(".lora_", 1)[0] for key in diffusers_state})

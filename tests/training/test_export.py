@@ -114,6 +114,7 @@ EXPECTED = {
     "sd3": ("sd3", "stable-diffusion-3/lora"),
     "chroma": ("chroma", "chroma/lora"),
     "zimage": ("zimage", "z-image/lora"),
+    "qwenimage": ("qwen_image", "qwen-image/lora"),
 }
 
 

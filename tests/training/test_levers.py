@@ -30,7 +30,7 @@ from training.engine.trainer import Cache, class_caption, elementwise_loss, redu
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
 
-FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage")
+FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage", "qwenimage")
 CPU = torch.device("cpu")
 
 
@@ -242,9 +242,35 @@ def test_on_real_zimage_the_default_targets_cover_every_block_linear() -> None:
     assert not pattern.match("cap_embedder.1") and not pattern.match("t_embedder.mlp.0")  # outside the blocks
 
 
+def test_on_real_qwen_image_the_default_targets_cover_every_block_linear() -> None:
+    from diffusers import QwenImageTransformer2DModel
+
+    with torch.device("meta"):
+        model = QwenImageTransformer2DModel()  # Qwen-Image's configuration is the class's default
+    block_linears = [
+        name for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith("transformer_blocks.")
+    ]  # fmt: skip
+    # Per block: both streams' q, k, v and out, their MLPs (in, out) and modulations.
+    assert len(block_linears) == 60 * 14 == 840
+    qwen = family_class("qwenimage")
+    pattern = re.compile(qwen.lora_target_pattern(qwen, "all_linear"))  # type: ignore[arg-type]  # class attributes only
+    assert all(pattern.match(name) for name in block_linears)
+    assert not pattern.match("txt_in") and not pattern.match("img_in")  # outside the blocks
+
+
+# Each adapter type on the first families; the later ones (whose export differs only in the prefix and
+# the ComfyUI map, not per adapter type) with a LoRA and a LoKr, to keep the suite's time.
+ADAPTER_RUNS = [
+    (family, lora_type)
+    for family in FAMILIES
+    for lora_type in ("lora", "dora", "lokr", "loha")
+    if family in ("sd15", "sdxl", "flux", "flux-kontext") or lora_type in ("lora", "lokr")
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("family", FAMILIES)
-@pytest.mark.parametrize("lora_type", ["lora", "dora", "lokr", "loha"])
+@pytest.mark.parametrize(("family", "lora_type"), ADAPTER_RUNS)
 def test_every_adapter_type_trains_exports_for_comfyui_and_generates(
     family: str, lora_type: str, tiny_models: dict[str, Path], tmp_path: Path, red: list[DatasetImage]
 ) -> None:

@@ -29,19 +29,21 @@ class Shift:
 
 
 def data_features(base_model: str, paths: list[Path], *, size: int) -> torch.Tensor:
-    """(N, C): each image's per-channel latent mean, in the denoiser's latent space."""
-    pipeline = load_pipeline(base_model, device=pick_device("cpu"))
-    vae = pipeline.vae
-    shift = float(vae.config.get("shift_factor") or 0.0)
-    scale = float(vae.config.scaling_factor)
+    """(N, C): each image's per-channel latent mean, in the denoiser's latent space (encoded and scaled
+    as the trainer encodes and scales its data)."""
+    from training.engine.base_models import resolve_family
+    from training.engine.families import family_class
+
+    family = family_class(resolve_family(base_model))(base_model, pick_device("cpu"), torch.float32)
+    family.load_encoders()
     features = []
     for path in paths:
         with Image.open(path) as opened:
             array = np.asarray(opened.convert("RGB").resize((size, size)), dtype=np.float32) / 127.5 - 1.0
         pixels = torch.from_numpy(array).permute(2, 0, 1)[None]
-        with torch.no_grad():
-            latents = (vae.encode(pixels).latent_dist.mean - shift) * scale
+        latents = family.scale_latents(family.encode_pixels(pixels)[0])
         features.append(latents.mean(dim=(2, 3))[0])
+    family.release_encoders()
     return torch.stack(features)
 
 
@@ -77,6 +79,8 @@ def generated_features(
             latents = pipeline(**arguments).images
         if latents.dim() == 3:  # packed transformer tokens: back to (B, C, H, W)
             latents = type(pipeline)._unpack_latents(latents, size, size, pipeline.vae_scale_factor)
+        if latents.dim() == 5:  # a video VAE's frame axis (Qwen-Image): one frame
+            latents = latents.squeeze(2)
         features.append(latents.mean(dim=(2, 3))[0].float())
     return torch.stack(features)
 

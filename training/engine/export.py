@@ -82,7 +82,7 @@ ADAPTER_KEY = re.compile(
 # for every FLUX.1 variant, so Kontext is "flux1" too).
 # SD 3.5: no sd-scripts constant was found for it; "sd3" is the prefix readers classify SD 3.x files by.
 # Chroma: sd-scripts names its architecture "chroma" (ARCH_FLUX_1_CHROMA); the same word here. Z-Image:
-# "zimage", our choice, beside sd-scripts' ModelSpec id "z-image".
+# "zimage", our choice, beside sd-scripts' ModelSpec id "z-image". Qwen-Image: "qwen_image", our choice.
 SS_BASE_MODEL_VERSION = {
     "sd15": "sd_v1",
     "sdxl": "sdxl_base_v1-0",
@@ -91,6 +91,7 @@ SS_BASE_MODEL_VERSION = {
     "sd3": "sd3",
     "chroma": "chroma",
     "zimage": "zimage",
+    "qwenimage": "qwen_image",
 }
 # Stability ModelSpec architecture ids (sd-scripts library/sai_model_spec.py ARCH_*). Adapters append
 # "/lora" (ModelSpec's "/" separator, sd-scripts' ADAPTER_LORA); sd-scripts writes "/lora" for every network
@@ -106,6 +107,7 @@ MODELSPEC_ARCHITECTURE = {
     "sd3": "stable-diffusion-3",
     "chroma": "chroma",  # sd-scripts' ARCH_FLUX_1_CHROMA
     "zimage": "z-image",  # sd-scripts' ARCH_ZIMAGE_UNKNOWN
+    "qwenimage": "qwen-image",  # our choice: no ModelSpec id was found for it
 }
 MODELSPEC_ADAPTER_SUFFIX = "/lora"
 # The version of the spec whose keys we write (its README: "This is specification version 1.0.1"; sd-scripts
@@ -360,9 +362,13 @@ def from_kohya(
         names_by_component = {component: list(module_names)}
     by_flat: dict[str, tuple[str, str]] = {}
     for owner, names in names_by_component.items():
-        prefixes = {"text_encoder": KOHYA_TEXT_ENCODER_PREFIXES, "transformer": TRANSFORMER_KOHYA_PREFIXES}.get(
-            owner, (KOHYA_PREFIX[owner],)
-        )
+        prefixes: tuple[str, ...]
+        if owner == "text_encoder":
+            prefixes = KOHYA_TEXT_ENCODER_PREFIXES
+        elif owner == "transformer":
+            prefixes = TRANSFORMER_KOHYA_PREFIXES
+        else:
+            prefixes = (KOHYA_PREFIX[owner],)
         for prefix in prefixes:
             for name in names:
                 by_flat[prefix + name.replace(".", "_")] = (owner, name)

@@ -6,6 +6,7 @@ from training.engine.errors import EngineError
 from training.engine.families.base import Family
 from training.engine.families.chroma import ChromaFamily
 from training.engine.families.flux import FluxFamily, FluxKontextFamily
+from training.engine.families.qwenimage import QwenImageFamily
 from training.engine.families.sd import SD15Family, SDXLFamily
 from training.engine.families.sd3 import SD3Family
 from training.engine.families.zimage import ZImageFamily
@@ -18,6 +19,7 @@ FAMILY_CLASSES: dict[str, type[Family]] = {
     "sd3": SD3Family,
     "chroma": ChromaFamily,
     "zimage": ZImageFamily,
+    "qwenimage": QwenImageFamily,
 }
 
 

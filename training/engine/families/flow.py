@@ -10,6 +10,7 @@ import math
 
 import torch
 
+from contract.families import vae_downscale
 from training.engine.families.base import Family, NoisedBatch, NoiseSettings, randn, vae_config
 
 
@@ -26,7 +27,7 @@ class FlowFamily(Family):
         self.scheduler_config = dict(FlowMatchEulerDiscreteScheduler.load_config(base_model, subfolder="scheduler"))
 
     def vae_scale(self) -> int:
-        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
+        return vae_downscale(self.vae_config)
 
     def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
         shift = self.vae_config.get("shift_factor") or 0.0

@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from contract.families import native_resolution
+from contract.families import native_resolution, vae_downscale
 from training.engine.families.base import Family, NoisedBatch, NoiseSettings, randn, vae_config
 
 
@@ -30,7 +30,7 @@ class SD15Family(Family):
         self.alphas_cumprod = self.noise_scheduler.alphas_cumprod.to(device)
 
     def vae_scale(self) -> int:
-        return 2 ** (len(self.vae_config["block_out_channels"]) - 1)
+        return vae_downscale(self.vae_config)
 
     def default_resolution(self) -> int:
         return native_resolution("sd15", vae_config=self.vae_config, denoiser_config=dict(self.unet_config))

@@ -1,0 +1,173 @@
+"""Qwen-Image: a 20 B double-stream MMDiT over packed 2x2 latent patches, trained with rectified flow,
+conditioned on the last hidden states of Qwen2.5-VL reading the prompt inside the pipeline's system
+template (its first `DROP` tokens cut off, padding masked). Its VAE is Wan 2.1's (frames and all): a
+latent is normalised per channel with the VAE's `latents_mean` and `latents_std`, not one scaling
+factor. The time schedule shifts with the image's token count (the scheduler's exponential shift).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from contract.families import native_resolution
+from training.engine.families.base import NoisedBatch, NoiseSettings
+from training.engine.families.flow import FlowFamily
+
+
+def prompt_template() -> tuple[str, int]:
+    """The pipeline's prompt template and how many of its opening tokens (the system prompt, in Qwen's
+    vocabulary) it cuts from every encoding. Both are set by QwenImagePipeline's constructor, not class
+    attributes, so an empty pipeline is made to read them."""
+    from diffusers import QwenImagePipeline
+
+    empty: Any = QwenImagePipeline(None, None, None, None, None)  # no components needed
+    return str(empty.prompt_template_encode), int(empty.prompt_template_encode_start_idx)
+
+
+class QwenImageFamily(FlowFamily):
+    name = "qwenimage"
+    block_prefixes = ("transformer_blocks",)
+    lora_targets_attention = (
+        "attn.to_q",
+        "attn.to_k",
+        "attn.to_v",
+        "attn.to_out.0",
+        "attn.add_q_proj",
+        "attn.add_k_proj",
+        "attn.add_v_proj",
+        "attn.to_add_out",
+    )
+    # Both streams' MLPs and modulations.
+    lora_targets_linear = (
+        "img_mlp.net.0.proj",
+        "img_mlp.net.2",
+        "txt_mlp.net.0.proj",
+        "txt_mlp.net.2",
+        "img_mod.1",
+        "txt_mod.1",
+    )
+    # ComfyUI's Qwen-Image loader reads `lycoris_<diffusers name>` (or diffusers' own names), not `lora_transformer_`.
+    kohya_prefix = "lycoris_"
+    max_sequence_length = 512  # the pipeline's default
+    tokenizer_max_length = 1024  # QwenImagePipeline.tokenizer_max_length
+
+    def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
+        super().__init__(base_model, device, weight_dtype)
+        self.template, self.drop = prompt_template()
+        mean = self.vae_config.get("latents_mean") or [0.0] * int(self.vae_config["z_dim"])
+        std = self.vae_config.get("latents_std") or [1.0] * int(self.vae_config["z_dim"])
+        self.latents_mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.latents_std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def default_resolution(self) -> int:
+        return native_resolution("qwenimage", vae_config=self.vae_config, denoiser_config={})
+
+    def size_multiple(self) -> int:
+        return self.vae_scale() * 2
+
+    def load_encoders(self) -> None:
+        from diffusers import AutoencoderKLQwenImage
+        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base_model, subfolder="tokenizer")
+        self.text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+            self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
+        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
+        self.vae = AutoencoderKLQwenImage.from_pretrained(
+            self.base_model, subfolder="vae", torch_dtype=self.weight_dtype
+        ).to(self.device)
+        self.encoders_loaded = True
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The video VAE takes (B, C, frames, H, W); one frame.
+        frames = pixels.to(self.device, self.weight_dtype).unsqueeze(2)
+        dist = self.vae.encode(frames).latent_dist
+        return dist.mean.squeeze(2).float().cpu(), dist.std.squeeze(2).float().cpu()
+
+    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        mean, std = self.latents_mean.to(latents.device), self.latents_std.to(latents.device)
+        return (latents - mean) / std
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
+        tokens = self.tokenizer(
+            [self.template.format(prompt) for prompt in prompts],
+            max_length=self.tokenizer_max_length + self.drop,
+            padding=True,
+            truncation=True,
+            return_tensors="pt",
+        ).to(self.device)
+        hidden = self.text_encoder(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, output_hidden_states=True
+        ).hidden_states[-1]
+        # Each prompt's own tokens past the template's first DROP, at most max_sequence_length, then
+        # right-padded with zeros and masked (as the pipeline pads a batch to its longest prompt).
+        width = self.max_sequence_length
+        embeds = torch.zeros(len(prompts), width, hidden.shape[-1])
+        mask = torch.zeros(len(prompts), width)
+        for row in range(len(prompts)):
+            own = hidden[row][tokens.attention_mask[row].bool()][self.drop :][:width]
+            embeds[row, : own.shape[0]] = own.float().cpu()
+            mask[row, : own.shape[0]] = 1.0
+        return {"prompt_embeds": embeds, "text_mask": mask}
+
+    def long_prompts(self, prompts: list[str]) -> list[tuple[str, int, int]]:
+        limit = self.max_sequence_length
+        counts = [
+            len(self.tokenizer(self.template.format(prompt), truncation=False).input_ids) - self.drop
+            for prompt in prompts
+        ]
+        return [(prompt, n, limit) for prompt, n in zip(prompts, counts, strict=True) if n > limit]
+
+    def load_denoiser(self) -> torch.nn.Module:
+        from diffusers import QwenImageTransformer2DModel
+
+        return QwenImageTransformer2DModel.from_pretrained(
+            self.base_model, subfolder="transformer", torch_dtype=self.weight_dtype
+        ).to(self.device)
+
+    def predict(
+        self,
+        denoiser: torch.nn.Module,
+        batch: NoisedBatch,
+        conditioning: dict[str, torch.Tensor],
+        settings: NoiseSettings,
+        *,
+        source_latents: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        from diffusers import QwenImagePipeline
+
+        size, channels, height, width = batch.noisy.shape
+        tokens = QwenImagePipeline._pack_latents(batch.noisy, size, channels, height, width)
+        mask = conditioning["text_mask"].to(self.device)
+        length = max(int(mask.sum(dim=1).max()), 1)  # the batch's longest caption, as the pipeline pads
+        prediction = denoiser(
+            hidden_states=tokens.to(self.weight_dtype),
+            timestep=batch.timesteps.to(self.weight_dtype),
+            encoder_hidden_states=conditioning["prompt_embeds"][:, :length].to(self.device, self.weight_dtype),
+            encoder_hidden_states_mask=mask[:, :length].long(),
+            img_shapes=[[(1, height // 2, width // 2)]] * size,
+            return_dict=False,
+        )[0]
+        scale = self.vae_scale()
+        return QwenImagePipeline._unpack_latents(prediction, height * scale, width * scale, scale).squeeze(2)
+
+    def save_lora(
+        self,
+        state_dict: dict[str, torch.Tensor],
+        directory: str,
+        weight_name: str,
+        adapter_metadata: dict[str, Any],
+        text_encoders: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
+    ) -> None:
+        from diffusers import QwenImagePipeline
+
+        QwenImagePipeline.save_lora_weights(
+            directory,
+            transformer_lora_layers=state_dict,
+            weight_name=weight_name,
+            transformer_lora_adapter_metadata=adapter_metadata,
+        )
