@@ -37,6 +37,14 @@ VAE_SD = {
     "layers_per_block": 2,
     "scaling_factor": 0.18215,
 }
+VAE_FLUX = {  # FLUX.1's (Chroma and Z-Image use it too)
+    **VAE_SD,
+    "latent_channels": 16,
+    "scaling_factor": 0.3611,
+    "shift_factor": 0.1159,
+    "use_quant_conv": False,
+    "use_post_quant_conv": False,
+}
 VAE_SD_3 = {
     **VAE_SD,
     "scaling_factor": 1.5305,
@@ -108,14 +116,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
             "patch_size": 1,
             "pooled_projection_dim": 768,
         },
-        "vae": {
-            **VAE_SD,
-            "latent_channels": 16,
-            "scaling_factor": 0.3611,
-            "shift_factor": 0.1159,
-            "use_quant_conv": False,
-            "use_post_quant_conv": False,
-        },
+        "vae": VAE_FLUX,
         "prompts": {"prompt_embeds": (512, 4096), "pooled_prompt_embeds": (768,)},
     },
     "sd35-large": {
@@ -187,14 +188,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
             "num_single_layers": 38,
             "patch_size": 1,
         },
-        "vae": {
-            **VAE_SD,
-            "latent_channels": 16,
-            "scaling_factor": 0.3611,
-            "shift_factor": 0.1159,
-            "use_quant_conv": False,
-            "use_post_quant_conv": False,
-        },
+        "vae": VAE_FLUX,
         "prompts": {"prompt_embeds": (512, 4096), "text_mask": (512,)},
     },
     "zimage": {
@@ -216,14 +210,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
             "n_layers": 30,
             "n_refiner_layers": 2,
         },
-        "vae": {
-            **VAE_SD,
-            "latent_channels": 16,
-            "scaling_factor": 0.3611,
-            "shift_factor": 0.1159,
-            "use_quant_conv": False,
-            "use_post_quant_conv": False,
-        },
+        "vae": VAE_FLUX,
         "scheduler": SCHEDULER_SD3,  # a fixed shift of 3.0, as Z-Image's scheduler
         # Every one of the 512 caption positions kept: the longest caption the pipeline feeds.
         "prompts": {"prompt_embeds": (512, 2560), "text_mask": (512,)},

@@ -145,6 +145,28 @@ def calibrate_vae(vae: object, *, with_shift: bool) -> None:
     vae.register_to_config(**values)  # type: ignore[attr-defined]
 
 
+def _flow_vae() -> Any:
+    """FLUX's VAE layout, small: 16 latent channels, no quant convs, downsampling by 2, with a measured
+    scaling and shift factor (FLUX.1, Chroma, SD 3.5 and Z-Image share it)."""
+    vae = _small_vae(block_out_channels=[32, 32], latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
+    calibrate_vae(vae, with_shift=True)
+    return vae
+
+
+def _flux_scheduler() -> Any:
+    """FLUX.1-dev's own schedule (Chroma's too): the shift grows with the image's token count."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    return FlowMatchEulerDiscreteScheduler(
+        shift=3.0,
+        use_dynamic_shifting=True,
+        base_shift=0.5,
+        max_shift=1.15,
+        base_image_seq_len=256,
+        max_image_seq_len=4096,
+    )
+
+
 def build_tiny_sd15(out_dir: Path, *, seed: int = 0) -> Path:
     """A Stable Diffusion 1.5-shaped pipeline (UNet, VAE, CLIP text encoder) of about 8 MB."""
     import torch
@@ -290,7 +312,6 @@ def build_tiny_flux(out_dir: Path, *, seed: int = 0, kontext: bool = False) -> P
     """A FLUX.1-dev-shaped pipeline (guidance embedding, CLIP + T5, 16-channel VAE); Kontext shares it."""
     import torch
     from diffusers import (
-        FlowMatchEulerDiscreteScheduler,
         FluxKontextPipeline,
         FluxPipeline,
         FluxTransformer2DModel,
@@ -318,13 +339,7 @@ def build_tiny_flux(out_dir: Path, *, seed: int = 0, kontext: bool = False) -> P
     )
     clip = CLIPTextModel(_clip_config(clip_vocab))
     t5 = _tiny_t5(t5_vocab)
-    vae = _small_vae(
-        block_out_channels=[32, 32],
-        latent_channels=16,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    )
-    calibrate_vae(vae, with_shift=True)
+    vae = _flow_vae()
     pipeline_class = FluxKontextPipeline if kontext else FluxPipeline
     pipeline = pipeline_class(
         transformer=transformer,
@@ -333,15 +348,7 @@ def build_tiny_flux(out_dir: Path, *, seed: int = 0, kontext: bool = False) -> P
         text_encoder_2=t5,
         tokenizer=CLIPTokenizer.from_pretrained(str(staging / "tokenizer")),
         tokenizer_2=T5Tokenizer.from_pretrained(str(staging / "tokenizer_2")),
-        # FLUX.1-dev's own schedule: the shift grows with the image's token count.
-        scheduler=FlowMatchEulerDiscreteScheduler(
-            shift=3.0,
-            use_dynamic_shifting=True,
-            base_shift=0.5,
-            max_shift=1.15,
-            base_image_seq_len=256,
-            max_image_seq_len=4096,
-        ),
+        scheduler=_flux_scheduler(),
     )
     # diffusers' type-checking imports resolve its pipelines to dummy classes without save_pretrained.
     pipeline.save_pretrained(str(staging), safe_serialization=True)  # type: ignore[union-attr]
@@ -399,8 +406,7 @@ def build_tiny_sd3(out_dir: Path, *, seed: int = 0) -> Path:
         dual_attention_layers=(0,),
         qk_norm="rms_norm",
     )
-    vae = _small_vae(block_out_channels=[32, 32], latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
-    calibrate_vae(vae, with_shift=True)
+    vae = _flow_vae()
     pipeline = StableDiffusion3Pipeline(
         transformer=transformer,
         vae=vae,
@@ -422,7 +428,7 @@ def build_tiny_chroma(out_dir: Path, *, seed: int = 0) -> Path:
     """A Chroma-shaped pipeline: the tiny FLUX's blocks, modulated by a one-layer approximator from the
     timestep alone, T5 as the only text encoder, and FLUX's 16-channel VAE and scheduler."""
     import torch
-    from diffusers import ChromaPipeline, ChromaTransformer2DModel, FlowMatchEulerDiscreteScheduler
+    from diffusers import ChromaPipeline, ChromaTransformer2DModel
     from transformers import T5Tokenizer
 
     out_dir = Path(out_dir)
@@ -442,21 +448,13 @@ def build_tiny_chroma(out_dir: Path, *, seed: int = 0) -> Path:
         approximator_hidden_dim=32,
         approximator_layers=1,
     )
-    vae = _small_vae(block_out_channels=[32, 32], latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
-    calibrate_vae(vae, with_shift=True)
+    vae = _flow_vae()
     pipeline = ChromaPipeline(
         transformer=transformer,
         vae=vae,
         text_encoder=_tiny_t5(t5_vocab),
         tokenizer=T5Tokenizer.from_pretrained(str(staging / "tokenizer")),
-        scheduler=FlowMatchEulerDiscreteScheduler(
-            shift=3.0,
-            use_dynamic_shifting=True,
-            base_shift=0.5,
-            max_shift=1.15,
-            base_image_seq_len=256,
-            max_image_seq_len=4096,
-        ),
+        scheduler=_flux_scheduler(),
     )
     # diffusers' type-checking imports resolve its pipelines to dummy classes without save_pretrained.
     pipeline.save_pretrained(str(staging), safe_serialization=True)  # type: ignore[attr-defined]
@@ -542,8 +540,7 @@ def build_tiny_zimage(out_dir: Path, *, seed: int = 0) -> Path:
         axes_dims=[8, 12, 12],  # sums to the head width, 64 / 2
         axes_lens=[1024, 64, 64],
     )
-    vae = _small_vae(block_out_channels=[32, 32], latent_channels=16, use_quant_conv=False, use_post_quant_conv=False)
-    calibrate_vae(vae, with_shift=True)
+    vae = _flow_vae()
     pipeline = ZImagePipeline(
         transformer=transformer,
         vae=vae,

@@ -8,8 +8,6 @@ tokens and the first padding token only (the rest are masked out of the joint at
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
 from training.engine.families.base import NoisedBatch, NoiseSettings
@@ -18,11 +16,9 @@ from training.engine.families.flux import FluxFamily
 
 class ChromaFamily(FluxFamily):
     name = "chroma"
-
-    def load_config(self) -> dict[str, Any]:
-        from diffusers import ChromaTransformer2DModel
-
-        return dict(ChromaTransformer2DModel.load_config(self.base_model, subfolder="transformer"))
+    transformer_class = "ChromaTransformer2DModel"
+    pipeline_class = "ChromaPipeline"
+    caption_tokenizer = "tokenizer"
 
     def load_encoders(self) -> None:
         from diffusers import AutoencoderKL
@@ -48,18 +44,6 @@ class ChromaFamily(FluxFamily):
         positions = torch.arange(mask.shape[1], device=self.device).unsqueeze(0)
         visible = positions <= mask.sum(dim=1, keepdim=True)
         return {"prompt_embeds": prompt_embeds.float().cpu(), "text_mask": visible.float().cpu()}
-
-    def long_prompts(self, prompts: list[str]) -> list[tuple[str, int, int]]:
-        limit = self.max_sequence_length
-        counts = [len(self.tokenizer(prompt, truncation=False).input_ids) for prompt in prompts]
-        return [(prompt, n, limit) for prompt, n in zip(prompts, counts, strict=True) if n > limit]
-
-    def load_denoiser(self) -> torch.nn.Module:
-        from diffusers import ChromaTransformer2DModel
-
-        return ChromaTransformer2DModel.from_pretrained(
-            self.base_model, subfolder="transformer", torch_dtype=self.weight_dtype
-        ).to(self.device)
 
     def predict(
         self,
@@ -90,20 +74,3 @@ class ChromaFamily(FluxFamily):
         )[0]
         scale = self.vae_scale()
         return FluxPipeline._unpack_latents(prediction, height * scale, width * scale, scale)
-
-    def save_lora(
-        self,
-        state_dict: dict[str, torch.Tensor],
-        directory: str,
-        weight_name: str,
-        adapter_metadata: dict[str, Any],
-        text_encoders: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
-    ) -> None:
-        from diffusers import ChromaPipeline
-
-        ChromaPipeline.save_lora_weights(
-            directory,
-            transformer_lora_layers=state_dict,
-            weight_name=weight_name,
-            transformer_lora_adapter_metadata=adapter_metadata,
-        )

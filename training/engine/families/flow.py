@@ -1,16 +1,18 @@
-"""Rectified-flow families (FLUX.1, SD 3.5): a point on the straight path from the image (sigma 0) to
-pure noise (sigma 1), with the velocity `noise - latents` as the target.
+"""Rectified-flow families (FLUX.1, Chroma, SD 3.5, Z-Image, Qwen-Image): a point on the straight path
+from the image (sigma 0) to pure noise (sigma 1), with the velocity `noise - latents` as the target.
 
 What differs between them (how latents become tokens, the conditioning, the timestep units the
-transformer takes) lives in each family; the sigma draw and the shift are here, once."""
+transformer takes) lives in each family; the sigma draw and the shift, loading the transformer, writing
+its LoRA and finding captions its text encoder cuts are here, once."""
 
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 
-from contract.families import vae_downscale
+from contract.families import native_resolution, vae_downscale
 from training.engine.families.base import Family, NoisedBatch, NoiseSettings, randn, vae_config
 
 
@@ -18,16 +20,73 @@ class FlowFamily(Family):
     denoiser_key = "transformer"
     is_flow = True
     patch_size = 2  # latent pixels per token along a side (what the resolution-dependent shift counts)
+    # The diffusers classes of the family's transformer and of its pipeline (which writes its LoRA files).
+    transformer_class: str
+    pipeline_class: str
+    # The tokenizer of the text encoder that carries the caption, and how many tokens it reads.
+    caption_tokenizer = "tokenizer"
+    max_sequence_length = 512
+    caption_offset = 0  # opening tokens the pipeline cuts from every encoding
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
-        from diffusers import FlowMatchEulerDiscreteScheduler
+        import diffusers
 
         self.vae_config = vae_config(base_model)
-        self.scheduler_config = dict(FlowMatchEulerDiscreteScheduler.load_config(base_model, subfolder="scheduler"))
+        self.scheduler_config = dict(
+            diffusers.FlowMatchEulerDiscreteScheduler.load_config(base_model, subfolder="scheduler")
+        )
+        transformer = getattr(diffusers, self.transformer_class)
+        self.transformer_config = dict(transformer.load_config(base_model, subfolder="transformer"))
 
     def vae_scale(self) -> int:
         return vae_downscale(self.vae_config)
+
+    def default_resolution(self) -> int:
+        return native_resolution(self.name, vae_config=self.vae_config, denoiser_config=self.transformer_config)
+
+    def size_multiple(self) -> int:
+        return self.vae_scale() * self.patch_size
+
+    def caption_texts(self, prompts: list[str]) -> list[str]:
+        """What the caption's text encoder reads for each prompt (a pipeline may wrap it in a template)."""
+        return prompts
+
+    def long_prompts(self, prompts: list[str]) -> list[tuple[str, int, int]]:
+        # Only the caption's text encoder counts: a CLIP beside it (FLUX, SD 3.5) cuts at 77 tokens in
+        # the pipeline too, which only trims its pooled summary.
+        tokenizer = getattr(self, self.caption_tokenizer)
+        counts = [
+            len(tokenizer(text, truncation=False).input_ids) - self.caption_offset
+            for text in self.caption_texts(prompts)
+        ]
+        limit = self.max_sequence_length
+        return [(prompt, n, limit) for prompt, n in zip(prompts, counts, strict=True) if n > limit]
+
+    def load_denoiser(self) -> torch.nn.Module:
+        import diffusers
+
+        transformer = getattr(diffusers, self.transformer_class)
+        return transformer.from_pretrained(self.base_model, subfolder="transformer", torch_dtype=self.weight_dtype).to(
+            self.device
+        )
+
+    def save_lora(
+        self,
+        state_dict: dict[str, torch.Tensor],
+        directory: str,
+        weight_name: str,
+        adapter_metadata: dict[str, Any],
+        text_encoders: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
+    ) -> None:
+        import diffusers
+
+        getattr(diffusers, self.pipeline_class).save_lora_weights(
+            directory,
+            transformer_lora_layers=state_dict,
+            weight_name=weight_name,
+            transformer_lora_adapter_metadata=adapter_metadata,
+        )
 
     def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
         shift = self.vae_config.get("shift_factor") or 0.0

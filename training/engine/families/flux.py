@@ -8,17 +8,18 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
-from typing import Any
 
 import torch
 
-from contract.families import native_resolution
 from training.engine.families.base import NoisedBatch, NoiseSettings
 from training.engine.families.flow import FlowFamily
 
 
 class FluxFamily(FlowFamily):
     name = "flux"
+    transformer_class = "FluxTransformer2DModel"
+    pipeline_class = "FluxPipeline"
+    caption_tokenizer = "tokenizer_2"  # T5 carries the caption; CLIP gives the pooled vector
     block_prefixes = ("transformer_blocks", "single_transformer_blocks")
     lora_targets_attention = (
         "attn.to_q",
@@ -43,23 +44,10 @@ class FluxFamily(FlowFamily):
         "proj_mlp",
         "proj_out",
     )
-    max_sequence_length = 512
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
-        self.transformer_config = self.load_config()
         self.ids_cache: dict[tuple[int, int, bool], torch.Tensor] = {}
-
-    def load_config(self) -> dict[str, Any]:
-        from diffusers import FluxTransformer2DModel
-
-        return dict(FluxTransformer2DModel.load_config(self.base_model, subfolder="transformer"))
-
-    def default_resolution(self) -> int:
-        return native_resolution("flux", vae_config=self.vae_config, denoiser_config=dict(self.transformer_config))
-
-    def size_multiple(self) -> int:
-        return self.vae_scale() * 2  # latents are packed in 2x2 patches
 
     def load_encoders(self) -> None:
         from diffusers import AutoencoderKL
@@ -94,19 +82,6 @@ class FluxFamily(FlowFamily):
         ).input_ids.to(self.device)
         prompt_embeds = self.text_encoder_2(t5_ids, output_hidden_states=False)[0]
         return {"prompt_embeds": prompt_embeds.float().cpu(), "pooled_prompt_embeds": pooled.float().cpu()}
-
-    def long_prompts(self, prompts: list[str]) -> list[tuple[str, int, int]]:
-        # Only T5 carries the prompt's content; CLIP's cut only trims the pooled summary vector.
-        count = [len(self.tokenizer_2(prompt, truncation=False).input_ids) for prompt in prompts]
-        limit = self.max_sequence_length
-        return [(prompt, n, limit) for prompt, n in zip(prompts, count, strict=True) if n > limit]
-
-    def load_denoiser(self) -> torch.nn.Module:
-        from diffusers import FluxTransformer2DModel
-
-        return FluxTransformer2DModel.from_pretrained(
-            self.base_model, subfolder="transformer", torch_dtype=self.weight_dtype
-        ).to(self.device)
 
     def predict(
         self,
@@ -160,23 +135,6 @@ class FluxFamily(FlowFamily):
                 ids = torch.cat([ids, source_ids], dim=0)
             self.ids_cache[key] = ids
         return self.ids_cache[key]
-
-    def save_lora(
-        self,
-        state_dict: dict[str, torch.Tensor],
-        directory: str,
-        weight_name: str,
-        adapter_metadata: dict[str, Any],
-        text_encoders: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
-    ) -> None:
-        from diffusers import FluxPipeline
-
-        FluxPipeline.save_lora_weights(
-            directory,
-            transformer_lora_layers=state_dict,
-            weight_name=weight_name,
-            transformer_lora_adapter_metadata=adapter_metadata,
-        )
 
 
 class FluxKontextFamily(FluxFamily):

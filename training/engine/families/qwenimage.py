@@ -11,7 +11,6 @@ from typing import Any
 
 import torch
 
-from contract.families import native_resolution
 from training.engine.families.base import NoisedBatch, NoiseSettings
 from training.engine.families.flow import FlowFamily
 
@@ -28,6 +27,8 @@ def prompt_template() -> tuple[str, int]:
 
 class QwenImageFamily(FlowFamily):
     name = "qwenimage"
+    transformer_class = "QwenImageTransformer2DModel"
+    pipeline_class = "QwenImagePipeline"
     block_prefixes = ("transformer_blocks",)
     lora_targets_attention = (
         "attn.to_q",
@@ -55,17 +56,14 @@ class QwenImageFamily(FlowFamily):
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
-        self.template, self.drop = prompt_template()
+        self.template, self.caption_offset = prompt_template()
         mean = self.vae_config.get("latents_mean") or [0.0] * int(self.vae_config["z_dim"])
         std = self.vae_config.get("latents_std") or [1.0] * int(self.vae_config["z_dim"])
         self.latents_mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
         self.latents_std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
-    def default_resolution(self) -> int:
-        return native_resolution("qwenimage", vae_config=self.vae_config, denoiser_config={})
-
-    def size_multiple(self) -> int:
-        return self.vae_scale() * 2
+    def caption_texts(self, prompts: list[str]) -> list[str]:
+        return [self.template.format(prompt) for prompt in prompts]
 
     def load_encoders(self) -> None:
         from diffusers import AutoencoderKLQwenImage
@@ -94,8 +92,8 @@ class QwenImageFamily(FlowFamily):
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         tokens = self.tokenizer(
-            [self.template.format(prompt) for prompt in prompts],
-            max_length=self.tokenizer_max_length + self.drop,
+            self.caption_texts(prompts),
+            max_length=self.tokenizer_max_length + self.caption_offset,
             padding=True,
             truncation=True,
             return_tensors="pt",
@@ -109,25 +107,10 @@ class QwenImageFamily(FlowFamily):
         embeds = torch.zeros(len(prompts), width, hidden.shape[-1])
         mask = torch.zeros(len(prompts), width)
         for row in range(len(prompts)):
-            own = hidden[row][tokens.attention_mask[row].bool()][self.drop :][:width]
+            own = hidden[row][tokens.attention_mask[row].bool()][self.caption_offset :][:width]
             embeds[row, : own.shape[0]] = own.float().cpu()
             mask[row, : own.shape[0]] = 1.0
         return {"prompt_embeds": embeds, "text_mask": mask}
-
-    def long_prompts(self, prompts: list[str]) -> list[tuple[str, int, int]]:
-        limit = self.max_sequence_length
-        counts = [
-            len(self.tokenizer(self.template.format(prompt), truncation=False).input_ids) - self.drop
-            for prompt in prompts
-        ]
-        return [(prompt, n, limit) for prompt, n in zip(prompts, counts, strict=True) if n > limit]
-
-    def load_denoiser(self) -> torch.nn.Module:
-        from diffusers import QwenImageTransformer2DModel
-
-        return QwenImageTransformer2DModel.from_pretrained(
-            self.base_model, subfolder="transformer", torch_dtype=self.weight_dtype
-        ).to(self.device)
 
     def predict(
         self,
@@ -154,20 +137,3 @@ class QwenImageFamily(FlowFamily):
         )[0]
         scale = self.vae_scale()
         return QwenImagePipeline._unpack_latents(prediction, height * scale, width * scale, scale).squeeze(2)
-
-    def save_lora(
-        self,
-        state_dict: dict[str, torch.Tensor],
-        directory: str,
-        weight_name: str,
-        adapter_metadata: dict[str, Any],
-        text_encoders: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
-    ) -> None:
-        from diffusers import QwenImagePipeline
-
-        QwenImagePipeline.save_lora_weights(
-            directory,
-            transformer_lora_layers=state_dict,
-            weight_name=weight_name,
-            transformer_lora_adapter_metadata=adapter_metadata,
-        )

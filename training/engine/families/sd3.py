@@ -10,17 +10,17 @@ first blocks have a second, image-only attention (`attn2`, "dual attention"); la
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from contract.families import native_resolution
 from training.engine.families.base import NoisedBatch, NoiseSettings
 from training.engine.families.flow import FlowFamily
 
 
 class SD3Family(FlowFamily):
     name = "sd3"
+    transformer_class = "SD3Transformer2DModel"
+    pipeline_class = "StableDiffusion3Pipeline"
+    caption_tokenizer = "tokenizer_3"  # T5; both CLIPs' 77-token cut is the pipeline's too
     block_prefixes = ("transformer_blocks",)
     lora_targets_attention = (
         "attn.to_q",
@@ -51,16 +51,7 @@ class SD3Family(FlowFamily):
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
-        from diffusers import SD3Transformer2DModel
-
-        self.transformer_config = dict(SD3Transformer2DModel.load_config(base_model, subfolder="transformer"))
         self.patch_size = int(self.transformer_config.get("patch_size", 2))
-
-    def default_resolution(self) -> int:
-        return native_resolution("sd3", vae_config=self.vae_config, denoiser_config=self.transformer_config)
-
-    def size_multiple(self) -> int:
-        return self.vae_scale() * self.patch_size
 
     def load_encoders(self) -> None:
         from diffusers import AutoencoderKL
@@ -107,19 +98,6 @@ class SD3Family(FlowFamily):
             "pooled_prompt_embeds": torch.cat(pooled, dim=-1).float().cpu(),
         }
 
-    def long_prompts(self, prompts: list[str]) -> list[tuple[str, int, int]]:
-        # T5 reads the long caption; CLIP's 77-token cut is the pipeline's too and expected.
-        limit = self.max_sequence_length
-        counts = [len(self.tokenizer_3(prompt, truncation=False).input_ids) for prompt in prompts]
-        return [(prompt, n, limit) for prompt, n in zip(prompts, counts, strict=True) if n > limit]
-
-    def load_denoiser(self) -> torch.nn.Module:
-        from diffusers import SD3Transformer2DModel
-
-        return SD3Transformer2DModel.from_pretrained(
-            self.base_model, subfolder="transformer", torch_dtype=self.weight_dtype
-        ).to(self.device)
-
     def predict(
         self,
         denoiser: torch.nn.Module,
@@ -137,20 +115,3 @@ class SD3Family(FlowFamily):
             pooled_projections=conditioning["pooled_prompt_embeds"].to(self.device, self.weight_dtype),
             return_dict=False,
         )[0]
-
-    def save_lora(
-        self,
-        state_dict: dict[str, torch.Tensor],
-        directory: str,
-        weight_name: str,
-        adapter_metadata: dict[str, Any],
-        text_encoders: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
-    ) -> None:
-        from diffusers import StableDiffusion3Pipeline
-
-        StableDiffusion3Pipeline.save_lora_weights(
-            directory,
-            transformer_lora_layers=state_dict,
-            weight_name=weight_name,
-            transformer_lora_adapter_metadata=adapter_metadata,
-        )

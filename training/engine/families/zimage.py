@@ -9,17 +9,16 @@ trainer's velocity target (noise - latents) is the same as for the other flow fa
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from contract.families import native_resolution
 from training.engine.families.base import NoisedBatch, NoiseSettings
 from training.engine.families.flow import FlowFamily
 
 
 class ZImageFamily(FlowFamily):
     name = "zimage"
+    transformer_class = "ZImageTransformer2DModel"
+    pipeline_class = "ZImagePipeline"
     block_prefixes = ("layers", "noise_refiner", "context_refiner")
     lora_targets_attention = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0")
     # The SwiGLU feed-forward and the per-layer timestep modulation (the context refiner has none).
@@ -31,16 +30,7 @@ class ZImageFamily(FlowFamily):
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
-        from diffusers import ZImageTransformer2DModel
-
-        self.transformer_config = dict(ZImageTransformer2DModel.load_config(base_model, subfolder="transformer"))
         self.patch_size = int(next(iter(self.transformer_config.get("all_patch_size", (2,)))))
-
-    def default_resolution(self) -> int:
-        return native_resolution("zimage", vae_config=self.vae_config, denoiser_config=self.transformer_config)
-
-    def size_multiple(self) -> int:
-        return self.vae_scale() * self.patch_size
 
     def load_encoders(self) -> None:
         from diffusers import AutoencoderKL
@@ -55,7 +45,7 @@ class ZImageFamily(FlowFamily):
         )
         self.encoders_loaded = True
 
-    def chat(self, prompts: list[str]) -> list[str]:
+    def caption_texts(self, prompts: list[str]) -> list[str]:
         """Each prompt in Qwen's chat format, as the pipeline feeds it to the encoder."""
         return [
             str(
@@ -72,7 +62,7 @@ class ZImageFamily(FlowFamily):
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         tokens = self.tokenizer(
-            self.chat(prompts),
+            self.caption_texts(prompts),
             padding="max_length",
             max_length=self.max_sequence_length,
             truncation=True,
@@ -82,18 +72,6 @@ class ZImageFamily(FlowFamily):
         output = self.text_encoder(tokens.input_ids.to(self.device), attention_mask=mask, output_hidden_states=True)
         # Cached at full length with the mask; `predict` keeps each caption's own tokens, as the pipeline.
         return {"prompt_embeds": output.hidden_states[-2].float().cpu(), "text_mask": mask.float().cpu()}
-
-    def long_prompts(self, prompts: list[str]) -> list[tuple[str, int, int]]:
-        limit = self.max_sequence_length
-        counts = [len(self.tokenizer(text, truncation=False).input_ids) for text in self.chat(prompts)]
-        return [(prompt, n, limit) for prompt, n in zip(prompts, counts, strict=True) if n > limit]
-
-    def load_denoiser(self) -> torch.nn.Module:
-        from diffusers import ZImageTransformer2DModel
-
-        return ZImageTransformer2DModel.from_pretrained(
-            self.base_model, subfolder="transformer", torch_dtype=self.weight_dtype
-        ).to(self.device)
 
     def predict(
         self,
@@ -110,20 +88,3 @@ class ZImageFamily(FlowFamily):
         images = list(batch.noisy.to(self.weight_dtype).unsqueeze(2).unbind(0))  # (C, frames=1, H, W) each
         output = denoiser(images, (1.0 - batch.timesteps).to(self.weight_dtype), captions, return_dict=False)[0]
         return -torch.stack(output).squeeze(2)
-
-    def save_lora(
-        self,
-        state_dict: dict[str, torch.Tensor],
-        directory: str,
-        weight_name: str,
-        adapter_metadata: dict[str, Any],
-        text_encoders: dict[str, tuple[dict[str, torch.Tensor], dict[str, Any]]] | None = None,
-    ) -> None:
-        from diffusers import ZImagePipeline
-
-        ZImagePipeline.save_lora_weights(
-            directory,
-            transformer_lora_layers=state_dict,
-            weight_name=weight_name,
-            transformer_lora_adapter_metadata=adapter_metadata,
-        )
