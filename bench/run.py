@@ -182,7 +182,7 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
                         if name == "flux":
                             target += f", <= {FLUX_MEMORY_TARGET_GB:.0f} GB"
                             met = met and row.get("peak_memory_gb", 1e9) <= FLUX_MEMORY_TARGET_GB
-                    elif name == "flux" and label.startswith("fp8"):
+                    elif name == "flux" and label.startswith(("fp8", "int8", "nf4")):
                         target = f"<= {FLUX_QUANTIZED_MEMORY_TARGET_GB:.0f} GB"
                         met = row.get("peak_memory_gb", 1e9) <= FLUX_QUANTIZED_MEMORY_TARGET_GB
                     rows.append((f"{name} {row['resolution']} px, {label}", measured, target, met))

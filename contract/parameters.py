@@ -21,6 +21,7 @@ LORA_TYPES = ("lora", "dora", "lokr", "loha")
 LORA_TARGETS = ("attention", "all_linear", "all_linear+conv")
 LOSS_TYPES = ("mse", "huber", "smooth_l1")
 TIMESTEP_SAMPLINGS = ("uniform", "logit_normal", "sigmoid")
+QUANTIZATIONS = ("fp8", "int8", "nf4")  # frozen base weight formats (training/engine/memory.py)
 
 # Lengths shared with the input rules (models_app/input_rules.py imports these).
 LIST_MAX = 100  # entries of a list parameter
@@ -92,7 +93,8 @@ PARAMETERS: dict[str, Parameter] = {
     "gradient_checkpointing": _p(bool, False, group="Speed and memory", help="trade compute for activation memory"),
     # --- speed and memory (training/engine/speed.py); null picks what pays on the worker's device
     "compile": _p(str, None, choices=("off", "blocks", "full"), nullable=True, group="Speed and memory", shown_default="automatic", help="`off`, `blocks` (torch.compile of the repeated transformer blocks), `full`; automatic: `blocks` for runs of 300+ steps (on a CPU only where a C++ compiler exists), else `off`"),
-    "quantize_base": _p(str, None, choices=("fp8",), nullable=True, group="Speed and memory", help="`fp8`: the frozen base weights stored in float8 (half of bf16's memory, for 24 GB cards); LoRA only"),
+    "quantize_base": _p(str, None, choices=QUANTIZATIONS, nullable=True, group="Speed and memory", help="the frozen base weights stored quantized by torchao, LoRA only: `fp8` (float8, half of bf16's memory), `int8` (half), `nf4` (QLoRA's 4-bit NormalFloat, about a quarter)"),
+    "swap_blocks": _p(int, 0, 0, 200, group="Speed and memory", help="transformer models: this many of the denoiser's blocks stay in host memory and are copied to the GPU only while they run (block swapping, for cards smaller than the model); turns `gradient_checkpointing` on and `compile` off; LoRA only"),
     "mixed_precision": _p(str, None, choices=("bf16", "no"), nullable=True, group="Speed and memory", shown_default="automatic", help="`bf16` or `no`; automatic: bf16 autocast on a GPU, fp32 on a CPU"),
     # --- conditioning
     "guidance_scale": _p(NUMBER, 1.0, 0, 30, group="Captions and conditioning", help="FLUX.1-dev's guidance input while training"),

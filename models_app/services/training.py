@@ -42,6 +42,7 @@ ENGINE_OPTIONS = (
     "guidance_scale",
     "compile",
     "quantize_base",
+    "swap_blocks",
     "mixed_precision",
     "lora_type",
     "lora_targets",

@@ -5,57 +5,17 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 
 from tests.training.test_engine import Recorder, make_spec
-from tests.training.test_training_integration import assert_lora_changes_output
 from training.engine import EngineError, train
-from training.engine.speed import Float8Linear, quantize_linears, resolve_speed
+from training.engine.speed import resolve_speed
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
 
 CPU = torch.device("cpu")
 CUDA = torch.device("cuda")
-
-
-def test_a_float8_linear_holds_half_the_bytes_and_computes_what_the_linear_did() -> None:
-    torch.manual_seed(0)
-    linear = torch.nn.Linear(256, 128).to(torch.bfloat16)
-    quantized = Float8Linear(linear)
-    assert quantized.weight.dtype == torch.float8_e4m3fn and not quantized.weight.requires_grad
-    assert quantized.weight.nbytes == linear.weight.nbytes // 2
-
-    x = torch.randn(4, 256, dtype=torch.bfloat16, requires_grad=True)
-    expected = linear(x)
-    got = quantized(x)
-    relative = (got.float() - expected.float()).norm() / expected.float().norm()
-    assert relative < 0.05  # e4m3 keeps ~2 significant digits per weight
-
-    # The input's gradient goes through the float8 weight too (LoRA needs it to reach earlier layers).
-    (grad_expected,) = torch.autograd.grad(expected.float().sum(), x)
-    (grad_got,) = torch.autograd.grad(got.float().sum(), x)
-    assert (grad_got.float() - grad_expected.float()).norm() / grad_expected.float().norm() < 0.05
-
-
-def test_quantize_linears_swaps_big_linears_only() -> None:
-    model = torch.nn.Sequential(
-        torch.nn.Linear(128, 128), torch.nn.Sequential(torch.nn.Linear(128, 64)), torch.nn.Linear(64, 8)
-    )
-    assert quantize_linears(model) == 2
-    assert isinstance(model[0], Float8Linear) and isinstance(model[1][0], Float8Linear)
-    assert type(model[2]) is torch.nn.Linear  # too small to be worth it
-
-
-@pytest.mark.slow
-def test_fp8_base_weights_train_a_lora_that_loads_in_a_plain_pipeline(
-    tiny_models: dict[str, Path], tmp_path: Path
-) -> None:
-    base = tiny_models["sd15"]
-    result = train(make_spec(base, tmp_path, quantize_base="fp8", steps=12), Recorder())
-    assert result.final_loss is not None and np.isfinite(result.final_loss)
-    assert_lora_changes_output(base, result.weights_path)
 
 
 @pytest.mark.slow

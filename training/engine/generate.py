@@ -22,7 +22,8 @@ def pick_device(requested: str | None) -> Any:
 
 
 def load_pipeline(base_model: str, *, device: Any, components: dict[str, Any] | None = None) -> Any:
-    """The base model's own pipeline class (read from its folder), with any components given replaced."""
+    """The base model's own pipeline class (read from its folder), with any components given replaced
+    (and left on the device they are on)."""
     import torch
     from diffusers import DiffusionPipeline
 
@@ -39,7 +40,14 @@ def load_pipeline(base_model: str, *, device: Any, components: dict[str, Any] | 
     except TypeError:  # pipelines without a safety checker refuse those arguments
         pipeline = DiffusionPipeline.from_pretrained(base_model, dtype=dtype, **(components or {}))
     pipeline.set_progress_bar_config(disable=True)
-    return pipeline.to(device)
+    if not components:
+        return pipeline.to(device)
+    # Components given are the trainer's live modules, already placed: moving one would also bring a
+    # swapped block's host weights onto the device (memory.BlockSwap).
+    for name, component in pipeline.components.items():
+        if isinstance(component, torch.nn.Module) and name not in components:
+            component.to(device)
+    return pipeline
 
 
 def run_pipeline(

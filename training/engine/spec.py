@@ -101,7 +101,8 @@ class TrainingSpec:
     attention: str = "sdpa"  # "sdpa": PyTorch's fused attention kernels; "eager": plain matmuls, to compare
     quantize_base: str | None = default(
         "quantize_base"
-    )  # "fp8": frozen base weights in float8, half the memory (LoRA only)
+    )  # "fp8", "int8", "nf4": torchao-quantized frozen base (memory.py)
+    swap_blocks: int = default("swap_blocks")  # blocks whose frozen weights stay in host memory (memory.BlockSwap)
     mixed_precision: str | None = default("mixed_precision")  # "bf16" or "no"; None: bf16 on a GPU, fp32 on a CPU
     fused_optimizer: bool = True  # one fused kernel for the whole AdamW update instead of one per tensor
     # Adapter shape (LoRA only).

@@ -1,5 +1,6 @@
 """Speed and memory options of the training loop, each one switchable so that `bench/` can measure it
-on and off: compiled denoiser, channels-last convolutions, the attention kernel, fp8 base weights.
+on and off: compiled denoiser, channels-last convolutions, the attention kernel, and the memory levers
+(quantized base weights, block swapping: memory.py).
 
 `None` in a spec means "what pays on this device": see `resolve_speed`.
 """
@@ -10,13 +11,12 @@ import shutil
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F  # noqa: N812
 
+from contract.parameters import QUANTIZATIONS
 from training.engine.errors import EngineError
 
 COMPILE_MODES = ("off", "blocks", "full")
 ATTENTION_KERNELS = ("sdpa", "eager")
-QUANTIZATIONS = ("fp8",)
 PRECISIONS = ("bf16", "no")
 # torch.compile costs tens of seconds up front (minutes for FLUX.1): below this many steps it does not pay back.
 COMPILE_MIN_STEPS = 300
@@ -29,6 +29,7 @@ class SpeedOptions:
     attention: str
     quantize_base: str | None
     mixed_precision: str = "no"  # "bf16": the denoiser's matmuls and convolutions run in bfloat16
+    swap_blocks: int = 0  # blocks kept in host memory (memory.BlockSwap)
 
 
 def resolve_speed(
@@ -42,6 +43,7 @@ def resolve_speed(
     steps: int,
     is_unet: bool,
     training_type: str,
+    swap_blocks: int = 0,
 ) -> SpeedOptions:
     """Check the options and fill the automatic ones for this device and run length."""
     if compile_mode is not None and compile_mode not in COMPILE_MODES:
@@ -54,6 +56,16 @@ def resolve_speed(
         raise EngineError(f"mixed_precision {mixed_precision!r} is unknown; choose {' or '.join(PRECISIONS)}")
     if quantize_base and training_type != "LORA":
         raise EngineError("quantize_base needs training_type LORA: a full fine-tune trains the base weights themselves")
+    if swap_blocks:
+        if training_type != "LORA":
+            raise EngineError("swap_blocks needs training_type LORA: only frozen base weights are swapped")
+        if is_unet:
+            raise EngineError("swap_blocks is for transformer models; a UNet model fits without it")
+        if compile_mode not in (None, "off"):
+            raise EngineError(
+                "swap_blocks and compile do not combine: a compiled block cannot have its weights swapped"
+            )
+        compile_mode = "off"
     cuda = device.type == "cuda"
     if compile_mode is None:
         # Regional compilation of the repeated blocks: most of the gain for a fraction of the compile
@@ -68,72 +80,12 @@ def resolve_speed(
         attention=attention,
         quantize_base=quantize_base,
         mixed_precision=mixed_precision or ("bf16" if cuda else "no"),
+        swap_blocks=swap_blocks,
     )
-
-
-class Float8Linear(torch.nn.Linear):
-    """A frozen Linear whose weight is stored in float8 (e4m3) with one scale per output row: half the
-    memory of bf16. It is widened to the input's dtype for each matmul. Still a `torch.nn.Linear`, so
-    PEFT wraps it with LoRA adapters like any other."""
-
-    def __init__(self, source: torch.nn.Linear) -> None:
-        torch.nn.Module.__init__(self)
-        self.in_features = source.in_features
-        self.out_features = source.out_features
-        weight = source.weight.detach()
-        scale = weight.abs().amax(dim=1, keepdim=True).float().clamp(min=1e-12) / torch.finfo(torch.float8_e4m3fn).max
-        quantized = (weight.float() / scale).to(torch.float8_e4m3fn)
-        self.weight = torch.nn.Parameter(quantized, requires_grad=False)
-        self.register_buffer("weight_scale", scale.to(weight.dtype), persistent=False)
-        self.bias = None if source.bias is None else torch.nn.Parameter(source.bias.detach(), requires_grad=False)
-        self.compute_dtype = weight.dtype
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _Float8Matmul.apply(x, self.weight, self.weight_scale, self.bias)
-
-
-class _Float8Matmul(torch.autograd.Function):
-    """y = x Wᵀ + b with W widened from float8 on the fly. Only the float8 weight is kept for the
-    backward pass (which widens it again): saving the widened copy would cost the memory back."""
-
-    @staticmethod
-    def forward(
-        ctx: torch.autograd.function.FunctionCtx,
-        x: torch.Tensor,
-        weight: torch.Tensor,
-        scale: torch.Tensor,
-        bias: torch.Tensor | None,
-    ) -> torch.Tensor:
-        dtype = torch.get_autocast_dtype(x.device.type) if torch.is_autocast_enabled(x.device.type) else None
-        dtype = dtype or x.dtype
-        ctx.save_for_backward(weight, scale)
-        ctx.input_dtype = x.dtype  # type: ignore[attr-defined]  # torch's FunctionCtx declares no room for a Function's own state
-        widened = weight.to(dtype) * scale.to(dtype)
-        return F.linear(x.to(dtype), widened, None if bias is None else bias.to(dtype))
-
-    @staticmethod
-    def backward(ctx: torch.autograd.function.FunctionCtx, grad: torch.Tensor) -> tuple[torch.Tensor | None, ...]:
-        weight, scale = ctx.saved_tensors  # type: ignore[attr-defined]
-        widened = weight.to(grad.dtype) * scale.to(grad.dtype)
-        return (grad @ widened).to(ctx.input_dtype), None, None, None  # type: ignore[attr-defined]
-
-
-def quantize_linears(module: torch.nn.Module, *, min_features: int = 16) -> int:
-    """Swap every Linear of `module` (those big enough to matter) for a Float8Linear. Returns how many."""
-    count = 0
-    for name, child in list(module.named_children()):
-        if type(child) is torch.nn.Linear and min(child.in_features, child.out_features) >= min_features:
-            setattr(module, name, Float8Linear(child))
-            count += 1
-        else:
-            count += quantize_linears(child, min_features=min_features)
-    return count
 
 
 def apply_before_adapter(denoiser: torch.nn.Module, options: SpeedOptions) -> None:
     """Options that change the base model itself: run before the LoRA adapters are added."""
-    if options.quantize_base == "fp8" and quantize_linears(denoiser) == 0:
-        raise EngineError("quantize_base fp8: the base model has no Linear layer large enough to quantize")
     if options.attention == "eager":
         from diffusers.models.attention_processor import AttnProcessor
 

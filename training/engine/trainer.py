@@ -45,6 +45,7 @@ from training.engine.export import export_weights
 from training.engine.families import Family, family_class
 from training.engine.families.base import NoiseSettings
 from training.engine.generate import load_pipeline, pick_device, run_pipeline
+from training.engine.memory import BlockSwap, full_recompute, place_denoiser, repeated_blocks
 from training.engine.spec import (
     LORA_TARGETS,
     LORA_TYPES,
@@ -132,9 +133,11 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
     torch.manual_seed(spec.seed)
     generator = torch.Generator(device="cpu").manual_seed(spec.seed)
     callbacks.on_stage("loading", 0, 1)
-    denoiser = family.load_denoiser()
+    denoiser = family.load_denoiser(load_device(spec, device))
     alpha = spec.lora_alpha if spec.lora_alpha is not None else float(spec.rank)
-    speed = prepare_denoiser(spec, family, denoiser, device, alpha=alpha)
+    speed, swap = prepare_denoiser(spec, family, denoiser, device, alpha=alpha)
+    if swap is not None:
+        callbacks.on_log(f"{len(swap.blocks)} blocks swapped from host memory; gradient checkpointing on")
     trainable = {name: p for name, p in denoiser.named_parameters() if p.requires_grad}
     groups = [{"params": list(trainable.values()), "lr": spec.learning_rate}]
     text_encoders = prepare_text_encoders(spec, family, alpha=alpha) if spec.train_text_encoder else None
@@ -293,9 +296,11 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
 
 def prepare_denoiser(
     spec: TrainingSpec, family: Family, denoiser: torch.nn.Module, device: torch.device, *, alpha: float
-) -> SpeedOptions:
-    """Make the loaded denoiser trainable as the spec says: speed options, then adapters (frozen
-    base) or every weight trainable (FULL), then compilation. Shared with bench/'s real-size runs."""
+) -> tuple[SpeedOptions, BlockSwap | None]:
+    """Make the loaded denoiser trainable as the spec says: the memory levers (quantized base, swapped
+    blocks) as it comes onto the device, speed options, then adapters (frozen base) or every weight
+    trainable (FULL), then compilation. Shared with bench/'s real-size runs. The denoiser may arrive in
+    host memory (`load_device`) and is on `device` after, but for its swapped blocks."""
     speed = resolve_speed(
         compile_mode=spec.compile,
         channels_last=spec.channels_last,
@@ -306,6 +311,18 @@ def prepare_denoiser(
         steps=spec.steps,
         is_unet=family.denoiser_key == "unet",
         training_type=spec.training_type,
+        swap_blocks=spec.swap_blocks,
+    )
+    if speed.quantize_base and spec.lora_type == "dora":
+        raise EngineError(
+            "quantize_base does not combine with lora_type dora: DoRA rescales the base weights themselves"
+        )
+    hosted = place_denoiser(
+        denoiser,
+        device,
+        blocks=repeated_blocks(denoiser, family.block_prefixes),
+        quantize=speed.quantize_base,
+        hosted=speed.swap_blocks,
     )
     apply_before_adapter(denoiser, speed)
     if spec.training_type == "LORA":
@@ -315,13 +332,21 @@ def prepare_denoiser(
         denoiser.add_adapter(adapter_config(spec, family, alpha=alpha))  # type: ignore[operator]
         for parameter in denoiser.parameters():
             if parameter.requires_grad:
-                parameter.data = parameter.data.float()  # adapters train in fp32 on a bf16 base
+                # Adapters train in fp32 on a bf16 base, on the device (those of swapped blocks too).
+                parameter.data = parameter.data.to(device, torch.float32)
     else:
         denoiser.float().requires_grad_(True)
-    if spec.gradient_checkpointing:
+    swap = BlockSwap(hosted, device) if hosted else None
+    if spec.gradient_checkpointing or swap is not None:
         denoiser.enable_gradient_checkpointing()  # type: ignore[operator]
     apply_after_adapter(denoiser, speed)
-    return speed
+    return speed, swap
+
+
+def load_device(spec: TrainingSpec, device: torch.device) -> torch.device:
+    """Where the denoiser is loaded: in host memory when a memory lever brings it onto the device block
+    by block (`memory.place_denoiser`), else straight onto the device."""
+    return torch.device("cpu") if spec.quantize_base or spec.swap_blocks else device
 
 
 TEXT_ENCODER_TARGETS = {  # CLIP text encoder modules per `lora_targets` preset
@@ -407,7 +432,7 @@ def train_step(context: StepContext, step: int) -> torch.Tensor:
     accumulation = max(1, context.spec.gradient_accumulation)
     step_loss = torch.zeros((), device=context.device)
     for micro in range(accumulation):
-        with autocast(context):
+        with autocast(context), recompute(context):
             batch = draw_batch(context, (step - 1) * accumulation + micro)
             loss = compute_loss(context, batch)
         (loss / accumulation).backward()
@@ -425,6 +450,11 @@ def autocast(context: StepContext) -> contextlib.AbstractContextManager[Any]:
     if context.speed.mixed_precision == "bf16":
         return torch.autocast(device_type=context.device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()
+
+
+def recompute(context: StepContext) -> contextlib.AbstractContextManager[Any]:
+    """Swapped blocks need their whole forward recomputed in the backward pass (memory.full_recompute)."""
+    return full_recompute() if context.speed.swap_blocks else contextlib.nullcontext()
 
 
 def compute_loss(context: StepContext, batch: Batch) -> torch.Tensor:

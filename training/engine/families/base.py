@@ -144,7 +144,8 @@ class Family(ABC):
 
     # -- training --
     @abstractmethod
-    def load_denoiser(self) -> torch.nn.Module: ...
+    def load_denoiser(self, device: torch.device | None = None) -> torch.nn.Module:
+        """The denoiser in the training precision, on `device` (default: the family's)."""
 
     @abstractmethod
     def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:

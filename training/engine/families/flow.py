@@ -63,12 +63,12 @@ class FlowFamily(Family):
         limit = self.max_sequence_length
         return [(prompt, n, limit) for prompt, n in zip(prompts, counts, strict=True) if n > limit]
 
-    def load_denoiser(self) -> torch.nn.Module:
+    def load_denoiser(self, device: torch.device | None = None) -> torch.nn.Module:
         import diffusers
 
         transformer = getattr(diffusers, self.transformer_class)
         return transformer.from_pretrained(self.base_model, subfolder="transformer", torch_dtype=self.weight_dtype).to(
-            self.device
+            device or self.device
         )
 
     def save_lora(

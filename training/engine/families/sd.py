@@ -99,12 +99,12 @@ class SD15Family(Family):
         encoded = self.encode_tokens(self.tokenize(prompts), self.text_encoders())
         return {key: value.float().cpu() for key, value in encoded.items()}
 
-    def load_denoiser(self) -> torch.nn.Module:
+    def load_denoiser(self, device: torch.device | None = None) -> torch.nn.Module:
         from diffusers import UNet2DConditionModel
 
         return UNet2DConditionModel.from_pretrained(
             self.base_model, subfolder="unet", torch_dtype=self.weight_dtype
-        ).to(self.device)
+        ).to(device or self.device)
 
     def added_conditioning(self, conditioning: dict[str, torch.Tensor], latents: torch.Tensor) -> dict[str, Any] | None:
         return None
