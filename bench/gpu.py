@@ -1,5 +1,5 @@
 """Real-size GPU benchmarks: SD 1.5 (512 px), SDXL (1024 px), FLUX.1-dev, SD 3.5 large and medium,
-Chroma1-HD, Z-Image and Qwen-Image (1024 px) denoisers built
+Chroma1-HD, Z-Image, Qwen-Image, FLUX.2 klein 4 B and 9 B and FLUX.2 dev (1024 px) denoisers built
 from their published configurations with random weights (the compute is the same as with real ones),
 LoRA rank 16, batch 1, trained by the engine's own step (`trainer.train_step`): seconds per step, peak
 GPU memory, and model FLOPs utilisation against the matmul rate measured on the same GPU.
@@ -52,7 +52,23 @@ VAE_SD_3 = {
     "use_quant_conv": False,
     "use_post_quant_conv": False,
 }
+VAE_FLUX2 = {  # FLUX.2's: 32 latent channels, normalised per 2x2 patch channel by its BatchNorm statistics
+    **VAE_SD,
+    "_class_name": "AutoencoderKLFlux2",
+    "latent_channels": 32,
+    "batch_norm_eps": 1e-4,
+    "patch_size": [2, 2],
+}
 SCHEDULER_SD3 = {"_class_name": "FlowMatchEulerDiscreteScheduler", "num_train_timesteps": 1000, "shift": 3.0}
+SCHEDULER_FLUX = {
+    "_class_name": "FlowMatchEulerDiscreteScheduler",
+    "use_dynamic_shifting": True,
+    "base_shift": 0.5,
+    "max_shift": 1.15,
+    "base_image_seq_len": 256,
+    "max_image_seq_len": 4096,
+    "shift": 3.0,
+}
 # The published configurations of the denoisers (facts from their model cards' config.json).
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "sd15": {
@@ -251,7 +267,83 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         },
         "prompts": {"prompt_embeds": (512, 3584), "text_mask": (512,)},
     },
+    # FLUX.2 [klein]: the transformer reads three of its Qwen3 encoder's depths side by side (3 x 2560 for
+    # the 4 B, whose encoder is Qwen3-4B; 3 x 4096 for the 9 B, Qwen3-8B), 512 padded caption positions.
+    "flux2-klein-4b": {
+        "family": "flux2-klein",
+        "pipeline": "Flux2KleinPipeline",
+        "resolution": 1024,
+        "denoiser": "transformer",
+        "config": {
+            "_class_name": "Flux2Transformer2DModel",
+            "attention_head_dim": 128,
+            "axes_dims_rope": [32, 32, 32, 32],
+            "guidance_embeds": False,
+            "in_channels": 128,
+            "joint_attention_dim": 7680,
+            "mlp_ratio": 3.0,
+            "num_attention_heads": 24,
+            "num_layers": 5,
+            "num_single_layers": 20,
+            "patch_size": 1,
+        },
+        "vae": VAE_FLUX2,
+        "scheduler": SCHEDULER_FLUX,
+        "prompts": {"prompt_embeds": (512, 7680)},
+    },
+    "flux2-klein-9b": {
+        "family": "flux2-klein",
+        "pipeline": "Flux2KleinPipeline",
+        "resolution": 1024,
+        "denoiser": "transformer",
+        "config": {
+            "_class_name": "Flux2Transformer2DModel",
+            "attention_head_dim": 128,
+            "axes_dims_rope": [32, 32, 32, 32],
+            "guidance_embeds": False,
+            "in_channels": 128,
+            "joint_attention_dim": 12288,
+            "mlp_ratio": 3.0,
+            "num_attention_heads": 32,
+            "num_layers": 8,
+            "num_single_layers": 24,
+            "patch_size": 1,
+        },
+        "vae": VAE_FLUX2,
+        "scheduler": SCHEDULER_FLUX,
+        "prompts": {"prompt_embeds": (512, 12288)},
+    },
+    # FLUX.2 [dev]: 8 double and 48 single blocks, guidance-distilled, reading three depths of Mistral Small
+    # 3.1 (3 x 5120).
+    "flux2-dev": {
+        "family": "flux2",
+        "pipeline": "Flux2Pipeline",
+        "resolution": 1024,
+        "denoiser": "transformer",
+        "config": {
+            "_class_name": "Flux2Transformer2DModel",
+            "attention_head_dim": 128,
+            "axes_dims_rope": [32, 32, 32, 32],
+            "guidance_embeds": True,
+            "in_channels": 128,
+            "joint_attention_dim": 15360,
+            "mlp_ratio": 3.0,
+            "num_attention_heads": 48,
+            "num_layers": 8,
+            "num_single_layers": 48,
+            "patch_size": 1,
+        },
+        "vae": VAE_FLUX2,
+        "scheduler": SCHEDULER_FLUX,
+        "prompts": {"prompt_embeds": (512, 15360)},
+    },
 }
+TINY_FLUX2: dict[str, Any] = {
+    "resolution": 64,
+    "config": {"attention_head_dim": 32, "axes_dims_rope": [8, 8, 8, 8], "num_attention_heads": 4,
+               "joint_attention_dim": 48, "num_layers": 1, "num_single_layers": 1, "timestep_guidance_channels": 32},
+    "prompts": {"prompt_embeds": (16, 48)},
+}  # fmt: skip
 TINY_SD3: dict[str, Any] = {
     "resolution": 64,
     "config": {
@@ -304,6 +396,9 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
                    "joint_attention_dim": 32, "num_layers": 1},
         "prompts": {"prompt_embeds": (16, 32), "text_mask": (16,)},
     },
+    "flux2-klein-4b": TINY_FLUX2,
+    "flux2-klein-9b": TINY_FLUX2,
+    "flux2-dev": {**TINY_FLUX2, "config": {**TINY_FLUX2["config"], "guidance_embeds": True}},
     "sd35-large": TINY_SD3,
     "sd35-medium": {**TINY_SD3, "config": {**TINY_SD3["config"], "dual_attention_layers": [0]}},
 }  # fmt: skip
@@ -334,6 +429,16 @@ def write_config_folder(folder: Path, name: str, spec: dict[str, Any]) -> Path:
     ):
         (folder / sub).mkdir(exist_ok=True)
         (folder / sub / file_name).write_text(json.dumps(config), encoding="utf-8")
+    if spec["vae"].get("_class_name") == "AutoencoderKLFlux2":
+        # The one piece of the VAE's weights the trainer reads: the BatchNorm statistics it normalises
+        # latents with (neutral ones here: the latents are synthetic).
+        from safetensors.torch import save_file
+
+        channels = 4 * int(spec["vae"]["latent_channels"])
+        save_file(
+            {"bn.running_mean": torch.zeros(channels), "bn.running_var": torch.ones(channels)},
+            str(folder / "vae" / "diffusion_pytorch_model.safetensors"),
+        )
     return folder
 
 
@@ -530,6 +635,13 @@ VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
     "sd35-medium": [("default", {}), ("no compile", {"compile": "off"})],
     "chroma": [("default", {}), ("no compile", {"compile": "off"}), ("fp8 base", {"quantize_base": "fp8"})],
     "zimage": [("default", {}), ("no compile", {"compile": "off"}), ("gradient checkpointing", {"gradient_checkpointing": True})],
+    "flux2-klein-4b": [("default", {}), ("no compile", {"compile": "off"}), ("int8 base", {"quantize_base": "int8"})],
+    "flux2-klein-9b": [("default", {}), ("no compile", {"compile": "off"}), ("int8 base", {"quantize_base": "int8"}),
+                       ("nf4 base + 12 blocks swapped", {"quantize_base": "nf4", "swap_blocks": 12})],
+    "flux2-dev": [("default", {}), ("no compile", {"compile": "off"}),
+                  ("nf4 base + checkpointing", {"quantize_base": "nf4", "gradient_checkpointing": True}),
+                  ("fp8 base + checkpointing", {"quantize_base": "fp8", "gradient_checkpointing": True}),
+                  ("nf4 base + 28 blocks swapped", {"quantize_base": "nf4", "swap_blocks": 28})],
     "qwenimage": [("default", {}), ("no compile", {"compile": "off"}), ("fp8 base", {"quantize_base": "fp8"}),
                   ("fp8 base + checkpointing", {"quantize_base": "fp8", "gradient_checkpointing": True}),
                   ("nf4 base + checkpointing", {"quantize_base": "nf4", "gradient_checkpointing": True}),

@@ -36,6 +36,9 @@ RUNS: dict[str, dict[str, Any]] = {  # steps and learning rate per family (batch
     "chroma": {"steps": 150, "learning_rate": 2e-3},
     "zimage": {"steps": 150, "learning_rate": 2e-3},
     "qwenimage": {"steps": 150, "learning_rate": 2e-3},
+    "flux2-klein": {"steps": 150, "learning_rate": 2e-3},
+    # The pipeline generates at guidance 4.0; the tiny model's random guidance embedding needs training there.
+    "flux2": {"steps": 150, "learning_rate": 2e-3, "guidance_scale": 4.0},
 }
 
 TRIGGER_PULL = 0.25

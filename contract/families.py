@@ -20,8 +20,21 @@ PIPELINE_FAMILIES = {
     "ChromaPipeline": "chroma",
     "ZImagePipeline": "zimage",
     "QwenImagePipeline": "qwenimage",
+    "Flux2KleinPipeline": "flux2-klein",
+    "Flux2Pipeline": "flux2",
 }
-SUPPORTED_FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage", "qwenimage")
+SUPPORTED_FAMILIES = (
+    "sd15",
+    "sdxl",
+    "flux",
+    "flux-kontext",
+    "sd3",
+    "chroma",
+    "zimage",
+    "qwenimage",
+    "flux2-klein",
+    "flux2",
+)
 # What the admin and the docs call each family.
 FAMILY_LABELS = {
     "sd15": "SD 1.5",
@@ -32,6 +45,8 @@ FAMILY_LABELS = {
     "chroma": "Chroma",
     "zimage": "Z-Image",
     "qwenimage": "Qwen-Image",
+    "flux2-klein": "FLUX.2 klein",
+    "flux2": "FLUX.2 dev",
 }
 
 
@@ -94,6 +109,8 @@ def guess_family_from_name(base_model: str) -> str:
         return "zimage"
     if "chroma" in name:
         return "chroma"
+    if "flux.2" in name or "flux2" in name:
+        return "flux2-klein" if "klein" in name else "flux2"
     if "kontext" in name:
         return "flux-kontext"
     if "flux" in name:

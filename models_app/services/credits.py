@@ -34,6 +34,8 @@ FAMILY_COST = {
     "chroma": Decimal("6"),  # 8.9 B, a FLUX.1 without the guidance and modulation weights
     "zimage": Decimal("5"),  # 6.2 B
     "qwenimage": Decimal("14"),  # 20 B
+    "flux2-klein": Decimal("6"),  # priced as the 9 B (the 4 B shares the family)
+    "flux2": Decimal("22"),  # 32 B
 }
 NATIVE_RESOLUTION = {
     "sd15": 512,
@@ -44,6 +46,8 @@ NATIVE_RESOLUTION = {
     "chroma": 1024,
     "zimage": 1024,
     "qwenimage": 1024,
+    "flux2-klein": 1024,
+    "flux2": 1024,
 }
 SECONDS_PER_STEP = {
     "sd15": 0.07,
@@ -54,6 +58,8 @@ SECONDS_PER_STEP = {
     "chroma": 0.4,
     "zimage": 0.35,
     "qwenimage": 0.9,
+    "flux2-klein": 0.4,
+    "flux2": 1.4,
 }
 CENT = Decimal("0.01")
 

@@ -30,6 +30,10 @@ check that every module of an exported `lora_kohya.safetensors` is one ComfyUI u
 - `comfy/model_base.py`: `Chroma` subclasses `Flux`, so `model_lora_keys_unet` maps a Chroma model's LoRA
   names with `flux_to_diffusers` and the same `lora_transformer_` prefix; the modulation targets that map
   names (Chroma has none: its `distilled_guidance_layer` computes them) are dropped as absent.
+- `comfy/model_base.py`: `Flux2` subclasses `Flux` too, so a FLUX.2 model's LoRA names come from the same
+  `flux_to_diffusers` table, which routes FLUX.2's spellings (the single blocks' fused `to_qkv_mlp_proj`
+  and `to_out` onto `linear1` and `linear2`, the SwiGLU `ff.linear_in`/`linear_out` onto the MLPs). Its
+  shared modulation layers and `time_guidance_embed` are not in the table; our adapters never target them.
 - `comfy/lora.py`, the `comfy.model_base.Lumina2` branch (ComfyUI's `ZImage` model is a `Lumina2`), and
   `comfy/utils.py`, `z_image_to_diffusers`: the diffusers `ZImageTransformer2DModel` names are registered
   under `diffusion_model.`, `transformer.`, bare, and `lycoris_<name with _>` (not `lora_transformer_`).
@@ -491,7 +495,7 @@ def comfyui_lora_names(family: str, denoiser_config: dict) -> set[str]:
     """The kohya module names ComfyUI maps for a model of `family` with this diffusers denoiser config."""
     if family in ("sd15", "sdxl"):
         return comfyui_unet_lora_names(denoiser_config)
-    if family in ("flux", "flux-kontext", "chroma"):  # comfy.model_base.Chroma is a Flux subclass
+    if family in ("flux", "flux-kontext", "chroma", "flux2-klein", "flux2"):  # Chroma and Flux2 subclass Flux
         return comfyui_flux_lora_names(denoiser_config)
     if family == "sd3":
         return comfyui_sd3_lora_names(denoiser_config)

@@ -762,3 +762,42 @@ def test_every_qwenimage_block_linear_is_mapped(name: str, tiny_models: dict) ->
     assert unmapped_kohya_modules(exported, known) == []
     assert "lycoris_transformer_blocks_0_img_mlp_net_0_proj" in known and "lycoris_proj_out" in known
     assert unmapped_kohya_modules(exported_keys("transformer", blocks[:1]), known)  # not lora_transformer_
+
+
+FLUX2_KLEIN_9B_TRANSFORMER = {  # FLUX.2 [klein] 9B (bench/gpu.py checks its size: 9.08 B)
+    "attention_head_dim": 128,
+    "axes_dims_rope": [32, 32, 32, 32],
+    "guidance_embeds": False,
+    "in_channels": 128,
+    "joint_attention_dim": 12288,
+    "mlp_ratio": 3.0,
+    "num_attention_heads": 32,
+    "num_layers": 8,
+    "num_single_layers": 24,
+    "patch_size": 1,
+}
+
+
+@pytest.mark.parametrize("name", ["klein-9b", "tiny"])
+def test_every_flux2_block_linear_is_mapped(name: str, tiny_models: dict) -> None:
+    """ComfyUI's FLUX.2 model is a `comfy.model_base.Flux` subclass: its LoRA names come from the same
+    `flux_to_diffusers` table, whose FLUX.2 spellings route the single blocks' fused `to_qkv_mlp_proj` and
+    `to_out` onto `linear1` and `linear2`, and the SwiGLU feed-forwards onto `img_mlp` / `txt_mlp`. Every
+    block linear our adapters can target is mapped (the shared modulation is outside the blocks)."""
+    from diffusers import Flux2Transformer2DModel
+
+    config = FLUX2_KLEIN_9B_TRANSFORMER
+    if name == "tiny":
+        built = json.loads((tiny_models["flux2-klein"] / "transformer" / "config.json").read_text(encoding="utf-8"))
+        config = {key: value for key, value in built.items() if not key.startswith("_")}
+    with torch.device("meta"):
+        transformer = Flux2Transformer2DModel(**config)
+    blocks = [n for n in layers(transformer) if n.startswith(("transformer_blocks.", "single_transformer_blocks."))]
+    for leaf in ("attn.to_q", "attn.add_v_proj", "ff.linear_in", "ff_context.linear_out", "attn.to_qkv_mlp_proj"):
+        assert any(block.endswith("." + leaf) for block in blocks), leaf
+    known = comfyui_lora_names("flux2-klein", config)
+    assert unmapped_kohya_modules(exported_keys("transformer", blocks), known) == []
+    # The fused single-block projection lands on the whole of `linear1`, not a q/k/v slice of it.
+    targets = comfyui_flux_key_map(config)
+    fused = targets["lora_transformer_single_transformer_blocks_0_attn_to_qkv_mlp_proj"]
+    assert fused == ComfyTarget("diffusion_model.single_blocks.0.linear1.weight")

@@ -29,7 +29,7 @@ from training.engine.generate import generate
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
 
-FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage", "qwenimage")
+FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage", "qwenimage", "flux2-klein", "flux2")
 
 
 def dataset(folder: Path, count: int = 4) -> list[DatasetImage]:

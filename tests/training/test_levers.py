@@ -30,7 +30,7 @@ from training.engine.trainer import Cache, class_caption, elementwise_loss, redu
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
 
-FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage", "qwenimage")
+FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage", "qwenimage", "flux2-klein", "flux2")
 CPU = torch.device("cpu")
 
 
@@ -257,6 +257,31 @@ def test_on_real_qwen_image_the_default_targets_cover_every_block_linear() -> No
     pattern = re.compile(qwen.lora_target_pattern(qwen, "all_linear"))  # type: ignore[arg-type]  # class attributes only
     assert all(pattern.match(name) for name in block_linears)
     assert not pattern.match("txt_in") and not pattern.match("img_in")  # outside the blocks
+
+
+def test_on_real_flux2_klein_the_default_targets_cover_every_block_linear() -> None:
+    from diffusers import Flux2Transformer2DModel
+
+    with torch.device("meta"):  # FLUX.2 [klein] 9B (bench/gpu.py checks its size)
+        model = Flux2Transformer2DModel(
+            num_layers=8, num_single_layers=24, num_attention_heads=32, joint_attention_dim=12288, guidance_embeds=False
+        )
+    block_linears = [
+        name for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith(("transformer_blocks.", "single_transformer_blocks."))
+    ]  # fmt: skip
+    # A double block: both streams' q, k, v and out and their SwiGLU in and out; a single block: its two
+    # fused projections. The modulation is shared, outside the blocks.
+    assert len(block_linears) == 8 * 12 + 24 * 2 == 144
+    flux2 = family_class("flux2-klein")
+    pattern = re.compile(flux2.lora_target_pattern(flux2, "all_linear"))  # type: ignore[arg-type]  # class attributes only
+    assert all(pattern.fullmatch(name) for name in block_linears)
+    assert not pattern.fullmatch("transformer_blocks.0.attn.to_out")  # the ModuleList around to_out.0
+    for outside in ("x_embedder", "context_embedder", "double_stream_modulation_img.linear", "proj_out"):
+        assert not pattern.fullmatch(outside)
+    attention = re.compile(flux2.lora_target_pattern(flux2, "attention"))  # type: ignore[arg-type]
+    assert attention.fullmatch("single_transformer_blocks.3.attn.to_qkv_mlp_proj")
+    assert not attention.fullmatch("transformer_blocks.0.ff.linear_in")
 
 
 # Each adapter type on the first families; the later ones (whose export differs only in the prefix and

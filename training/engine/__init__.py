@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from training.engine.errors import EngineError, TrainingCancelled, TrainingSuspended
 from training.engine.spec import (
     DatasetImage,
@@ -27,6 +29,14 @@ __all__ = [
     "quiet_libraries",
     "train",
 ]
+
+# Set before anything imports diffusers, which imports torchao (the quantized base weights' library):
+# torchao logs a warning for each optional CUDA kernel library its wheel carries that this machine cannot
+# load (all of them on a CPU), torch one for each enum torchao registers with its pytree, and diffusers
+# one for torchao-serialized checkpoint classes that moved in torchao 0.18. None concerns the weight-only
+# formats the engine uses (memory.py).
+for _name in ("torchao", "torch.utils._pytree", "diffusers.quantizers.torchao.torchao_quantizer"):
+    logging.getLogger(_name).setLevel(logging.ERROR)
 
 
 def quiet_libraries() -> None:

@@ -57,10 +57,15 @@ def generated_features(
     image: Image.Image | None = None,
     steps: int = 10,
 ) -> torch.Tensor:
-    """(len(seeds), C): the per-channel latent mean of an image generated from each seed."""
+    """(len(seeds), C): the per-channel latent mean of an image generated from each seed, in the
+    denoiser's latent space (as `data_features`)."""
+    from training.engine.base_models import resolve_family
     from training.engine.export import load_weights_file
+    from training.engine.families import family_class
 
-    pipeline = load_pipeline(base_model, device=pick_device("cpu"))
+    device = pick_device("cpu")
+    family = family_class(resolve_family(base_model))(base_model, device, torch.float32)
+    pipeline = load_pipeline(base_model, device=device)
     if adapter is not None:
         load_weights_file(pipeline, adapter)
     features = []
@@ -77,10 +82,7 @@ def generated_features(
             arguments.update(image=image, _auto_resize=False, max_area=size * size)
         with torch.no_grad():
             latents = pipeline(**arguments).images
-        if latents.dim() == 3:  # packed transformer tokens: back to (B, C, H, W)
-            latents = type(pipeline)._unpack_latents(latents, size, size, pipeline.vae_scale_factor)
-        if latents.dim() == 5:  # a video VAE's frame axis (Qwen-Image): one frame
-            latents = latents.squeeze(2)
+        latents = family.latents_from_pipeline(latents, pipeline, size)
         features.append(latents.mean(dim=(2, 3))[0].float())
     return torch.stack(features)
 

@@ -92,6 +92,8 @@ SS_BASE_MODEL_VERSION = {
     "chroma": "chroma",
     "zimage": "zimage",
     "qwenimage": "qwen_image",
+    "flux2-klein": "flux2",
+    "flux2": "flux2",
 }
 # Stability ModelSpec architecture ids (sd-scripts library/sai_model_spec.py ARCH_*). Adapters append
 # "/lora" (ModelSpec's "/" separator, sd-scripts' ADAPTER_LORA); sd-scripts writes "/lora" for every network
@@ -108,6 +110,8 @@ MODELSPEC_ARCHITECTURE = {
     "chroma": "chroma",  # sd-scripts' ARCH_FLUX_1_CHROMA
     "zimage": "z-image",  # sd-scripts' ARCH_ZIMAGE_UNKNOWN
     "qwenimage": "qwen-image",  # our choice: no ModelSpec id was found for it
+    "flux2-klein": "flux-2-klein",  # our choice, in sd-scripts' FLUX naming
+    "flux2": "flux-2-dev",  # our choice, as "flux-1-dev"
 }
 MODELSPEC_ADAPTER_SUFFIX = "/lora"
 # The version of the spec whose keys we write (its README: "This is specification version 1.0.1"; sd-scripts

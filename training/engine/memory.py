@@ -14,11 +14,10 @@ All three run on a CPU too, which is how the tests exercise them.
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import warnings
 import weakref
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -36,17 +35,6 @@ __all__ = ["QUANTIZATIONS", "BlockSwap", "place_denoiser", "quantize_base_weight
 
 
 def _quiet_torchao() -> None:
-    # torchao's import logs a warning for every optional CUDA kernel library its wheel carries but this
-    # machine cannot load (all of them on a CPU), and torch one for each enum it registers: none
-    # concerns the weight-only formats above.
-    logging.getLogger("torchao").setLevel(logging.ERROR)
-    pytree = logging.getLogger("torch.utils._pytree")
-    level = pytree.level
-    pytree.setLevel(logging.ERROR)
-    try:
-        import torchao  # noqa: F401
-    finally:
-        pytree.setLevel(level)
     # PEFT warns that an adapter on a torchao weight cannot be merged into it: the engine never merges
     # (the adapters are exported on their own and the base is loaded afresh for generation).
     warnings.filterwarnings("ignore", message="TorchaoLoraLinear was instantiated without", category=UserWarning)
@@ -229,10 +217,10 @@ class BlockSwap:
     def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
         host = tensor.detach().to("cpu")
         if self.device.type == "cuda":
-            try:
-                host = host.pin_memory()  # lets the copy to the device run without staging
-            except (NotImplementedError, RuntimeError):
-                pass  # a quantized format without pinning: copied through a staging buffer, slower only
+            # Pinned, the copy to the device runs without staging; a quantized format that cannot be
+            # pinned is copied through a staging buffer, slower only.
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                host = host.pin_memory()
         return host
 
     @staticmethod
@@ -289,7 +277,7 @@ class BlockSwap:
         self._handles.clear()
 
 
-@contextmanager
+@contextlib.contextmanager
 def full_recompute() -> Iterator[None]:
     """Checkpointed blocks recompute their whole forward in the backward pass (not stopping as soon as
     the saved tensors it needs are back), so a swapped block's forward hook always runs and returns

@@ -6,6 +6,7 @@ from training.engine.errors import EngineError
 from training.engine.families.base import Family
 from training.engine.families.chroma import ChromaFamily
 from training.engine.families.flux import FluxFamily, FluxKontextFamily
+from training.engine.families.flux2 import Flux2Family, Flux2KleinFamily
 from training.engine.families.qwenimage import QwenImageFamily
 from training.engine.families.sd import SD15Family, SDXLFamily
 from training.engine.families.sd3 import SD3Family
@@ -20,6 +21,8 @@ FAMILY_CLASSES: dict[str, type[Family]] = {
     "chroma": ChromaFamily,
     "zimage": ZImageFamily,
     "qwenimage": QwenImageFamily,
+    "flux2-klein": Flux2KleinFamily,
+    "flux2": Flux2Family,
 }
 
 

@@ -93,6 +93,16 @@ class Family(ABC):
         modules = "|".join(re.escape(name) for name in names)
         return rf"^(?:{blocks})\.(?:.*\.)?(?:{modules})$"
 
+    def latents_from_pipeline(self, latents: torch.Tensor, pipeline: Any, size: int) -> torch.Tensor:
+        """(B, C, H, W) in the denoiser's latent space from what the family's pipeline returns for
+        `output_type="latent"` at `size` x `size` pixels: packed tokens for FLUX-style pipelines, a frame
+        axis for a video VAE's (Qwen-Image)."""
+        if latents.dim() == 3:
+            latents = type(pipeline)._unpack_latents(latents, size, size, pipeline.vae_scale_factor)
+        if latents.dim() == 5:
+            latents = latents.squeeze(2)
+        return latents
+
     # -- encoders (used once, while caching) --
     @abstractmethod
     def load_encoders(self) -> None: ...
