@@ -16,6 +16,22 @@ from contract.families import native_resolution, vae_downscale
 from training.engine.families.base import Family, NoisedBatch, NoiseSettings, randn, vae_config
 
 
+def chat_texts(tokenizer: Any, prompts: list[str], *, thinking: bool) -> list[str]:
+    """Each prompt as the single user turn of the tokenizer's chat template, the assistant's turn opened:
+    how the Qwen-encoded pipelines (Z-Image with thinking on, FLUX.2 klein with it off) feed a caption."""
+    return [
+        str(
+            tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}],
+                tokenize=False,
+                add_generation_prompt=True,
+                enable_thinking=thinking,
+            )
+        )
+        for prompt in prompts
+    ]
+
+
 class FlowFamily(Family):
     denoiser_key = "transformer"
     is_flow = True

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from training.engine.families.base import Family, NoisedBatch, NoiseSettings
-from training.engine.families.flow import FlowFamily
+from training.engine.families.flow import FlowFamily, chat_texts
 
 
 def patchify(latents: torch.Tensor) -> torch.Tensor:
@@ -104,14 +104,22 @@ class Flux2KleinFamily(FlowFamily):
         call = getattr(diffusers, self.pipeline_class).__call__
         return tuple(inspect.signature(call).parameters["text_encoder_out_layers"].default)
 
-    def load_encoders(self) -> None:
-        from diffusers import AutoencoderKLFlux2
-        from transformers import AutoTokenizer, Qwen3ForCausalLM
+    # The transformers classes of the caption's encoder and of what reads its text (the pipeline's
+    # `tokenizer` component: FLUX.2 dev's is a processor).
+    text_encoder_class = "Qwen3ForCausalLM"
+    tokenizer_loader = "AutoTokenizer"
 
-        self.tokenizer = AutoTokenizer.from_pretrained(self.base_model, subfolder="tokenizer")
-        self.text_encoder = Qwen3ForCausalLM.from_pretrained(
-            self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
+    def load_encoders(self) -> None:
+        import transformers
+        from diffusers import AutoencoderKLFlux2
+
+        loader = getattr(transformers, self.tokenizer_loader)
+        self.tokenizer = loader.from_pretrained(self.base_model, subfolder="tokenizer")
+        self.text_encoder = (
+            getattr(transformers, self.text_encoder_class)
+            .from_pretrained(self.base_model, subfolder="text_encoder", dtype=self.weight_dtype)
+            .to(self.device)
+        )
         self.vae = AutoencoderKLFlux2.from_pretrained(
             self.base_model, subfolder="vae", torch_dtype=self.weight_dtype
         ).to(self.device)
@@ -119,17 +127,7 @@ class Flux2KleinFamily(FlowFamily):
 
     def caption_texts(self, prompts: list[str]) -> list[str]:
         """Each prompt in Qwen's chat format, thinking off, as the pipeline feeds it to the encoder."""
-        return [
-            str(
-                self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}],
-                    tokenize=False,
-                    add_generation_prompt=True,
-                    enable_thinking=False,
-                )
-            )
-            for prompt in prompts
-        ]
+        return chat_texts(self.tokenizer, prompts, thinking=False)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -213,6 +211,8 @@ class Flux2Family(Flux2KleinFamily):
 
     name = "flux2"
     pipeline_class = "Flux2Pipeline"
+    text_encoder_class = "Mistral3ForConditionalGeneration"
+    tokenizer_loader = "AutoProcessor"  # Pixtral's processor; a tokenizer where torchvision is missing
 
     def latents_from_pipeline(self, latents: torch.Tensor, pipeline: Any, size: int) -> torch.Tensor:
         """Flux2Pipeline returns its normalised patch tokens (B, tokens, 128) as they leave the last step."""
@@ -225,19 +225,6 @@ class Flux2Family(Flux2KleinFamily):
 
         encode = Flux2Pipeline._get_mistral_3_small_prompt_embeds
         return tuple(inspect.signature(encode).parameters["hidden_states_layers"].default)
-
-    def load_encoders(self) -> None:
-        from diffusers import AutoencoderKLFlux2
-        from transformers import AutoProcessor, Mistral3ForConditionalGeneration
-
-        self.tokenizer = AutoProcessor.from_pretrained(self.base_model, subfolder="tokenizer")
-        self.text_encoder = Mistral3ForConditionalGeneration.from_pretrained(
-            self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
-        self.vae = AutoencoderKLFlux2.from_pretrained(
-            self.base_model, subfolder="vae", torch_dtype=self.weight_dtype
-        ).to(self.device)
-        self.encoders_loaded = True
 
     def long_prompts(self, prompts: list[str]) -> list[tuple[str, int, int]]:
         from diffusers.pipelines.flux2.pipeline_flux2 import format_input

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 
 from training.engine.families.base import NoisedBatch, NoiseSettings
-from training.engine.families.flow import FlowFamily
+from training.engine.families.flow import FlowFamily, chat_texts
 
 
 class ZImageFamily(FlowFamily):
@@ -47,17 +47,7 @@ class ZImageFamily(FlowFamily):
 
     def caption_texts(self, prompts: list[str]) -> list[str]:
         """Each prompt in Qwen's chat format, as the pipeline feeds it to the encoder."""
-        return [
-            str(
-                self.tokenizer.apply_chat_template(
-                    [{"role": "user", "content": prompt}],
-                    tokenize=False,
-                    add_generation_prompt=True,
-                    enable_thinking=True,
-                )
-            )
-            for prompt in prompts
-        ]
+        return chat_texts(self.tokenizer, prompts, thinking=True)
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
