@@ -23,18 +23,7 @@ PIPELINE_FAMILIES = {
     "Flux2KleinPipeline": "flux2-klein",
     "Flux2Pipeline": "flux2",
 }
-SUPPORTED_FAMILIES = (
-    "sd15",
-    "sdxl",
-    "flux",
-    "flux-kontext",
-    "sd3",
-    "chroma",
-    "zimage",
-    "qwenimage",
-    "flux2-klein",
-    "flux2",
-)
+SUPPORTED_FAMILIES = tuple(PIPELINE_FAMILIES.values())
 # What the admin and the docs call each family.
 FAMILY_LABELS = {
     "sd15": "SD 1.5",
