@@ -15,6 +15,19 @@ import torch
 from contract.families import native_resolution, vae_downscale
 from training.engine.families.base import Family, NoisedBatch, NoiseSettings, randn, vae_config
 
+# A joint-attention (MMDiT) block's projections in diffusers' names: the image stream's q, k, v and output,
+# and the caption stream's (FLUX.1, Chroma, SD 3.5, Qwen-Image and FLUX.2 double blocks alike).
+JOINT_ATTENTION = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+)
+
 
 def chat_texts(tokenizer: Any, prompts: list[str], *, thinking: bool) -> list[str]:
     """Each prompt as the single user turn of the tokenizer's chat template, the assistant's turn opened:

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import torch
 
 from training.engine.families.base import NoisedBatch, NoiseSettings
-from training.engine.families.flow import FlowFamily
+from training.engine.families.flow import JOINT_ATTENTION, FlowFamily
 
 
 class FluxFamily(FlowFamily):
@@ -21,16 +21,7 @@ class FluxFamily(FlowFamily):
     pipeline_class = "FluxPipeline"
     caption_tokenizer = "tokenizer_2"  # T5 carries the caption; CLIP gives the pooled vector
     block_prefixes = ("transformer_blocks", "single_transformer_blocks")
-    lora_targets_attention = (
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_q_proj",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
-    )
+    lora_targets_attention = JOINT_ATTENTION
     # Every other linear of the blocks: feed-forward, the single blocks' fused MLP and output, and
     # the modulation (AdaLN) projections of both kinds of block.
     lora_targets_linear = (

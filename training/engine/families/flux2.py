@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from training.engine.families.base import Family, NoisedBatch, NoiseSettings
-from training.engine.families.flow import FlowFamily, chat_texts
+from training.engine.families.flow import JOINT_ATTENTION, FlowFamily, chat_texts
 
 
 def patchify(latents: torch.Tensor) -> torch.Tensor:
@@ -44,16 +44,7 @@ class Flux2KleinFamily(FlowFamily):
     transformer_class = "Flux2Transformer2DModel"
     pipeline_class = "Flux2KleinPipeline"
     block_prefixes = ("transformer_blocks", "single_transformer_blocks")
-    lora_targets_attention = (
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_q_proj",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
-    )
+    lora_targets_attention = JOINT_ATTENTION
     # The double blocks' SwiGLU feed-forwards (the modulation is shared, outside the blocks).
     lora_targets_linear = ("ff.linear_in", "ff.linear_out", "ff_context.linear_in", "ff_context.linear_out")
     # A single block's two fused projections: q, k, v and the MLP's input; attention and MLP output.

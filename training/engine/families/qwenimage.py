@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from training.engine.families.base import NoisedBatch, NoiseSettings
-from training.engine.families.flow import FlowFamily
+from training.engine.families.flow import JOINT_ATTENTION, FlowFamily
 
 
 def prompt_template() -> tuple[str, int]:
@@ -30,16 +30,7 @@ class QwenImageFamily(FlowFamily):
     transformer_class = "QwenImageTransformer2DModel"
     pipeline_class = "QwenImagePipeline"
     block_prefixes = ("transformer_blocks",)
-    lora_targets_attention = (
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_q_proj",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
-    )
+    lora_targets_attention = JOINT_ATTENTION
     # Both streams' MLPs and modulations.
     lora_targets_linear = (
         "img_mlp.net.0.proj",

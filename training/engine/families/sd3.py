@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from training.engine.families.base import NoisedBatch, NoiseSettings
-from training.engine.families.flow import FlowFamily
+from training.engine.families.flow import JOINT_ATTENTION, FlowFamily
 
 
 class SD3Family(FlowFamily):
@@ -23,14 +23,7 @@ class SD3Family(FlowFamily):
     caption_tokenizer = "tokenizer_3"  # T5; both CLIPs' 77-token cut is the pipeline's too
     block_prefixes = ("transformer_blocks",)
     lora_targets_attention = (
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_q_proj",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
+        *JOINT_ATTENTION,
         # SD 3.5 medium's dual-attention blocks (absent from large: the pattern then matches nothing more).
         "attn2.to_q",
         "attn2.to_k",
