@@ -47,6 +47,8 @@ NEW_OPTIONS = {
     "prior_preservation_weight": 0.5,
     "masked_loss": True,
     "validation_split": 0.2,
+    "quantize_base": "nf4",
+    "swap_blocks": 4,
 }
 
 
@@ -119,6 +121,10 @@ def test_every_new_option_is_a_parameter_an_engine_option_and_not_its_default() 
         ("validation_images", ["asset_a", 3], "validation_images[1] must be a training image id"),
         ("validation_images", ["asset_a", "asset_a"], "validation_images lists asset_a more than once"),
         ("mixed_precision", "fp16", "mixed_precision must be one of bf16, no"),
+        ("quantize_base", "int4", "quantize_base must be one of fp8, int8, nf4"),
+        ("swap_blocks", -1, "swap_blocks must be at least 0"),
+        ("swap_blocks", 201, "swap_blocks must be at most 200"),
+        ("swap_blocks", 2.5, "swap_blocks must be an integer"),
     ],
 )
 def test_a_bad_new_option_is_refused_naming_its_key(key: str, value: object, message: str) -> None:
