@@ -69,6 +69,29 @@ SCHEDULER_FLUX = {
     "max_image_seq_len": 4096,
     "shift": 3.0,
 }
+# FLUX.2 [klein] 4B; the 9 B and dev differ in width, depth and (dev) the guidance input only.
+FLUX2_KLEIN_4B: dict[str, Any] = {
+    "family": "flux2-klein",
+    "pipeline": "Flux2KleinPipeline",
+    "resolution": 1024,
+    "denoiser": "transformer",
+    "config": {
+        "_class_name": "Flux2Transformer2DModel",
+        "attention_head_dim": 128,
+        "axes_dims_rope": [32, 32, 32, 32],
+        "guidance_embeds": False,
+        "in_channels": 128,
+        "joint_attention_dim": 7680,
+        "mlp_ratio": 3.0,
+        "num_attention_heads": 24,
+        "num_layers": 5,
+        "num_single_layers": 20,
+        "patch_size": 1,
+    },
+    "vae": VAE_FLUX2,
+    "scheduler": SCHEDULER_FLUX,
+    "prompts": {"prompt_embeds": (512, 7680)},
+}
 # The published configurations of the denoisers (facts from their model cards' config.json).
 ARCHITECTURES: dict[str, dict[str, Any]] = {
     "sd15": {
@@ -269,72 +292,32 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     },
     # FLUX.2 [klein]: the transformer reads three of its Qwen3 encoder's depths side by side (3 x 2560 for
     # the 4 B, whose encoder is Qwen3-4B; 3 x 4096 for the 9 B, Qwen3-8B), 512 padded caption positions.
-    "flux2-klein-4b": {
-        "family": "flux2-klein",
-        "pipeline": "Flux2KleinPipeline",
-        "resolution": 1024,
-        "denoiser": "transformer",
-        "config": {
-            "_class_name": "Flux2Transformer2DModel",
-            "attention_head_dim": 128,
-            "axes_dims_rope": [32, 32, 32, 32],
-            "guidance_embeds": False,
-            "in_channels": 128,
-            "joint_attention_dim": 7680,
-            "mlp_ratio": 3.0,
-            "num_attention_heads": 24,
-            "num_layers": 5,
-            "num_single_layers": 20,
-            "patch_size": 1,
-        },
-        "vae": VAE_FLUX2,
-        "scheduler": SCHEDULER_FLUX,
-        "prompts": {"prompt_embeds": (512, 7680)},
-    },
+    "flux2-klein-4b": FLUX2_KLEIN_4B,
     "flux2-klein-9b": {
-        "family": "flux2-klein",
-        "pipeline": "Flux2KleinPipeline",
-        "resolution": 1024,
-        "denoiser": "transformer",
+        **FLUX2_KLEIN_4B,
         "config": {
-            "_class_name": "Flux2Transformer2DModel",
-            "attention_head_dim": 128,
-            "axes_dims_rope": [32, 32, 32, 32],
-            "guidance_embeds": False,
-            "in_channels": 128,
+            **FLUX2_KLEIN_4B["config"],
             "joint_attention_dim": 12288,
-            "mlp_ratio": 3.0,
             "num_attention_heads": 32,
             "num_layers": 8,
             "num_single_layers": 24,
-            "patch_size": 1,
         },
-        "vae": VAE_FLUX2,
-        "scheduler": SCHEDULER_FLUX,
         "prompts": {"prompt_embeds": (512, 12288)},
     },
     # FLUX.2 [dev]: 8 double and 48 single blocks, guidance-distilled, reading three depths of Mistral Small
     # 3.1 (3 x 5120).
     "flux2-dev": {
+        **FLUX2_KLEIN_4B,
         "family": "flux2",
         "pipeline": "Flux2Pipeline",
-        "resolution": 1024,
-        "denoiser": "transformer",
         "config": {
-            "_class_name": "Flux2Transformer2DModel",
-            "attention_head_dim": 128,
-            "axes_dims_rope": [32, 32, 32, 32],
+            **FLUX2_KLEIN_4B["config"],
             "guidance_embeds": True,
-            "in_channels": 128,
             "joint_attention_dim": 15360,
-            "mlp_ratio": 3.0,
             "num_attention_heads": 48,
             "num_layers": 8,
             "num_single_layers": 48,
-            "patch_size": 1,
         },
-        "vae": VAE_FLUX2,
-        "scheduler": SCHEDULER_FLUX,
         "prompts": {"prompt_embeds": (512, 15360)},
     },
 }

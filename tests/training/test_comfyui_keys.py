@@ -11,6 +11,7 @@ import pytest
 import torch
 from torch import nn
 
+from bench import gpu
 from tests.training.comfyui_keys import (
     ADAPTER_SUFFIXES,
     ComfyTarget,
@@ -764,17 +765,9 @@ def test_every_qwenimage_block_linear_is_mapped(name: str, tiny_models: dict) ->
     assert unmapped_kohya_modules(exported_keys("transformer", blocks[:1]), known)  # not lora_transformer_
 
 
-FLUX2_KLEIN_9B_TRANSFORMER = {  # FLUX.2 [klein] 9B (bench/gpu.py checks its size: 9.08 B)
-    "attention_head_dim": 128,
-    "axes_dims_rope": [32, 32, 32, 32],
-    "guidance_embeds": False,
-    "in_channels": 128,
-    "joint_attention_dim": 12288,
-    "mlp_ratio": 3.0,
-    "num_attention_heads": 32,
-    "num_layers": 8,
-    "num_single_layers": 24,
-    "patch_size": 1,
+# FLUX.2 [klein] 9B, as bench/gpu.py has it (which checks its size: 9.08 B).
+FLUX2_KLEIN_9B_TRANSFORMER = {
+    key: value for key, value in gpu.ARCHITECTURES["flux2-klein-9b"]["config"].items() if not key.startswith("_")
 }
 
 

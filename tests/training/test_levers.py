@@ -262,10 +262,11 @@ def test_on_real_qwen_image_the_default_targets_cover_every_block_linear() -> No
 def test_on_real_flux2_klein_the_default_targets_cover_every_block_linear() -> None:
     from diffusers import Flux2Transformer2DModel
 
-    with torch.device("meta"):  # FLUX.2 [klein] 9B (bench/gpu.py checks its size)
-        model = Flux2Transformer2DModel(
-            num_layers=8, num_single_layers=24, num_attention_heads=32, joint_attention_dim=12288, guidance_embeds=False
-        )
+    from bench import gpu
+
+    config = gpu.ARCHITECTURES["flux2-klein-9b"]["config"]  # FLUX.2 [klein] 9B (bench/gpu.py checks its size)
+    with torch.device("meta"):
+        model = Flux2Transformer2DModel(**{key: value for key, value in config.items() if not key.startswith("_")})
     block_linears = [
         name for name, module in model.named_modules()
         if isinstance(module, torch.nn.Linear) and name.startswith(("transformer_blocks.", "single_transformer_blocks."))

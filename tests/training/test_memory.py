@@ -192,14 +192,17 @@ def test_block_swapping_on_a_quantized_base_trains_what_the_quantized_base_does(
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
-def test_the_blocks_of_each_transformer_family_are_found(tiny_models: dict[str, Path]) -> None:
+@pytest.mark.parametrize("family", ["flux", "flux2-klein", "qwenimage"])
+def test_the_blocks_a_family_swaps_are_its_double_and_single_blocks(family: str, tiny_models: dict[str, Path]) -> None:
     from training.engine.families import family_class
 
-    family = family_class("flux")(str(tiny_models["flux"]), CPU, torch.float32)
-    denoiser = family.load_denoiser()
-    blocks = repeated_blocks(denoiser, family.block_prefixes)
-    expected = len(denoiser.transformer_blocks) + len(denoiser.single_transformer_blocks)  # type: ignore[arg-type]
+    model = family_class(family)(str(tiny_models[family]), CPU, torch.float32)
+    denoiser = model.load_denoiser()
+    config = denoiser.config  # type: ignore[union-attr]  # diffusers' ModelMixin config
+    expected = int(config["num_layers"]) + int(config.get("num_single_layers", 0))
+    blocks = repeated_blocks(denoiser, model.block_prefixes)
     assert len(blocks) == expected > 0
+    assert len({id(block) for block in blocks}) == expected
 
 
 @pytest.mark.parametrize(

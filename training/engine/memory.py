@@ -70,8 +70,12 @@ def quantize_base_weights(denoiser: torch.nn.Module, kind: str) -> int:
         raise EngineError(f"quantize_base {kind!r} is unknown; choose {', '.join(QUANTIZATIONS)}")
     count = _quantize(denoiser, kind)
     if count == 0:
-        raise EngineError(f"quantize_base {kind}: the base model has no Linear layer large enough to quantize")
+        raise _nothing_to_quantize(kind)
     return count
+
+
+def _nothing_to_quantize(kind: str) -> EngineError:
+    return EngineError(f"quantize_base {kind}: the base model has no Linear layer large enough to quantize")
 
 
 def _quantize(denoiser: torch.nn.Module, kind: str) -> int:
@@ -146,25 +150,19 @@ def place_denoiser(
     if quantize:
         count += _quantize(denoiser, quantize)  # Linears outside the blocks (embedders, final layers)
         if count == 0:
-            raise EngineError(f"quantize_base {quantize}: the base model has no Linear layer large enough to quantize")
+            raise _nothing_to_quantize(quantize)
     return kept_on_host
 
 
 def quantized_bytes(module: torch.nn.Module) -> int:
     """Bytes the module's parameters and buffers hold, counting torchao's quantized weights by their
     inner tensors (the outer tensor of a subclass reports its logical dtype, not its storage)."""
-    total = 0
-    for tensor in (*module.parameters(), *module.buffers()):
-        total += _storage_bytes(tensor)
-    return total
-
-
-def _storage_bytes(tensor: torch.Tensor) -> int:
-    flatten = getattr(tensor, "__tensor_flatten__", None)
-    if flatten is None or type(tensor) in (torch.Tensor, torch.nn.Parameter):
-        return tensor.numel() * tensor.element_size()
-    names, _ = flatten()
-    return sum(_storage_bytes(getattr(tensor, name)) for name in names)
+    storages = {
+        storage.data_ptr(): storage.nbytes()
+        for tensor in (*module.parameters(), *module.buffers())
+        for storage in _storages(tensor)
+    }
+    return sum(storages.values())
 
 
 def _storages(tensor: torch.Tensor) -> list[torch.UntypedStorage]:
@@ -197,7 +195,6 @@ class BlockSwap:
         self.blocks = blocks
         self.live = 0  # device copies (storages) currently alive: what the tests and the benchmark watch
         self.peak = 0
-        self._handles: list[Any] = []
         self._host: list[list[tuple[torch.nn.Module, str, torch.Tensor, bool]]] = []
         for block in self.blocks:
             entries = []
@@ -211,8 +208,8 @@ class BlockSwap:
                 self._put(module, name, host, is_parameter)
             self._host.append(entries)
             index = len(self._host) - 1
-            self._handles.append(block.register_forward_pre_hook(self._loader(index)))
-            self._handles.append(block.register_forward_hook(self._unloader(index)))
+            block.register_forward_pre_hook(self._loader(index))
+            block.register_forward_hook(self._unloader(index))
 
     def _to_host(self, tensor: torch.Tensor) -> torch.Tensor:
         host = tensor.detach().to("cpu")
@@ -266,15 +263,6 @@ class BlockSwap:
         for entries in self._host:
             for _module, _name, host, _is_parameter in entries:
                 yield host
-
-    def remove(self) -> None:
-        """Put every swapped weight back on the device for good (before export or generation)."""
-        for handle in self._handles:
-            handle.remove()
-        for entries in self._host:
-            for module, name, host, is_parameter in entries:
-                self._put(module, name, host.to(self.device), is_parameter)
-        self._handles.clear()
 
 
 @contextlib.contextmanager

@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from training.engine.errors import EngineError
 from training.engine.families.base import Family, NoisedBatch, NoiseSettings
 from training.engine.families.flow import JOINT_ATTENTION, FlowFamily, chat_texts
 
@@ -60,20 +61,19 @@ class Flux2KleinFamily(FlowFamily):
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
-        from safetensors import safe_open
-
         # The BatchNorm statistics the pipeline normalises latents with, read from the VAE's weights
         # file (two small tensors) rather than by loading the VAE.
         eps = float(self.vae_config.get("batch_norm_eps", 1e-4))
-        mean, var = self._vae_tensors(safe_open, ("bn.running_mean", "bn.running_var"))
+        mean, var = self._vae_tensors(("bn.running_mean", "bn.running_var"))
         self.latents_mean = mean.float().view(1, -1, 1, 1)
         self.latents_std = (var.float() + eps).sqrt().view(1, -1, 1, 1)
         self.ids_cache: dict[tuple[int, int], torch.Tensor] = {}
 
-    def _vae_tensors(self, safe_open: Any, names: tuple[str, ...]) -> list[torch.Tensor]:
+    def _vae_tensors(self, names: tuple[str, ...]) -> list[torch.Tensor]:
         from pathlib import Path
 
         from huggingface_hub import hf_hub_download
+        from safetensors import safe_open
 
         local = Path(self.base_model) / "vae"
         if local.is_dir():
@@ -86,6 +86,9 @@ class Flux2KleinFamily(FlowFamily):
                 for name in names:
                     if name in handle.keys():  # noqa: SIM118  # a safetensors handle is not a dict
                         found[name] = handle.get_tensor(name)
+        missing = [name for name in names if name not in found]
+        if missing:
+            raise EngineError(f"base model {self.base_model!r}: its VAE weights have no {', '.join(missing)}")
         return [found[name] for name in names]
 
     def text_layers(self) -> tuple[int, ...]:
