@@ -63,16 +63,19 @@ def training_checkpoint_record(
         with open(path, "rb") as handle:
             files[path.name] = default_storage.save(checkpoint_upload_to(checkpoint, path.name), File(handle))
     checkpoint.files = files
+    # The new row and the pruning of the old ones commit together: a worker killed at any point leaves
+    # either the old rows or the new set, never more than `keep` (the files of pruned rows go after the
+    # commit; a kill in between leaves only unreferenced files, which the orphan sweep removes).
     with transaction.atomic():
         replaced = list(TrainingCheckpoint.objects.filter(task_id=task_id, step=step, snapshot=snapshot))
         for old in replaced:  # a resumed run saves the same step again
             old.delete()
         checkpoint.save()
-    same_kind = TrainingCheckpoint.objects.filter(task_id=task_id, snapshot=snapshot)
-    # One snapshot per task, the one just made; the user's newest `keep` checkpoints.
-    stale = list(same_kind.exclude(pk=checkpoint.pk) if snapshot else same_kind.order_by("-step")[keep:])
+        same_kind = TrainingCheckpoint.objects.filter(task_id=task_id, snapshot=snapshot)
+        # One snapshot per task, the one just made; the user's newest `keep` checkpoints.
+        stale = list(same_kind.exclude(pk=checkpoint.pk) if snapshot else same_kind.order_by("-step")[keep:])
+        for old in stale:
+            old.delete()
     for old in [*replaced, *stale]:
         stored_files_delete(name for name in old.files.values() if name not in files.values())
-        if old.pk is not None:
-            old.delete()
     return checkpoint

@@ -312,3 +312,29 @@ def test_snapshots_are_not_listed_to_users_as_checkpoints(task: TrainingTask, tm
     assert "step 250" not in page and "snapshot-0000250" not in page
     listing = admin_client.get(reverse("admin:models_app_trainingcheckpoint_changelist"))
     assert [(row.step, row.snapshot) for row in listing.context["cl"].result_list] == [(100, False)]
+
+
+def test_a_worker_killed_while_pruning_never_leaves_more_checkpoints_than_kept(
+    task: TrainingTask, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The new checkpoint's row and the pruning of the oldest commit together. A worker killed right after
+    (here: the first file deletion fails, as a SIGKILL would stop it) leaves `keep` rows, not one more;
+    the pruned checkpoint's files are left unreferenced, for the orphan sweep."""
+    from models_app.services import task_files
+
+    for step in (100, 200):
+        training_checkpoint_record(
+            task_id=task.pk, step=step, folder=checkpoint_folder(tmp_path, f"step-{step:07d}", "c"), keep=2
+        )
+    oldest = TrainingCheckpoint.objects.get(task=task, step=100)
+
+    def killed(names: object) -> None:
+        raise SystemExit("killed")
+
+    monkeypatch.setattr(task_files, "stored_files_delete", killed)
+    with pytest.raises(SystemExit):
+        training_checkpoint_record(
+            task_id=task.pk, step=300, folder=checkpoint_folder(tmp_path, "step-0000300", "c"), keep=2
+        )
+    assert stored(task, snapshot=False) == [300, 200]
+    assert all(default_storage.exists(name) for name in oldest.files.values())  # unreferenced, for the sweep
