@@ -81,7 +81,7 @@ PARAMETERS: dict[str, Parameter] = {
     "rank": _p(int, 16, 1, 256, help="LoRA rank"),
     "lora_alpha": _p(NUMBER, None, 0.01, 1024, nullable=True, shown_default="= rank", help="LoRA alpha (scale = alpha / rank)"),
     "steps": _p(int, 1000, 1, 100_000, help="optimizer steps"),
-    "batch_size": _p(int, 1, 1, 64, help="samples per micro-batch"),
+    "batch_size": _p(int, 1, 1, 64, help="samples per micro-batch, over all of the task's GPUs (`gpus`)"),
     "gradient_accumulation": _p(int, 1, 1, 64, help="micro-batches per optimizer step"),
     "learning_rate": _p(NUMBER, 0.0001, 1e-7, 1.0, shown_default="0.0001 (1.0 with `prodigy`)", help="the denoiser's learning rate"),
     "optimizer": _p(str, "adamw8bit", choices=OPTIMIZERS, help="`adamw8bit`: 8-bit AdamW with CUDA and bitsandbytes (else AdamW, said in the log); `adamw`; `prodigy` (prodigyopt: finds its own step size; `learning_rate` then defaults to 1.0, the usual Prodigy setting)"),
@@ -95,6 +95,7 @@ PARAMETERS: dict[str, Parameter] = {
     "compile": _p(str, None, choices=("off", "blocks", "full"), nullable=True, group="Speed and memory", shown_default="automatic", help="`off`, `blocks` (torch.compile of the repeated transformer blocks), `full`; automatic: `blocks` for runs of 300+ steps (on a CPU only where a C++ compiler exists), else `off`"),
     "quantize_base": _p(str, None, choices=QUANTIZATIONS, nullable=True, group="Speed and memory", help="the frozen base weights stored quantized by torchao, LoRA only: `fp8` (float8, half of bf16's memory), `int8` (half), `nf4` (QLoRA's 4-bit NormalFloat, about a quarter)"),
     "swap_blocks": _p(int, 0, 0, 200, group="Speed and memory", help="transformer models: this many of the denoiser's blocks stay in host memory and are copied to the GPU only while they run (block swapping, for cards smaller than the model); turns `gradient_checkpointing` on and `compile` off; LoRA only"),
+    "gpus": _p(int, 1, 1, 64, group="Speed and memory", help="GPUs of one worker machine this training runs on: LoRA data-parallel (DDP), FULL sharded (FSDP2); `batch_size` or `gradient_accumulation` must be a multiple of it; refused when no worker has that many"),
     "mixed_precision": _p(str, None, choices=("bf16", "no"), nullable=True, group="Speed and memory", shown_default="automatic", help="`bf16` or `no`; automatic: bf16 autocast on a GPU, fp32 on a CPU"),
     # --- conditioning
     "guidance_scale": _p(NUMBER, 1.0, 0, 30, group="Captions and conditioning", help="FLUX.1-dev's guidance input while training"),
@@ -205,3 +206,15 @@ def _number(value: float) -> str:
     if float(value).is_integer() and abs(value) >= 1:
         return f"{int(value):,}".replace(",", " ") if abs(value) >= 10_000 else str(int(value))
     return f"{value:g}"
+
+
+def global_batch_problem(gpus: int, batch_size: int, gradient_accumulation: int) -> str | None:
+    """Why a global batch cannot be split over `gpus` ranks, or None: each micro-batch's images are
+    split evenly, or whole micro-batches dealt out in turn (training/engine/distributed.py)."""
+    accumulation = max(1, gradient_accumulation)
+    if gpus > 1 and batch_size % gpus and accumulation % gpus:
+        return (
+            f"with gpus {gpus}, batch_size ({batch_size}) or gradient_accumulation ({accumulation}) must be a "
+            f"multiple of {gpus}: the global batch is split evenly over the GPUs"
+        )
+    return None

@@ -49,6 +49,7 @@ from models_app.models import (
     TrainingSample,
     TrainingTask,
     WebhookDelivery,
+    WorkerMachine,
 )
 from models_app.services.accounts import (
     api_key_create,
@@ -678,6 +679,29 @@ class PairAdmin(TeamScopedAdmin):
         return asset_thumbnail(obj.target.asset)
 
 
+def devices_text(machine: str, devices: list[int]) -> str:
+    return f"{machine}: GPU {', '.join(str(index) for index in devices)}" if machine and devices else "-"
+
+
+@admin.register(WorkerMachine)
+class WorkerMachineAdmin(admin.ModelAdmin):
+    """The machines the workers advertised, and which trainings hold which of their devices. A machine
+    retired for good can be deleted here (its size then no longer counts for the `gpus` check)."""
+
+    list_display = ["name", "device_type", "gpus", "devices_in_use", "last_seen_at"]
+    readonly_fields = ("name", "device_type", "gpus", "devices_in_use", "last_seen_at", "created_at")
+    fields = readonly_fields
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # a machine is registered by its workers
+
+    @admin.display(description="In use")
+    def devices_in_use(self, obj: WorkerMachine) -> str:
+        held = TrainingTask.objects.filter(machine=obj.name, status__in=TrainingTask.RUNNING_STATUSES)
+        parts = [f"GPU {', '.join(str(d) for d in task.devices)}: task {str(task.pk)[:8]}" for task in held]
+        return "; ".join(parts) or "none"
+
+
 TASK_SUMMARY_FIELDS = (
     "model",
     "team",
@@ -687,6 +711,8 @@ TASK_SUMMARY_FIELDS = (
     "total_steps",
     "eta_seconds",
     "priority",
+    "gpus",
+    "devices_held",
     "attempt_count",
     "attempts_table",
     "failure_reason",
@@ -706,7 +732,7 @@ class TrainingTaskAdmin(TeamScopedAdmin):
     list_filter = ["status", "training_type", "priority", "team", "created_at"]
     search_fields = ["id", "model__public_id", "model__name", "trigger_word"]
     list_select_related = ["model", "team"]
-    readonly_fields = [*(f.name for f in TrainingTask._meta.fields), "attempts_table"]
+    readonly_fields = [*(f.name for f in TrainingTask._meta.fields), "attempts_table", "devices_held"]
     fieldsets = [
         ("Summary", {"fields": TASK_SUMMARY_FIELDS}),
         (
@@ -741,6 +767,10 @@ class TrainingTaskAdmin(TeamScopedAdmin):
             for index, entry in enumerate(history)
         ]
         return render_to_string("admin/models_app/cells/attempts_table.html", {"attempts": attempts})
+
+    @admin.display(description="Devices held")
+    def devices_held(self, obj: TrainingTask) -> str:
+        return devices_text(obj.machine, obj.devices) if obj.status in TrainingTask.RUNNING_STATUSES else "-"
 
     @admin.display(description="Task", ordering="created_at")
     def short_id(self, obj: TrainingTask) -> str:

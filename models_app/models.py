@@ -363,6 +363,15 @@ class TrainingTask(models.Model):
         default=list, blank=True, help_text="[step, validation loss] points on the held-out images, thinned alike."
     )
     worker_id = models.CharField(max_length=200, blank=True)
+    gpus = models.PositiveSmallIntegerField(
+        default=default("gpus"), help_text="GPUs of one worker machine the training runs on."
+    )
+    machine = models.CharField(
+        max_length=200, blank=True, help_text="The worker machine running it (WorkerMachine.name); empty when none."
+    )
+    devices = models.JSONField(
+        default=list, blank=True, help_text="The device indices it holds on that machine while it runs."
+    )
     attempt_count = models.PositiveIntegerField(default=0)
     max_attempts = models.PositiveIntegerField(default=3)
     lease_expires_at = models.DateTimeField(null=True, blank=True)
@@ -415,6 +424,25 @@ class TrainingTask(models.Model):
     def __str__(self) -> str:
         # No status here: a page title or breadcrumb rendered from it would go stale while the task runs.
         return f"training task {str(self.id)[:8]}"
+
+
+class WorkerMachine(models.Model):
+    """A machine that runs trainings, as its workers advertise it: its GPUs (device indices 0..gpus-1 as
+    its workers see them; CPU processes on a CPU machine). A task holds `gpus` of one machine's devices
+    while it runs (TrainingTask.machine, .devices); no two running tasks hold the same device."""
+
+    name = models.CharField(max_length=200, unique=True, help_text="TRAINING_MACHINE_NAME, else the host name.")
+    gpus = models.PositiveSmallIntegerField(help_text="Devices its trainings share out (TRAINING_GPUS).")
+    device_type = models.CharField(max_length=16, default="cuda", help_text="cuda, or cpu for CPU processes.")
+    last_seen_at = models.DateTimeField(help_text="When one of its workers last looked for work.")
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["name"]
+        constraints = [models.CheckConstraint(condition=Q(gpus__gte=1), name="machine_has_a_device")]
+
+    def __str__(self) -> str:
+        return self.name
 
 
 def sample_upload_to(instance: TrainingSample, filename: str) -> str:

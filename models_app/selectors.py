@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -40,6 +41,9 @@ MODEL_PROGRESS_TASK_FIELDS = (
     "eta_seconds",
     "loss",
     "error_message",
+    "gpus",
+    "machine",
+    "devices",
 )
 
 
@@ -55,6 +59,9 @@ class TaskProgress(NamedTuple):
     eta_seconds: int | None
     loss: float | None
     error_message: str | None
+    gpus: int
+    machine: str
+    devices: list[int]
 
 
 # The newest task's fields as columns of the model's row (`latest_task_status`, ...).
@@ -153,7 +160,12 @@ def model_progress(model: Model) -> TaskProgress | None:
     if not hasattr(model, "latest_task_status"):
         values = TrainingTask.objects.filter(pk=model.latest_task_id).values_list(*TaskProgress._fields).get()
         return TaskProgress(*values)
-    return TaskProgress(model.latest_task_id, *(getattr(model, name) for name in _PROGRESS_COLUMNS))
+    columns = {
+        name: getattr(model, column) for name, column in zip(TaskProgress._fields[1:], _PROGRESS_COLUMNS, strict=True)
+    }
+    if isinstance(columns["devices"], str):  # a JSON column read through a join comes back as its text on SQLite
+        columns["devices"] = json.loads(columns["devices"])
+    return TaskProgress(model.latest_task_id, **columns)
 
 
 # The order of the API's model list: newest first.

@@ -20,6 +20,7 @@ from django.conf import settings
 from django.db import DatabaseError, connection
 
 from models_app.models import TrainingCheckpoint
+from models_app.services.machines import MachineSpec
 from models_app.services.worker_protocol import training_task_heartbeat, training_task_release
 
 logger = logging.getLogger(__name__)
@@ -28,6 +29,15 @@ logger = logging.getLogger(__name__)
 # training saves a snapshot and hands its task back. Every process of the cluster ignores it otherwise.
 SHUTDOWN_SIGNAL = signal.SIGUSR1
 shutdown_requested = threading.Event()
+
+
+def worker_machine() -> MachineSpec:
+    """This worker's machine as the scheduler sees it (models_app/services/machines.py)."""
+    name = settings.TRAINING_MACHINE_NAME or socket.gethostname()
+    if not settings.TRAINING_MACHINE_NAME and os.environ.get("TRAINING_WORKER_NAME"):
+        name = f"{name}:{os.environ['TRAINING_WORKER_NAME']}"  # a qcluster per GPU: one machine each
+    device_type = "cpu" if (settings.TRAINING_DEVICE or "").startswith("cpu") else "cuda"
+    return MachineSpec(name=name, gpus=max(1, int(settings.TRAINING_GPUS)), device_type=device_type)
 
 
 def worker_identity() -> str:

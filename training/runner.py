@@ -18,18 +18,18 @@ from typing import Any
 from django.conf import settings
 
 from models_app.models import TrainingCheckpoint, TrainingImage, TrainingTask
+from models_app.services.machines import machine_claim
 from models_app.services.training import ENGINE_OPTIONS
 from models_app.services.worker_protocol import (
     LeaseLost,
     training_task_cancelled,
-    training_task_claim,
-    training_task_claim_next,
     training_task_complete,
     training_task_fail,
     training_task_release,
 )
 from training import engine
-from training.lease import Heartbeat, shutdown_requested, suspend_on_shutdown_signal, worker_identity
+from training.launch import train_on_ranks
+from training.lease import Heartbeat, shutdown_requested, suspend_on_shutdown_signal, worker_identity, worker_machine
 from training.reporting import TaskReporter
 from training.storage_io import local_copy, stored_name
 
@@ -37,12 +37,13 @@ logger = logging.getLogger(__name__)
 
 
 def run_next_training() -> str:
-    """Claim the best pending task (priority, then age) and run it; "idle" when none is pending."""
+    """Claim the best pending task (priority, then age) that fits this machine's free GPUs and run it;
+    "idle" when none does."""
     suspend_on_shutdown_signal()
     if shutdown_requested.is_set():
         return "shutting-down"  # the cluster is stopping: leave the task for another worker
     worker_id = worker_identity()
-    task = training_task_claim_next(worker_id=worker_id)
+    task = machine_claim(worker_id=worker_id, machine=worker_machine())
     if task is None:
         return "idle"
     return run_claimed(task, worker_id)
@@ -54,9 +55,11 @@ def run_training_task(task_id: str) -> str:
     if shutdown_requested.is_set():
         return "shutting-down"
     worker_id = worker_identity()
-    task = training_task_claim(task_id=task_id, worker_id=worker_id)
+    task = machine_claim(worker_id=worker_id, machine=worker_machine(), task_id=task_id)
     if task is None:
-        logger.info("training task %s was not pending; another worker has it or it was cancelled", task_id)
+        logger.info(
+            "training task %s was not claimed: another worker has it, it was cancelled, or it waits for GPUs", task_id
+        )
         return "not-claimed"
     return run_claimed(task, worker_id)
 
@@ -74,7 +77,7 @@ def run_claimed(task: TrainingTask, worker_id: str) -> str:
             reporter.heartbeat = heartbeat
             spec = build_spec(task, work_dir, reporter)
             restore_checkpoint(task, spec.checkpoint_dir, reporter)
-            result = engine.train(spec, reporter)
+            result = run_engine(task, spec, reporter, work_dir)
         reporter.log(f"finished {result.steps_done} steps, final loss {result.final_loss}")
         published = training_task_complete(
             task_id=task.pk,
@@ -123,6 +126,29 @@ def run_claimed(task: TrainingTask, worker_id: str) -> str:
             retriable=True,
             fields=reporter.finish(f"failed: {message}"),
         )
+
+
+def run_engine(
+    task: TrainingTask, spec: engine.TrainingSpec, reporter: TaskReporter, work_dir: Path
+) -> engine.TrainingResult:
+    """The engine in this process on the task's one device, or its ranks on the task's devices."""
+    if task.gpus <= 1:
+        return engine.train(spec, reporter)
+    where = f"{task.machine}: {spec.device or 'cuda'} {', '.join(str(d) for d in task.devices)}"
+    reporter.log(f"training on {task.gpus} processes ({where})")
+    return train_on_ranks(spec, reporter, processes=task.gpus, devices=list(task.devices), work_dir=work_dir)
+
+
+def task_device(task: TrainingTask) -> str | None:
+    """The device a one-GPU task trains on: the GPU it holds, else the worker's setting."""
+    configured = settings.TRAINING_DEVICE
+    if task.gpus > 1 or not task.devices or configured not in (None, "cuda"):
+        return configured
+    import torch
+
+    if configured is None and not torch.cuda.is_available():
+        return None  # no GPU here after all: the engine trains on the CPU
+    return f"cuda:{int(task.devices[0])}"
 
 
 def is_out_of_memory(exc: BaseException) -> bool:
@@ -232,7 +258,7 @@ def build_spec(task: TrainingTask, work_dir: Path, reporter: TaskReporter) -> en
         sample_every=task.sample_every,
         sample_steps=task.sample_steps,
         sample_prompts=list(task.sample_prompts or []),
-        device=settings.TRAINING_DEVICE,
+        device=task_device(task),
         **spec_options(options),
     )
 

@@ -279,6 +279,13 @@ TRAINING_CAPTION_MODEL = env("TRAINING_CAPTION_MODEL", "")
 # CPU workers share a machine, or their threads fight over the cores.
 TRAINING_CPU_THREADS = env_int("TRAINING_CPU_THREADS", 0)
 TRAINING_DEVICE = env("TRAINING_DEVICE", "") or None  # "" picks CUDA when present, else the CPU
+# The devices this machine's workers share out to trainings (a task holds `gpus` of them while it runs):
+# GPUs 0..N-1 as the workers see them (CUDA_VISIBLE_DEVICES applies), or N CPU processes when
+# TRAINING_DEVICE is cpu. One qcluster per machine with as many workers as GPUs runs a mix of 1-GPU
+# and N-GPU tasks; TRAINING_MACHINE_NAME tells machines apart (default: the host name, with
+# TRAINING_WORKER_NAME when set, so a qcluster per GPU still counts as a machine of one GPU each).
+TRAINING_GPUS = env_int("TRAINING_GPUS", 1)
+TRAINING_MACHINE_NAME = env("TRAINING_MACHINE_NAME", "")
 TRAINING_IMAGE_COUNT_BOUNDS = (env_int("TRAINING_MIN_IMAGES", 12), env_int("TRAINING_MAX_IMAGES", 20))
 # Trainings queued or running per team when the team sets no limit of its own (0: no limit).
 TRAINING_MAX_PARALLEL_PER_TEAM = env_int("TRAINING_MAX_PARALLEL_PER_TEAM", 0)

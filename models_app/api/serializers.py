@@ -121,6 +121,11 @@ class TrainingProgressSerializer(PlannedOutput, serializers.Serializer):
     eta_seconds = serializers.IntegerField(allow_null=True)
     loss = serializers.FloatField(allow_null=True)
     error_message = serializers.CharField(allow_null=True)
+    gpus = serializers.IntegerField(help_text="GPUs the training asked for (parameter `gpus`).")
+    machine = serializers.CharField(help_text="The worker machine running it; empty while queued.")
+    devices = serializers.ListField(
+        child=serializers.IntegerField(), help_text="The GPU indices it holds on that machine while it runs."
+    )
 
     def get_stage(self, obj: TaskProgress) -> str:
         if obj.status == TrainingTask.Status.PREPROCESSING and obj.preprocessing_stage:

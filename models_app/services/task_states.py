@@ -36,7 +36,8 @@ def task_rows_lock(task_id: Any) -> bool:
     takes their locks in this order: the Model row, then the Team row, then the TrainingTask row (then
     rows that belong to them: credit entries, webhook deliveries, checkpoints). Starting a training
     (model, team, new task), cancelling one, and every worker transition (claim, requeue, complete,
-    fail) follow it, so two of them wait for each other instead of deadlocking. A task's model and team
+    fail) follow it, so two of them wait for each other instead of deadlocking. A claim takes its worker
+    machine's row first (models_app/services/machines.py: the machine, then these). A task's model and team
     never change, so reading their ids first, unlocked, is safe. False if the task does not exist.
     """
     ids = TrainingTask.objects.filter(pk=task_id).values_list("model_id", "team_id").first()

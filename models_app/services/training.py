@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from contract.parameters import global_batch_problem
 from models_app.errors import ApplicationError, Conflict, InsufficientCredits, InvalidInput, LimitReached, NotFound
 from models_app.models import (
     Model,
@@ -24,6 +25,7 @@ from models_app.models import (
     TrainingTask,
 )
 from models_app.services.credits import Estimate, credits_reserve, training_estimate
+from models_app.services.machines import largest_machine_gpus
 from models_app.services.task_states import task_rows_lock, task_transition
 from models_app.services.webhooks import webhook_emit
 from models_app.services.worker_protocol import training_task_enqueue
@@ -184,6 +186,7 @@ def _plan(model: Model, overrides: dict[str, Any] | None) -> TrainingPlan:
                 )
             )
     problems.extend(_validation_images_problems(model, params["validation_images"]))
+    problems.extend(_gpus_problems(params))
     limit = team_training_limit(model.team)
     if limit is not None and team_active_trainings(model.team_id) >= limit:
         problems.append(
@@ -201,6 +204,23 @@ def _plan(model: Model, overrides: dict[str, Any] | None) -> TrainingPlan:
             )
         )
     return TrainingPlan(parameters=params, base_model=base_model, estimate=estimate, problems=problems)
+
+
+def _gpus_problems(params: dict[str, Any]) -> list[ApplicationError]:
+    """A task runs on `gpus` devices of one machine: refused when no machine has that many (it would
+    wait forever) and when its global batch cannot be split evenly over them."""
+    gpus, field = params["gpus"], "parameters.gpus"
+    most = largest_machine_gpus()
+    if gpus > most:
+        return [
+            InvalidInput(
+                f"gpus {gpus}: no worker machine has that many GPUs (the largest has {most})",
+                field=field,
+                extra={"requested": gpus, "largest_machine": most},
+            )
+        ]
+    problem = global_batch_problem(gpus, params["batch_size"], params["gradient_accumulation"])
+    return [InvalidInput(problem, field=field)] if problem else []
 
 
 def _validation_images_problems(model: Model, held_out: list[str]) -> list[ApplicationError]:
@@ -272,6 +292,7 @@ def training_start(
         learning_rate=params["learning_rate"],
         batch_size=params["batch_size"],
         gradient_accumulation=params["gradient_accumulation"],
+        gpus=params["gpus"],
         optimizer=params["optimizer"],
         resolution=params["resolution"],
         seed=params["seed"],

@@ -53,17 +53,23 @@ def _claim_fields(worker_id: str) -> dict[str, Any]:
     }
 
 
-def training_task_claim(*, task_id: str, worker_id: str) -> TrainingTask | None:
+def training_task_claim(
+    *, task_id: str, worker_id: str, machine: str = "", devices: list[int] | None = None
+) -> TrainingTask | None:
     """Take this pending task for this worker, or None if another worker (or a cancel) got there first.
+    `devices`: the GPUs of `machine` it holds while it runs (machines.machine_claim chose them).
 
     A pending task never carries a cancel request (a cancel of a queued task ends it at once, and a
     requeue honours one), but should one be found it is finalised CANCELLED here, never run."""
+    where: dict[str, Any] = {"cancel_requested_at__isnull": True}
+    if devices is not None:
+        where["gpus__lte"] = len(devices)  # a task is never claimed with fewer devices than it asks
     if not task_transition(
         task_id,
         TrainingTask.Status.PREPROCESSING,
         expected=(TrainingTask.Status.PENDING,),
-        fields=_claim_fields(worker_id),
-        where={"cancel_requested_at__isnull": True},
+        fields={**_claim_fields(worker_id), "machine": machine, "devices": list(devices or [])},
+        where=where,
     ):
         task_transition(
             task_id,

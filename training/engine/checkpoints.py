@@ -20,6 +20,8 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from training.engine.distributed import like, load_optimizer_state
+
 FILES = ("weights.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt", "state.json")
 EMA_FILE = "ema.safetensors"  # present when the run keeps an EMA of its weights
 KINDS = ("step", "snapshot")
@@ -34,6 +36,7 @@ def save_checkpoint(
     scheduler: Any,
     generator: torch.Generator,
     fingerprint: str,
+    optimizer_state: dict[str, Any] | None = None,
     keep: int,
     kind: str = "step",
     ema: Mapping[str, torch.Tensor] | None = None,
@@ -47,7 +50,8 @@ def save_checkpoint(
     shutil.rmtree(partial, ignore_errors=True)
     partial.mkdir()
     save_file({name: tensor.detach().cpu().contiguous() for name, tensor in weights.items()}, partial / FILES[0])
-    torch.save(optimizer.state_dict(), partial / FILES[1])
+    # A sharded run passes its state gathered whole (distributed.optimizer_state): one format for all.
+    torch.save(optimizer_state if optimizer_state is not None else optimizer.state_dict(), partial / FILES[1])
     torch.save(scheduler.state_dict(), partial / FILES[2])
     rng: dict[str, torch.Tensor | list[torch.Tensor]] = {
         "generator": generator.get_state(),
@@ -115,8 +119,8 @@ def load_checkpoint(
         raise ValueError(f"checkpoint {path} lacks {len(missing)} trained tensors")
     with torch.no_grad():
         for name, parameter in parameters.items():
-            parameter.copy_(weights[name].to(parameter.device, parameter.dtype))
-    optimizer.load_state_dict(torch.load(path / FILES[1], weights_only=True))
+            parameter.copy_(like(parameter, weights[name]))
+    load_optimizer_state(optimizer, torch.load(path / FILES[1], weights_only=True))
     scheduler.load_state_dict(torch.load(path / FILES[2], weights_only=False))
     rng = torch.load(path / FILES[3], weights_only=False)
     generator.set_state(rng["generator"])

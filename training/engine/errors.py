@@ -19,3 +19,11 @@ class TrainingSuspended(Exception):
     def __init__(self, step: int) -> None:
         super().__init__(f"suspended at step {step}")
         self.step = step
+
+    def __reduce__(self) -> tuple[type, tuple[int]]:  # pickled from a rank to its worker (distributed runs)
+        return (TrainingSuspended, (self.step,))
+
+
+class WorkerGone(Exception):
+    """A rank's link to its worker failed, or the worker told it to stop (its lease was lost): the run
+    ends at once and writes nothing more."""

@@ -614,10 +614,11 @@ def export_weights(
     dataset_hash: str,
     weight_dtype: torch.dtype,
     text_encoders: dict[str, torch.nn.Module] | None = None,
+    full_state: dict[str, torch.Tensor] | None = None,
 ) -> Exported:
     """The result files of a run: the adapter in diffusers/PEFT layout and in kohya/LyCORIS layout (with
     the text encoders' adapters when those were trained), or (FULL) the denoiser's weights, each with
-    the run's metadata."""
+    the run's metadata. `full_state`: a sharded FULL run's weights, gathered whole."""
     from training.engine.adapters import adapter_metadata, adapter_state_dict
 
     extra: dict[str, str] = {}
@@ -643,7 +644,8 @@ def export_weights(
     if spec.training_type != "LORA":
         weights_path = spec.output_dir / FULL_WEIGHTS_NAME
         state = {
-            name: tensor.detach().to("cpu", weight_dtype).contiguous() for name, tensor in denoiser.state_dict().items()
+            name: tensor.detach().to("cpu", weight_dtype).contiguous()
+            for name, tensor in (full_state if full_state is not None else denoiser.state_dict()).items()
         }
         save_file(state, str(weights_path), metadata={**metadata, "format": "pt", "component": family.denoiser_key})
         return Exported(weights_path=weights_path, kohya_path=None, metadata=metadata)

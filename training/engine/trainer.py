@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from training.engine import distributed
 from training.engine.adapters import adapter_config
 from training.engine.base_models import resolve_family
 from training.engine.checkpoints import latest_valid_checkpoint, load_checkpoint, save_checkpoint
@@ -100,9 +101,29 @@ class Batch:
 
 
 def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
+    """Train as the spec says. Under torchrun each rank calls this (distributed.py says what differs)."""
+    ranks = distributed.current_ranks()
     check_spec(spec)
+    share = distributed.Share.of(ranks, spec.batch_size, spec.gradient_accumulation)
     family_name = resolve_family(spec.base_model)
-    device = pick_device(spec.device)
+    device = distributed.rank_device(pick_device(spec.device), ranks)
+    distributed.join(ranks, device)
+    if ranks.active:
+        callbacks = distributed.RankCallbacks(callbacks, ranks)
+    try:
+        return train_ranks(spec, callbacks, ranks, share, family_name, device)
+    finally:
+        distributed.leave(ranks)
+
+
+def train_ranks(
+    spec: TrainingSpec,
+    callbacks: TrainingCallbacks,
+    ranks: distributed.Ranks,
+    share: distributed.Share,
+    family_name: str,
+    device: torch.device,
+) -> TrainingResult:
     # bf16 base weights on a GPU; a FULL run without autocast trains and computes in fp32 throughout.
     full_precision = spec.training_type == "FULL" and spec.mixed_precision == "no"
     weight_dtype = torch.bfloat16 if device.type == "cuda" and not full_precision else torch.float32
@@ -120,11 +141,21 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
         raise EngineError(f"train_text_encoder: the {family.name} family's text encoders cannot be trained here")
     spec.output_dir.mkdir(parents=True, exist_ok=True)
 
-    # Preprocess, then cache: each image and caption is encoded once, not once per step.
-    items = prepare_items(spec, family, resolution, transforms, callbacks)
+    # Preprocess, then cache: each image and caption is encoded once, not once per step (by rank 0; the
+    # other ranks read its cache and get the items without their pixels).
+    items: list[PreparedItem] = []
+    fingerprint = ""
+    if ranks.main:
+        items = prepare_items(spec, family, resolution, transforms, callbacks)
+        fingerprint = dataset_fingerprint(spec, family_name, resolution, items)
+        cache = load_or_build_cache(spec, family, items, fingerprint, flip_probability(transforms) > 0, callbacks)
+    if ranks.active:
+        # A broadcast after rank 0's cache is written: the other ranks then find it on the disk.
+        shared = distributed.from_main(ranks, (without_pixels(items), fingerprint) if ranks.main else None)
+        if not ranks.main:
+            items, fingerprint = shared
+            cache = load_or_build_cache(spec, family, items, fingerprint, flip_probability(transforms) > 0, callbacks)
     held_out = validation_indices(spec, items)
-    fingerprint = dataset_fingerprint(spec, family_name, resolution, items)
-    cache = load_or_build_cache(spec, family, items, fingerprint, flip_probability(transforms) > 0, callbacks)
     check_cancel(callbacks)
     if callbacks.should_suspend():
         raise TrainingSuspended(0)  # the cache stays on disk for the next attempt on this machine
@@ -133,15 +164,16 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
     torch.manual_seed(spec.seed)
     generator = torch.Generator(device="cpu").manual_seed(spec.seed)
     callbacks.on_stage("loading", 0, 1)
-    denoiser = family.load_denoiser(load_device(spec, device))
+    denoiser = family.load_denoiser(load_device(spec, device, ranks))
     alpha = spec.lora_alpha if spec.lora_alpha is not None else float(spec.rank)
-    speed, swap = prepare_denoiser(spec, family, denoiser, device, alpha=alpha)
+    speed, swap = prepare_denoiser(spec, family, denoiser, device, alpha=alpha, ranks=ranks)
     if swap is not None:
         callbacks.on_log(f"{len(swap.blocks)} blocks swapped from host memory; gradient checkpointing on")
     trainable = {name: p for name, p in denoiser.named_parameters() if p.requires_grad}
     groups = [{"params": list(trainable.values()), "lr": spec.learning_rate}]
     text_encoders = prepare_text_encoders(spec, family, alpha=alpha) if spec.train_text_encoder else None
     for component, encoder in (text_encoders or {}).items():
+        distributed.replicate_trainable(encoder, ranks)
         parameters = {f"{component}.{name}": p for name, p in encoder.named_parameters() if p.requires_grad}
         trainable.update(parameters)
         groups.append(
@@ -167,7 +199,7 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
             path, start_step = found
             state = load_checkpoint(
                 path, parameters=trainable, optimizer=optimizer, scheduler=scheduler, generator=generator
-            )
+            )  # each rank reads the same files; sharded tensors take their own shard
             if ema is not None:
                 restore_ema(ema, trainable, state)
             if state.get("smoothed_loss") is not None:
@@ -202,6 +234,7 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
         speed=speed,
         ema=ema,
         text_encoders=text_encoders,
+        share=share,
     )
     validation = sorted(held_out)
     if validation and start_step == 0:
@@ -219,7 +252,7 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
         smoothed = step_loss if smoothed is None else torch.lerp(smoothed, step_loss, LOSS_SMOOTHING)
 
         now = time.monotonic()
-        if step == spec.steps or now - last_report >= spec.progress_interval_seconds:
+        if ranks.main and (step == spec.steps or now - last_report >= spec.progress_interval_seconds):
             loss_value = float(step_loss)
             if not math.isfinite(loss_value):
                 raise EngineError(
@@ -238,30 +271,41 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
         )
         # A worker shutting down: save where the next attempt resumes, then stop (after samples are due).
         suspend = step < spec.steps and callbacks.should_suspend()
+        if ranks.active:
+            snapshot_due = distributed.from_main(ranks, snapshot_due)  # rank 0's clock decides
         if user_checkpoint or snapshot_due or suspend:
             # The worker's own snapshot, whatever save_every says: a crash loses at most its cadence.
             kind = "step" if user_checkpoint else "snapshot"
-            path = save_checkpoint(
-                spec.checkpoint_dir,
-                step=step,
-                weights=trainable,
-                optimizer=optimizer,
-                scheduler=scheduler,
-                generator=generator,
-                fingerprint=run_fingerprint,
-                keep=spec.max_step_saves_to_keep if user_checkpoint else 1,
-                kind=kind,
-                ema=ema_weights(ema, trainable),
-                state={"smoothed_loss": float(smoothed), "ema_step": ema.optimization_step if ema else 0},
-            )
-            (callbacks.on_checkpoint if user_checkpoint else callbacks.on_snapshot)(step, path)
+            # Whole tensors (gathered from the shards when sharded), written by rank 0 alone.
+            weights = distributed.full_tensors(trainable, ranks)
+            optimizer_state = distributed.optimizer_state(optimizer)
+            averaged = ema_weights(ema, trainable)
+            averaged = distributed.full_tensors(averaged, ranks) if averaged is not None else None
+            if ranks.main:
+                path = save_checkpoint(
+                    spec.checkpoint_dir,
+                    step=step,
+                    weights=weights,
+                    optimizer=optimizer,
+                    optimizer_state=optimizer_state,
+                    scheduler=scheduler,
+                    generator=generator,
+                    fingerprint=run_fingerprint,
+                    keep=spec.max_step_saves_to_keep if user_checkpoint else 1,
+                    kind=kind,
+                    ema=averaged,
+                    state={"smoothed_loss": float(smoothed), "ema_step": ema.optimization_step if ema else 0},
+                )
+                (callbacks.on_checkpoint if user_checkpoint else callbacks.on_snapshot)(step, path)
             last_snapshot_time, last_snapshot_step = time.monotonic(), step
         if (step % spec.sample_every == 0 or step == spec.steps) and (validation or spec.sample_prompts):
             with evaluation_weights(context):
                 if validation:
                     callbacks.on_validation(step, validation_loss(context, validation))
                 if spec.sample_prompts:
-                    samples += take_samples(spec, family, denoiser, items, step, resolution, callbacks, text_encoders)
+                    samples += take_samples(
+                        spec, family, denoiser, items, step, resolution, callbacks, text_encoders, ranks=ranks
+                    )
         if suspend:
             raise TrainingSuspended(step)
         if step < spec.steps:
@@ -270,16 +314,25 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
     callbacks.on_stage("exporting", 0, 1)
     if ema is not None:
         ema.copy_to(trainable.values())  # the averaged weights are the result
-    exported = export_weights(
-        spec=spec,
-        family=family,
-        denoiser=denoiser,
-        alpha=alpha,
-        resolution=resolution,
-        dataset_hash=fingerprint,
-        weight_dtype=weight_dtype,
-        text_encoders=text_encoders,
+    # A sharded model's weights gathered whole (every rank takes part); rank 0 writes the files.
+    sharded = ranks.active and spec.training_type != "LORA"
+    full_state = distributed.full_tensors(denoiser.state_dict(), ranks) if sharded else None
+    exported = (
+        export_weights(
+            spec=spec,
+            family=family,
+            denoiser=denoiser,
+            alpha=alpha,
+            resolution=resolution,
+            dataset_hash=fingerprint,
+            weight_dtype=weight_dtype,
+            text_encoders=text_encoders,
+            full_state=full_state,
+        )
+        if ranks.main
+        else None
     )
+    exported = distributed.from_main(ranks, exported)  # every rank returns the files rank 0 wrote
     callbacks.on_stage("exporting", 1, 1)
     return TrainingResult(
         family=family_name,
@@ -295,12 +348,19 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
 
 
 def prepare_denoiser(
-    spec: TrainingSpec, family: Family, denoiser: torch.nn.Module, device: torch.device, *, alpha: float
+    spec: TrainingSpec,
+    family: Family,
+    denoiser: torch.nn.Module,
+    device: torch.device,
+    *,
+    alpha: float,
+    ranks: distributed.Ranks = distributed.SINGLE,
 ) -> tuple[SpeedOptions, BlockSwap | None]:
     """Make the loaded denoiser trainable as the spec says: the memory levers (quantized base, swapped
     blocks) as it comes onto the device, speed options, then adapters (frozen base) or every weight
-    trainable (FULL), then compilation. Shared with bench/'s real-size runs. The denoiser may arrive in
-    host memory (`load_device`) and is on `device` after, but for its swapped blocks."""
+    trainable (FULL), data-parallel or sharded over the ranks, then compilation. Shared with bench/'s
+    real-size runs. The denoiser may arrive in host memory (`load_device`) and is on `device` after, but
+    for its swapped blocks (and, sharded, each rank holds its shard)."""
     speed = resolve_speed(
         compile_mode=spec.compile,
         channels_last=spec.channels_last,
@@ -317,12 +377,13 @@ def prepare_denoiser(
         raise EngineError(
             "quantize_base does not combine with lora_type dora: DoRA rescales the base weights themselves"
         )
-    hosted = place_denoiser(
-        denoiser,
-        device,
-        blocks=repeated_blocks(denoiser, family.block_prefixes),
-        quantize=speed.quantize_base,
-        hosted=speed.swap_blocks,
+    blocks = repeated_blocks(denoiser, family.block_prefixes)
+    sharded = ranks.active and spec.training_type != "LORA"
+    # A sharded model comes onto the device shard by shard (distributed.shard_module), never whole.
+    hosted = (
+        []
+        if sharded
+        else place_denoiser(denoiser, device, blocks=blocks, quantize=speed.quantize_base, hosted=speed.swap_blocks)
     )
     apply_before_adapter(denoiser, speed)
     if spec.training_type == "LORA":
@@ -339,14 +400,21 @@ def prepare_denoiser(
     swap = BlockSwap(hosted, device) if hosted else None
     if spec.gradient_checkpointing or swap is not None:
         denoiser.enable_gradient_checkpointing()  # type: ignore[operator]
+    if sharded:
+        distributed.shard_module(denoiser, blocks, device, ranks)
+    else:
+        distributed.replicate_trainable(denoiser, ranks)
     apply_after_adapter(denoiser, speed)
     return speed, swap
 
 
-def load_device(spec: TrainingSpec, device: torch.device) -> torch.device:
+def load_device(
+    spec: TrainingSpec, device: torch.device, ranks: distributed.Ranks = distributed.SINGLE
+) -> torch.device:
     """Where the denoiser is loaded: in host memory when a memory lever brings it onto the device block
-    by block (`memory.place_denoiser`), else straight onto the device."""
-    return torch.device("cpu") if spec.quantize_base or spec.swap_blocks else device
+    by block (`memory.place_denoiser`) or when it is sharded over the ranks, else straight onto the device."""
+    sharded = ranks.active and spec.training_type != "LORA"
+    return torch.device("cpu") if spec.quantize_base or spec.swap_blocks or sharded else device
 
 
 TEXT_ENCODER_TARGETS = {  # CLIP text encoder modules per `lora_targets` preset
@@ -402,6 +470,7 @@ class StepContext:
     speed: SpeedOptions
     ema: Any = None  # diffusers' EMAModel over the trained parameters, when `ema` is on
     text_encoders: dict[str, torch.nn.Module] | None = None  # with trained adapters (train_text_encoder)
+    share: distributed.Share | None = None  # this rank's part of each step's global batch; None: all of it
 
 
 def noise_settings(spec: TrainingSpec) -> NoiseSettings:
@@ -430,13 +499,21 @@ def train_step(context: StepContext, step: int) -> torch.Tensor:
         # Seeded from the run's seed and the step: reproducible, and a resumed run draws the same noise.
         context.noise.manual_seed((context.spec.seed * 1_000_003 + step) % 2**63)
     accumulation = max(1, context.spec.gradient_accumulation)
+    share = context.share or distributed.Share.of(distributed.SINGLE, context.spec.batch_size, accumulation)
     step_loss = torch.zeros((), device=context.device)
     for micro in range(accumulation):
+        # Every rank draws the whole micro-batch (the generators stay in step whatever the rank count)
+        # and trains on its rows; each micro-batch's mean loss weighs by its share of the rank's images.
+        rows = share.rows(micro)
         with autocast(context), recompute(context):
             batch = draw_batch(context, (step - 1) * accumulation + micro)
-            loss = compute_loss(context, batch)
-        (loss / accumulation).backward()
-        step_loss += loss.detach() / accumulation
+            loss = compute_loss(context, batch, rows)
+        if loss is None:
+            continue
+        weight = share.weight(rows)  # type: ignore[arg-type]  # rows is set whenever a loss is
+        (loss * weight).backward()
+        step_loss += loss.detach() * weight
+    step_loss = distributed.mean_over_ranks(share.ranks, step_loss)
     torch.nn.utils.clip_grad_norm_(context.trainable.values(), MAX_GRAD_NORM)
     context.optimizer.step()
     context.scheduler.step()
@@ -457,11 +534,16 @@ def recompute(context: StepContext) -> contextlib.AbstractContextManager[Any]:
     return full_recompute() if context.speed.swap_blocks else contextlib.nullcontext()
 
 
-def compute_loss(context: StepContext, batch: Batch) -> torch.Tensor:
+def compute_loss(context: StepContext, batch: Batch, rows: slice | None) -> torch.Tensor | None:
     """Noise, predict, compare: the family's objective with the spec's loss type, per-sample
-    weighting (min-SNR), mask and prior preservation."""
+    weighting (min-SNR), mask and prior preservation. The noise is drawn for the whole batch and the
+    prediction made for `rows` only (this rank's share); None when no row is this rank's."""
     family, spec, settings = context.family, context.spec, context.settings
     noised = family.add_noise(batch.latents, context.noise, settings)
+    if rows is None:
+        return None
+    if rows != slice(0, batch.latents.shape[0]):
+        batch, noised = distributed.take_rows(batch, rows), distributed.take_rows(noised, rows)
     prediction = family.predict(context.denoiser, noised, batch.conditioning, settings, source_latents=batch.source)
     loss = reduce_loss(
         elementwise_loss(prediction, noised.target, spec.loss_type, spec.huber_delta),
@@ -608,7 +690,7 @@ def restore_ema(ema: Any, trainable: dict[str, torch.nn.Parameter], state: dict[
     weights = state.get("ema")
     if weights is None:
         raise EngineError("the checkpoint was written without EMA weights; it cannot resume an EMA run")
-    ema.shadow_params = [weights[name].to(p.device, p.dtype) for name, p in trainable.items()]
+    ema.shadow_params = [distributed.like(p, weights[name]) for name, p in trainable.items()]
     ema.optimization_step = int(state.get("ema_step", 0))
 
 
@@ -723,6 +805,18 @@ def prepare_items(
         callbacks.on_log(f"masked_loss: {unmasked} of {total} images have no transparency; they are learned whole")
     callbacks.on_stage("preprocessing", total, total)
     return items
+
+
+def without_pixels(items: list[PreparedItem]) -> list[PreparedItem]:
+    """The items as the other ranks need them: no pixels (the cache holds the latents) but the first
+    source image, which samples of edit models start from."""
+    import dataclasses
+
+    empty = np.zeros((3, 1, 1), dtype=np.float32)
+    return [
+        dataclasses.replace(item, pixels=empty, mask=None, source_pixels=item.source_pixels if index == 0 else None)
+        for index, item in enumerate(items)
+    ]
 
 
 def load_or_build_cache(
@@ -935,8 +1029,11 @@ def take_samples(
     resolution: int,
     callbacks: TrainingCallbacks,
     text_encoders: dict[str, torch.nn.Module] | None = None,
+    *,
+    ranks: distributed.Ranks = distributed.SINGLE,
 ) -> list[Path]:
-    """Images for the sample prompts, through the same pipeline code as the API's generations."""
+    """Images for the sample prompts, through the same pipeline code as the API's generations. Every
+    rank runs the pipeline (a sharded model's forward needs them all); rank 0 keeps the images."""
     from PIL import Image
 
     denoiser.eval()
@@ -963,9 +1060,10 @@ def take_samples(
             bypass_guidance_embedding=spec.bypass_guidance_embedding,
         )[0]
         path = folder / f"step-{step:07d}-{index}.png"
-        image.save(path)
-        paths.append(path)
-        callbacks.on_sample(step, prompt, path)
+        if ranks.main:
+            image.save(path)
+            paths.append(path)
+            callbacks.on_sample(step, prompt, path)
     del pipeline
     denoiser.train()
     for encoder in (text_encoders or {}).values():

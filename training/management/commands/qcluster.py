@@ -23,6 +23,9 @@ from django_q.management.commands.qcluster import Command as DjangoQClusterComma
 
 from training.lease import SHUTDOWN_SIGNAL
 
+# The processes of a distributed run (training/launch.py): torchrun and the engine's ranks.
+DISTRIBUTED_COMMANDS = ("torch.distributed.run", "training.engine.rank")
+
 logger = logging.getLogger(__name__)
 
 
@@ -33,16 +36,24 @@ class GracefulCluster(Cluster):
 
 
 def suspend_trainings(cluster_pid: int) -> int:
-    """Send SHUTDOWN_SIGNAL to every process under the cluster; returns how many were signalled."""
+    """Send SHUTDOWN_SIGNAL to every process under the cluster but a distributed run's torchrun and
+    ranks (their worker asks rank 0 to suspend, which tells the others); returns how many were signalled."""
     signalled = 0
     for child in psutil.Process(cluster_pid).children(recursive=True):
         try:
+            if is_rank_process(child):
+                continue
             child.send_signal(SHUTDOWN_SIGNAL)
             signalled += 1
         except psutil.NoSuchProcess:
             continue
     logger.info("asked %d cluster process(es) to suspend their trainings", signalled)
     return signalled
+
+
+def is_rank_process(process: psutil.Process) -> bool:
+    command = " ".join(process.cmdline())
+    return any(name in command for name in DISTRIBUTED_COMMANDS)
 
 
 class Command(DjangoQClusterCommand):
