@@ -1,6 +1,6 @@
 """Every benchmark of the platform: prints a table of figures against their targets and writes JSON.
 
-    python bench/run.py [--only train,learning,preprocess,queue,api,e2e,gpu] [--quick] [--out bench/results/run.json]
+    python bench/run.py [--only train,learning,preprocess,queue,api,e2e,gpu,scaling] [--quick] [--out bench/results/run.json]
 
 - train: our trainer against a diffusers-example reference loop on this machine's CPU, and each
   optimisation switched on/off (bench/train.py);
@@ -9,7 +9,9 @@
 - preprocess: 20 camera-sized JPEGs verified, oriented and resized (bench/preprocess.py);
 - queue, api, e2e: start-to-pickup latency with a real qcluster, API throughput under gunicorn with
   PostgreSQL, and a 15-image 1000-step training from the start call to `ready` (bench/service.py);
-- gpu: real-size SD 1.5 / SDXL / FLUX.1-dev steps, where CUDA is available (bench/gpu.py).
+- gpu: real-size SD 1.5 / SDXL / FLUX.1-dev steps, where CUDA is available (bench/gpu.py);
+- scaling: one LoRA run on one process and on two ranks (gloo CPU processes, or two GPUs where this
+  machine has them), same global batch (bench/scaling.py).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-SECTIONS = ("train", "learning", "preprocess", "queue", "api", "e2e", "gpu")
+SECTIONS = ("train", "learning", "preprocess", "queue", "api", "e2e", "gpu", "scaling")
 TARGETS = {
     "train_speedup": 1.5,
     "preprocess_seconds": 5.0,
@@ -186,6 +188,26 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
                         target = f"<= {FLUX_QUANTIZED_MEMORY_TARGET_GB:.0f} GB"
                         met = row.get("peak_memory_gb", 1e9) <= FLUX_QUANTIZED_MEMORY_TARGET_GB
                     rows.append((f"{name} {row['resolution']} px, {label}", measured, target, met))
+    if "scaling" in results:
+        scaling = results["scaling"]
+        rows.append(
+            (
+                f"scaling: 2 ranks vs 1 process ({scaling['device']}, {scaling['cores']} cores)",
+                f"{scaling['two_ranks_steps_per_second']} vs {scaling['one_process_steps_per_second']} steps/s "
+                f"= x{scaling['scaling']}",
+                "x2 ideal",
+                None,
+            )
+        )
+        rows.append(
+            (
+                "  parallel efficiency: 2 ranks vs 2 x one process at a rank's threads",
+                f"{scaling['two_ranks_steps_per_second']} vs 2 x {scaling['one_process_rank_threads_steps_per_second']} "
+                f"steps/s = {scaling['efficiency']:.0%}",
+                "100% ideal",
+                None,
+            )
+        )
     for family, row in results.get("learning", {}).items():
         rows.append(
             (
@@ -284,6 +306,10 @@ def main() -> None:
             from bench import gpu
 
             results["gpu"] = gpu.run(scratch / "gpu", quick=args.quick)
+        if "scaling" in sections:
+            from bench import scaling
+
+            results["scaling"] = scaling.run(scratch / "scaling", base, steps=min(steps, 40))
     results["targets"] = TARGETS
     print()
     print_table(rows_for(results))

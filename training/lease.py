@@ -32,7 +32,15 @@ shutdown_requested = threading.Event()
 
 
 def worker_machine() -> MachineSpec:
-    """This worker's machine as the scheduler sees it (models_app/services/machines.py)."""
+    """This worker's machine as the scheduler sees it (models_app/services/machines.py); with Ray
+    execution, the Ray cluster (which places each job on a node itself)."""
+    if settings.TRAINING_EXECUTION == "ray":
+        return MachineSpec(
+            name=f"ray {settings.TRAINING_RAY_ADDRESS}",
+            gpus=max(1, int(settings.TRAINING_GPUS)),
+            device_type="cpu" if (settings.TRAINING_DEVICE or "").startswith("cpu") else "cuda",
+            holds_devices=False,
+        )
     name = settings.TRAINING_MACHINE_NAME or socket.gethostname()
     if not settings.TRAINING_MACHINE_NAME and os.environ.get("TRAINING_WORKER_NAME"):
         name = f"{name}:{os.environ['TRAINING_WORKER_NAME']}"  # a qcluster per GPU: one machine each

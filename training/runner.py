@@ -65,6 +65,16 @@ def run_training_task(task_id: str) -> str:
 
 
 def run_claimed(task: TrainingTask, worker_id: str) -> str:
+    """Run the claimed attempt here, or hand it to the Ray cluster and follow it there."""
+    if settings.TRAINING_EXECUTION == "ray":
+        from training.ray_jobs import run_on_ray
+
+        return run_on_ray(task, worker_id)
+    return run_attempt(task, worker_id)
+
+
+def run_attempt(task: TrainingTask, worker_id: str) -> str:
+    """The attempt in this process (or its ranks): lease, engine, reports, and the result published."""
     if settings.TRAINING_CPU_THREADS:
         import torch
 
@@ -136,7 +146,9 @@ def run_engine(
         return engine.train(spec, reporter)
     where = f"{task.machine}: {spec.device or 'cuda'} {', '.join(str(d) for d in task.devices)}"
     reporter.log(f"training on {task.gpus} processes ({where})")
-    return train_on_ranks(spec, reporter, processes=task.gpus, devices=list(task.devices), work_dir=work_dir)
+    # No device indices: a cluster scheduler gave the job its GPUs (CUDA_VISIBLE_DEVICES as it set it).
+    devices = [int(index) for index in task.devices] or None
+    return train_on_ranks(spec, reporter, processes=task.gpus, devices=devices, work_dir=work_dir)
 
 
 def task_device(task: TrainingTask) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -286,6 +287,21 @@ TRAINING_DEVICE = env("TRAINING_DEVICE", "") or None  # "" picks CUDA when prese
 # TRAINING_WORKER_NAME when set, so a qcluster per GPU still counts as a machine of one GPU each).
 TRAINING_GPUS = env_int("TRAINING_GPUS", 1)
 TRAINING_MACHINE_NAME = env("TRAINING_MACHINE_NAME", "")
+# Where a claimed training runs: "local" (in the worker, on its machine's GPUs) or "ray" (a Ray job on an
+# existing Ray cluster, which then schedules the GPUs: training/ray_jobs.py). With "ray", TRAINING_GPUS is
+# the most GPUs one Ray node offers a job (the start refuses more).
+TRAINING_EXECUTION = env("TRAINING_EXECUTION", "local")
+TRAINING_RAY_ADDRESS = env("TRAINING_RAY_ADDRESS", "http://127.0.0.1:8265")  # the Ray dashboard (Jobs API)
+TRAINING_RAY_PROJECT_DIR = Path(env("TRAINING_RAY_PROJECT_DIR", str(BASE_DIR)))  # this project on the Ray nodes
+TRAINING_RAY_PYTHON = env("TRAINING_RAY_PYTHON", sys.executable)  # its interpreter there
+TRAINING_RAY_ENV_VARS = env_list(
+    "TRAINING_RAY_ENV_VARS",
+    ["DJANGO_SETTINGS_MODULE", "DATABASE_URL", "Q_BROKER", "REDIS_URL", "STORAGE_BACKEND", "S3_BUCKET",
+     "S3_ENDPOINT_URL", "S3_REGION", "MEDIA_ROOT", "VAR_DIR", "TRAINING_WORK_DIR", "TRAINING_BASE_MODEL_ROOTS",
+     "TRAINING_DEVICE", "TRAINING_CPU_THREADS"],
+)  # fmt: skip
+TRAINING_RAY_POLL_SECONDS = float(env("TRAINING_RAY_POLL_SECONDS", "2"))
+TRAINING_RAY_CANCEL_GRACE_SECONDS = float(env("TRAINING_RAY_CANCEL_GRACE_SECONDS", "30"))
 TRAINING_IMAGE_COUNT_BOUNDS = (env_int("TRAINING_MIN_IMAGES", 12), env_int("TRAINING_MAX_IMAGES", 20))
 # Trainings queued or running per team when the team sets no limit of its own (0: no limit).
 TRAINING_MAX_PARALLEL_PER_TEAM = env_int("TRAINING_MAX_PARALLEL_PER_TEAM", 0)

@@ -33,6 +33,9 @@ class MachineSpec:
     name: str
     gpus: int
     device_type: str  # "cuda", or "cpu" for CPU processes
+    # False for a cluster scheduler's pool (TRAINING_EXECUTION=ray): it places each job on a node itself;
+    # `gpus` is then only the most one job may ask for, and a claim holds no device indices.
+    holds_devices: bool = True
 
 
 def machine_advertise(machine: MachineSpec) -> None:
@@ -50,6 +53,8 @@ def machine_advertise(machine: MachineSpec) -> None:
 
 def machine_free_devices(machine: MachineSpec) -> list[int]:
     """The machine's device indices that no running task holds."""
+    if not machine.holds_devices:
+        return list(range(machine.gpus))
     held: set[int] = set()
     for devices in TrainingTask.objects.filter(
         machine=machine.name, status__in=TrainingTask.RUNNING_STATUSES
@@ -74,7 +79,10 @@ def machine_claim(*, worker_id: str, machine: MachineSpec, task_id: str | None =
                 return None
             pk, gpus = candidate
             claimed = training_task_claim(
-                task_id=str(pk), worker_id=worker_id, machine=machine.name, devices=free[:gpus]
+                task_id=str(pk),
+                worker_id=worker_id,
+                machine=machine.name,
+                devices=free[:gpus] if machine.holds_devices else None,
             )
         if claimed is not None or task_id is not None:
             return claimed

@@ -134,3 +134,63 @@ def test_a_rank_killed_mid_run_requeues_the_task_like_a_lost_worker(
     with pytest.raises(AssertionError):
         rank_pid(0)  # the other rank was stopped with the group
     assert machine_free_devices(TWO_CPUS) == [0, 1]
+
+
+@pytest.mark.slow
+@pytest.mark.django_db(transaction=True)
+def test_a_web_machine_and_a_two_gpu_worker_machine_share_the_database_and_a_redis_broker(
+    tiny_sd15: Path, fast_training: dict, settings, tmp_path: Path
+) -> None:
+    """Two "machines" as a deployment runs them: gunicorn (the API) and a qcluster offering 2 devices,
+    sharing the database and the Redis broker; a 2-GPU training started over HTTP runs on both devices."""
+    import uuid
+
+    import httpx
+    import redis
+    from django_q.models import OrmQ
+
+    from tests.factories import api_token
+    from tests.helpers import HANG_GUARD, start_cluster, start_web_server, stop_cluster, wait_for
+
+    broker = {
+        "Q_BROKER": "redis",
+        "REDIS_URL": "redis://127.0.0.1:6379/11",
+        "Q_QUEUE_NAME": f"t-{uuid.uuid4().hex[:8]}",
+    }
+    redis.Redis.from_url(broker["REDIS_URL"]).flushdb()
+    model = ModelFactory()
+    add_images(model, 12)
+    model_configure(model=model, parameters={**fast_training, "steps": 4, "gpus": 2, "base_model_path": str(tiny_sd15)})
+    machine = {"TRAINING_GPUS": "2", "TRAINING_DEVICE": "cpu", "TRAINING_MACHINE_NAME": "gpu-box", **broker}
+    cluster = start_cluster(settings, "gpu-box", **machine)
+    web, url = start_web_server(settings, tmp_path / "web.log", workers=1, threads=2, **broker)
+    try:
+        wait_for(
+            lambda: WorkerMachine.objects.filter(name="gpu-box", gpus=2).exists(),
+            timeout=HANG_GUARD,
+            what="the machine",
+        )
+        headers = {"Authorization": f"Bearer {api_token(model.team)}"}
+
+        def web_answers() -> bool:
+            try:
+                return httpx.get(f"{url}/v1/models/{model.public_id}", headers=headers, timeout=5).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        wait_for(web_answers, timeout=HANG_GUARD, what="the web server")
+        started = httpx.get(f"{url}/v1/models/{model.public_id}/train", headers=headers, timeout=60)
+        assert started.status_code == 200, started.text
+        wait_for(
+            lambda: TrainingTask.objects.filter(model=model, completed_at__isnull=False).exists(),
+            timeout=HANG_GUARD,
+            what="the training to end",
+        )
+    finally:
+        stop_cluster(web)
+        stop_cluster(cluster)
+    task = TrainingTask.objects.get(model=model)
+    assert task.status == TrainingTask.Status.COMPLETED, task.logs
+    assert (task.machine, task.devices, task.attempt_count) == ("gpu-box", [0, 1], 1)
+    assert "training on 2 processes (gpu-box: cpu 0, 1)" in task.logs
+    assert not OrmQ.objects.exists()  # the start message went through Redis, not the database

@@ -51,6 +51,20 @@ def suspend_trainings(cluster_pid: int) -> int:
     return signalled
 
 
+def advertise_machine() -> None:
+    """Register this machine's GPUs as soon as its training cluster starts, so that a start asking for
+    that many is accepted before a worker first looks for work."""
+    from django.db import connection
+
+    from models_app.services.machines import machine_advertise
+    from training.lease import worker_machine
+
+    machine = worker_machine()
+    machine_advertise(machine)
+    connection.close()  # the cluster forks its workers next: none may inherit this connection
+    logger.info("machine %s offers %d %s device(s) to trainings", machine.name, machine.gpus, machine.device_type)
+
+
 def is_rank_process(process: psutil.Process) -> bool:
     command = " ".join(process.cmdline())
     return any(name in command for name in DISTRIBUTED_COMMANDS)
@@ -65,6 +79,8 @@ class Command(DjangoQClusterCommand):
         if options.get("cluster_name"):
             os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
         signal.signal(SHUTDOWN_SIGNAL, signal.SIG_IGN)  # inherited by the sentinel, the workers, the monitor
+        if os.environ.get("Q_CLUSTER_NAME", settings.TRAINING_QUEUE) == settings.TRAINING_QUEUE:
+            advertise_machine()
         cluster = GracefulCluster()
         cluster.start()
         if options.get("run_once", False):
