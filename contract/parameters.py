@@ -218,3 +218,9 @@ def global_batch_problem(gpus: int, batch_size: int, gradient_accumulation: int)
             f"multiple of {gpus}: the global batch is split evenly over the GPUs"
         )
     return None
+
+
+GPUS_AND_SWAP = (
+    "swap_blocks does not combine with gpus above 1: a data-parallel model keeps its weights on its GPUs; "
+    "use quantize_base to fit the model instead"
+)

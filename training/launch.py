@@ -19,19 +19,22 @@ import subprocess
 import sys
 import threading
 import time
+from multiprocessing import AuthenticationError
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 from typing import Any
 
 from training import engine
-from training.engine.rank import BRIDGE_ADDRESS, BRIDGE_KEY, CALLBACKS
+from training.engine.rank import BRIDGE_ADDRESS, BRIDGE_KEY, CALLBACKS, WORKER_PID
 
 logger = logging.getLogger(__name__)
 
 # How long torchrun's ranks get to start and connect (imports, process group) before the launch is
-# declared failed: a ceiling against a hang, not a timing.
+# declared failed, and to exit once the run has ended: ceilings against a hang, not timings.
 CONNECT_SECONDS = 600.0
+EXIT_SECONDS = 120.0
 POLL_SECONDS = 0.2
+PROJECT_ROOT = Path(__file__).resolve().parent.parent  # where `-m training.engine.rank` is found
 
 
 class RanksFailed(RuntimeError):
@@ -83,12 +86,12 @@ def train_on_ranks(
     key = secrets.token_bytes(32)
     with Listener(("127.0.0.1", 0), authkey=key) as listener:
         host, port = listener.address
-        env = {**os.environ, BRIDGE_ADDRESS: f"{host}:{port}", BRIDGE_KEY: key.hex()}
+        env = {**os.environ, BRIDGE_ADDRESS: f"{host}:{port}", BRIDGE_KEY: key.hex(), WORKER_PID: str(os.getpid())}
         if devices is not None and (spec.device or "cuda").startswith("cuda"):
             env["CUDA_VISIBLE_DEVICES"] = visible_devices(devices, os.environ.get("CUDA_VISIBLE_DEVICES"))
         env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // processes)))
         log_path = folder / "ranks.log"
-        with open(log_path, "ab") as log:
+        with open(log_path, "wb") as log:  # this attempt's output only: its root cause is read from it
             # Its own session: the worker stops the whole group (torchrun and its ranks) with one signal.
             process = subprocess.Popen(
                 torchrun_command(spec_path, processes),
@@ -96,6 +99,7 @@ def train_on_ranks(
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                cwd=PROJECT_ROOT,
             )
             try:
                 return Bridge(listener, process, callbacks, log_path).serve()
@@ -118,23 +122,38 @@ class Bridge:
 
     def serve(self) -> engine.TrainingResult:
         connection = self.accept()
-        if connection is not None:
-            with connection:
-                self.answer(connection)
-        code = self.process.wait()
+        if connection is None:
+            stop_group(self.process)
+            self.process.wait()
+            return self.outcome(self.process.returncode)
+        with connection:
+            self.answer(connection)
+        try:
+            code = self.process.wait(timeout=EXIT_SECONDS)
+        except subprocess.TimeoutExpired:  # a rank stuck after the end (in a collective, say): stopped
+            stop_group(self.process)
+            code = self.process.wait()
         return self.outcome(code)
 
     def accept(self) -> Connection | None:
-        """Rank 0's connection, or None when the group died before it connected."""
+        """Rank 0's connection, or None when the group died (or never connected) first."""
         accepted: list[Connection] = []
-        thread = threading.Thread(target=lambda: accepted.append(self.listener.accept()), daemon=True)
+
+        def accept_rank_0() -> None:
+            while not accepted:
+                try:
+                    accepted.append(self.listener.accept())
+                except AuthenticationError:
+                    continue  # a stray local connection without the key: keep waiting for rank 0
+                except OSError:
+                    return  # the listener was closed
+
+        thread = threading.Thread(target=accept_rank_0, daemon=True)
         thread.start()
         deadline = time.monotonic() + CONNECT_SECONDS
         while not accepted:
             thread.join(POLL_SECONDS)
-            if accepted:
-                break
-            if self.process.poll() is not None or time.monotonic() > deadline:
+            if not accepted and (self.process.poll() is not None or time.monotonic() > deadline):
                 return None
         return accepted[0]
 
@@ -142,8 +161,8 @@ class Bridge:
         while True:
             try:
                 if not connection.poll(POLL_SECONDS):
-                    if self.process.poll() is not None:
-                        return
+                    if self.process.poll() is not None and not connection.poll(0):
+                        return  # the group is gone and nothing it sent is left unread
                     continue
                 message = connection.recv()
             except (EOFError, OSError):
@@ -176,13 +195,20 @@ class Bridge:
             cause = root_cause(self.log)
             raise RanksFailed(
                 f"rank 0 crashed: {name}: {message}" + (f" ({cause})" if "Root Cause" in cause else ""),
-                out_of_memory=is_oom_text(message) or is_oom_text(cause),
+                out_of_memory=is_oom_text(message) or self.log_says_oom(),
             )
         tail = root_cause(self.log)
         raise RanksFailed(
             f"a training process exited with code {code} before the run ended: {tail}",
-            out_of_memory=is_oom_text(tail),
+            out_of_memory=self.log_says_oom(),
         )
+
+    def log_says_oom(self) -> bool:
+        """Whether any rank of this attempt ran out of memory (its traceback is in the group's log)."""
+        try:
+            return is_oom_text(self.log.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            return False
 
 
 def is_oom_text(text: str) -> bool:

@@ -29,12 +29,13 @@ import httpx
 from django.conf import settings
 
 from models_app.models import TrainingTask
-from models_app.services.worker_protocol import training_task_cancelled, training_task_fail
+from models_app.services.worker_protocol import training_task_cancelled, training_task_fail, training_task_release
 from training.lease import Heartbeat, shutdown_requested
 
 logger = logging.getLogger(__name__)
 
 TERMINAL = ("SUCCEEDED", "FAILED", "STOPPED")
+REQUEST_TRIES = 5  # 2 + 4 + 8 + 16 s of back-off: a head restart, not a cluster gone for good
 
 
 class RayJobError(RuntimeError):
@@ -51,10 +52,15 @@ class RayJobs:
         self.client.close()
 
     def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        try:
-            return self.client.request(method, path, **kwargs)
-        except httpx.HTTPError as exc:
-            raise RayJobError(f"the Ray cluster at {self.client.base_url} cannot be reached: {exc}") from exc
+        """One call, tried again over a short outage of the head (a restart): REQUEST_TRIES with back-off."""
+        for attempt in range(REQUEST_TRIES):
+            try:
+                return self.client.request(method, path, **kwargs)
+            except httpx.HTTPError as exc:
+                if attempt == REQUEST_TRIES - 1:
+                    raise RayJobError(f"the Ray cluster at {self.client.base_url} cannot be reached: {exc}") from exc
+                time.sleep(min(30.0, 2.0 * 2**attempt))
+        raise AssertionError("unreachable")
 
     def submit(
         self, submission_id: str, *, entrypoint: str, env_vars: dict[str, str], gpus: int, metadata: dict[str, str]
@@ -107,7 +113,7 @@ def run_on_ray(task: TrainingTask, worker_id: str) -> str:
     jobs = RayJobs(settings.TRAINING_RAY_ADDRESS)
     job = submission_id(task)
     try:
-        with Heartbeat(task.pk, worker_id) as heartbeat:
+        try:
             created = jobs.submit(
                 job,
                 entrypoint=job_entrypoint(task, worker_id),
@@ -115,15 +121,33 @@ def run_on_ray(task: TrainingTask, worker_id: str) -> str:
                 gpus=task.gpus if settings.TRAINING_DEVICE != "cpu" else 0,
                 metadata={"task": str(task.pk), "attempt": str(task.attempt_count), "worker": worker_id},
             )
-            logger.info("task %s: Ray job %s %s", task.pk, job, "submitted" if created else "found (submitted before)")
-            status = follow(jobs, job, task, heartbeat)
+        except RayJobError as exc:
+            # The cluster is unreachable: the task goes back to the queue without using up an attempt.
+            logger.error("task %s: %s; handed back to the queue", task.pk, exc)
+            return training_task_release(task_id=task.pk, worker_id=worker_id, step=0) or "not-claimed"
+        logger.info("task %s: Ray job %s %s", task.pk, job, "submitted" if created else "found (submitted before)")
+        with Heartbeat(task.pk, worker_id) as heartbeat:
+            try:
+                status = follow(jobs, job, task, heartbeat)
+            except RayJobError as exc:
+                jobs_stop_quietly(jobs, job)
+                return training_task_fail(
+                    task_id=task.pk, worker_id=worker_id, message=str(exc), reason="internal", retriable=True
+                )
+        if status["status"] == "PENDING" and shutdown_requested.is_set():
+            # Still waiting in Ray's queue while this worker stops: nobody would keep its lease.
+            jobs_stop_quietly(jobs, job)
+            return training_task_release(task_id=task.pk, worker_id=worker_id, step=0) or "not-claimed"
         return settle(task, worker_id, job, status)
-    except RayJobError as exc:
-        return training_task_fail(
-            task_id=task.pk, worker_id=worker_id, message=str(exc), reason="internal", retriable=True
-        )
     finally:
         jobs.close()
+
+
+def jobs_stop_quietly(jobs: RayJobs, job: str) -> None:
+    try:
+        jobs.stop(job)
+    except RayJobError:
+        logger.warning("Ray job %s could not be stopped", job)
 
 
 def follow(jobs: RayJobs, job: str, task: TrainingTask, heartbeat: Heartbeat) -> dict[str, Any]:

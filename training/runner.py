@@ -141,9 +141,15 @@ def run_attempt(task: TrainingTask, worker_id: str) -> str:
 def run_engine(
     task: TrainingTask, spec: engine.TrainingSpec, reporter: TaskReporter, work_dir: Path
 ) -> engine.TrainingResult:
-    """The engine in this process on the task's one device, or its ranks on the task's devices."""
-    if task.gpus <= 1:
+    """The engine in this process on the task's one device, or its ranks on the task's devices. A
+    one-GPU task on a machine whose workers share several GPUs runs in a child process too: the GPU
+    memory a process keeps after training (its CUDA context, torch's cache) goes with it, so the next
+    task on that device finds the whole card."""
+    if task.gpus <= 1 and not (task.devices and settings.TRAINING_GPUS > 1 and (spec.device or "").startswith("cuda")):
         return engine.train(spec, reporter)
+    if task.gpus <= 1:
+        spec = dataclasses.replace(spec, device="cuda")  # its one visible device, the one it holds
+        return train_on_ranks(spec, reporter, processes=1, devices=[int(task.devices[0])], work_dir=work_dir)
     where = f"{task.machine}: {spec.device or 'cuda'} {', '.join(str(d) for d in task.devices)}"
     reporter.log(f"training on {task.gpus} processes ({where})")
     # No device indices: a cluster scheduler gave the job its GPUs (CUDA_VISIBLE_DEVICES as it set it).
@@ -166,6 +172,8 @@ def task_device(task: TrainingTask) -> str | None:
 def is_out_of_memory(exc: BaseException) -> bool:
     import torch
 
+    if getattr(exc, "out_of_memory", False):  # launch.RanksFailed: a rank's log said so
+        return True
     return isinstance(exc, torch.cuda.OutOfMemoryError | MemoryError) or "out of memory" in str(exc).lower()
 
 

@@ -122,10 +122,18 @@ class TrainingProgressSerializer(PlannedOutput, serializers.Serializer):
     loss = serializers.FloatField(allow_null=True)
     error_message = serializers.CharField(allow_null=True)
     gpus = serializers.IntegerField(help_text="GPUs the training asked for (parameter `gpus`).")
-    machine = serializers.CharField(help_text="The worker machine running it; empty while queued.")
-    devices = serializers.ListField(
-        child=serializers.IntegerField(), help_text="The GPU indices it holds on that machine while it runs."
-    )
+    machine = serializers.SerializerMethodField(help_text="The worker machine running it; empty unless it runs.")
+    devices = serializers.SerializerMethodField(help_text="The GPU indices it holds on that machine while it runs.")
+
+    def running(self, obj: TaskProgress) -> bool:
+        return obj.status in TrainingTask.RUNNING_STATUSES
+
+    def get_machine(self, obj: TaskProgress) -> str:
+        return obj.machine if self.running(obj) else ""
+
+    @extend_schema_field(serializers.ListField(child=serializers.IntegerField()))
+    def get_devices(self, obj: TaskProgress) -> list[int]:
+        return [int(index) for index in obj.devices] if self.running(obj) else []
 
     def get_stage(self, obj: TaskProgress) -> str:
         if obj.status == TrainingTask.Status.PREPROCESSING and obj.preprocessing_stage:

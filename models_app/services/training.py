@@ -17,7 +17,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
-from contract.parameters import global_batch_problem
+from contract.parameters import GPUS_AND_SWAP, global_batch_problem
 from models_app.errors import ApplicationError, Conflict, InsufficientCredits, InvalidInput, LimitReached, NotFound
 from models_app.models import (
     Model,
@@ -220,6 +220,8 @@ def _gpus_problems(params: dict[str, Any]) -> list[ApplicationError]:
             )
         ]
     problem = global_batch_problem(gpus, params["batch_size"], params["gradient_accumulation"])
+    if not problem and gpus > 1 and params["swap_blocks"]:
+        problem = GPUS_AND_SWAP
     return [InvalidInput(problem, field=field)] if problem else []
 
 

@@ -75,6 +75,8 @@ def test_the_start_refuses_more_gpus_than_any_machine_has_and_an_uneven_batch(se
     assert uneven.status_code == 400
     assert "batch_size (2) or gradient_accumulation (3) must be a multiple of 4" in uneven.json()["detail"]
     assert not TrainingTask.objects.filter(model=model).exists()
+    swapped = client.put(url, {"parameters": {"gpus": 2, "batch_size": 2, "swap_blocks": 4}}, format="json")
+    assert swapped.status_code == 400 and "swap_blocks does not combine with gpus above 1" in swapped.json()["detail"]
     too_many = client.put(url, {"parameters": {"gpus": 9}}, format="json")
     assert too_many.status_code == 400 and "the largest has 8" in too_many.json()["detail"]
     accepted = client.put(url, {"parameters": {"gpus": 8, "batch_size": 1, "gradient_accumulation": 8}}, format="json")
@@ -83,15 +85,20 @@ def test_the_start_refuses_more_gpus_than_any_machine_has_and_an_uneven_batch(se
     assert (progress["gpus"], progress["machine"], progress["devices"]) == (8, "", [])
 
 
+def on_two_cpu_devices(settings, fast_training: dict, **parameters: object) -> TrainingTask:
+    """A 2-GPU task started on a worker machine "box" offering 2 CPU processes as its devices."""
+    settings.TRAINING_GPUS, settings.TRAINING_DEVICE, settings.TRAINING_MACHINE_NAME = 2, "cpu", "box"
+    model = ModelFactory()
+    add_images(model, 12)
+    model_configure(model=model, parameters={**fast_training, "gpus": 2, **parameters})
+    return training_start(model=model)
+
+
 @pytest.mark.slow
 def test_a_two_gpu_task_trains_on_two_ranks_and_reports_through_rank_0(
     tiny_sd15: Path, fast_training: dict, settings
 ) -> None:
-    settings.TRAINING_GPUS, settings.TRAINING_DEVICE, settings.TRAINING_MACHINE_NAME = 2, "cpu", "box"
-    model = ModelFactory()
-    add_images(model, 12)
-    model_configure(model=model, parameters={**fast_training, "steps": 6, "save_every": 3, "gpus": 2})
-    task = training_start(model=model)
+    task = on_two_cpu_devices(settings, fast_training, steps=6, save_every=3)
     assert run_training_task(str(task.pk)) == TrainingTask.Status.COMPLETED
     task.refresh_from_db()
     assert (task.machine, task.devices, task.current_step) == ("box", [0, 1], 6)
@@ -107,11 +114,7 @@ def test_a_two_gpu_task_trains_on_two_ranks_and_reports_through_rank_0(
 def test_a_rank_killed_mid_run_requeues_the_task_like_a_lost_worker(
     tiny_sd15: Path, fast_training: dict, settings
 ) -> None:
-    settings.TRAINING_GPUS, settings.TRAINING_DEVICE, settings.TRAINING_MACHINE_NAME = 2, "cpu", "box"
-    model = ModelFactory()
-    add_images(model, 12)
-    model_configure(model=model, parameters={**fast_training, "steps": 400, "save_every": 2, "gpus": 2})
-    task = training_start(model=model)
+    task = on_two_cpu_devices(settings, fast_training, steps=400, save_every=2)
     checkpoint = Path(settings.TRAINING_WORK_DIR) / str(task.pk) / "output" / "checkpoints" / "step-0000002"
     killed: list[int] = []
 
@@ -194,3 +197,26 @@ def test_a_web_machine_and_a_two_gpu_worker_machine_share_the_database_and_a_red
     assert (task.machine, task.devices, task.attempt_count) == ("gpu-box", [0, 1], 1)
     assert "training on 2 processes (gpu-box: cpu 0, 1)" in task.logs
     assert not OrmQ.objects.exists()  # the start message went through Redis, not the database
+
+
+def test_the_admin_shows_which_devices_a_task_holds(client, settings) -> None:
+    from tests.factories import UserFactory
+
+    settings.TRAINING_GPUS = 2
+    client.force_login(UserFactory(is_staff=True, is_superuser=True))
+    started(gpus=2, batch_size=2)
+    task = machine_claim(worker_id="box:w1", machine=TWO_CPUS)
+    assert task is not None
+    machines = client.get("/admin/models_app/workermachine/")
+    assert machines.status_code == 200
+    assert f"GPU 0, 1: task {str(task.pk)[:8]}" in machines.content.decode()
+    page = client.get(f"/admin/models_app/trainingtask/{task.pk}/change/").content.decode()
+    assert "Devices held" in page and "box: GPU 0, 1" in page
+
+
+def test_a_rank_out_of_memory_is_reported_as_such() -> None:
+    from training.launch import RanksFailed
+    from training.runner import is_out_of_memory
+
+    assert is_out_of_memory(RanksFailed("a training process exited with code 1", out_of_memory=True))
+    assert not is_out_of_memory(RanksFailed("a training process exited with code 1"))

@@ -24,6 +24,7 @@ from training.engine.spec import Progress, SilentCallbacks, TrainingCallbacks
 
 BRIDGE_ADDRESS = "TRAINING_BRIDGE_ADDRESS"  # host:port of the worker's listener
 BRIDGE_KEY = "TRAINING_BRIDGE_KEY"  # hex authentication key (multiprocessing's HMAC handshake)
+WORKER_PID = "TRAINING_WORKER_PID"  # the worker's process: the ranks end when it is gone
 CALLBACKS = (
     "on_stage",
     "on_progress",
@@ -86,6 +87,30 @@ def connect() -> Connection:
     return Client((host, int(port)), authkey=bytes.fromhex(os.environ[BRIDGE_KEY]))
 
 
+def watch_worker() -> None:
+    """End this rank when the worker that launched the run is gone (killed, or exited at the end of its
+    shutdown grace): torchrun then stops the other ranks. Without it, ranks busy loading, caching or
+    sampling would run on for minutes with nobody to report to."""
+    import threading
+    import time
+
+    worker = int(os.environ.get(WORKER_PID, "0"))
+    if not worker:
+        return
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            try:
+                os.kill(worker, 0)
+            except ProcessLookupError:
+                os._exit(1)
+            except PermissionError:
+                continue  # alive, under another user
+
+    threading.Thread(target=watch, name="watch-worker", daemon=True).start()
+
+
 def main(spec_path: str) -> int:
     import signal
 
@@ -97,6 +122,7 @@ def main(spec_path: str) -> int:
     from training.engine.distributed import current_ranks
 
     ranks = current_ranks()
+    watch_worker()
     spec = pickle.loads(Path(spec_path).read_bytes())  # written by this run's worker for it
     connection = connect() if ranks.main else None
     callbacks: TrainingCallbacks = BridgeCallbacks(connection) if connection is not None else SilentCallbacks()
@@ -107,7 +133,9 @@ def main(spec_path: str) -> int:
     except (TrainingCancelled, TrainingSuspended) as exc:
         outcome = ("raised", exc)
     except EngineError as exc:
-        outcome, code = ("raised", exc), 1
+        # Found by every rank (a bad setting) or by rank 0 alone (its loss check): rank 0 exits 1 so that
+        # torchrun stops any rank still waiting in a collective; the others leave quietly.
+        outcome, code = ("raised", exc), 1 if ranks.main else 0
     except WorkerGone:
         return 1
     except BaseException as exc:  # a crash: the worker fails (and may retry) the attempt with its message

@@ -19,6 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 
+from contract.parameters import GPUS_AND_SWAP
 from training.engine import distributed
 from training.engine.adapters import adapter_config
 from training.engine.base_models import resolve_family
@@ -110,10 +111,11 @@ def train(spec: TrainingSpec, callbacks: TrainingCallbacks) -> TrainingResult:
     distributed.join(ranks, device)
     if ranks.active:
         callbacks = distributed.RankCallbacks(callbacks, ranks)
-    try:
-        return train_ranks(spec, callbacks, ranks, share, family_name, device)
-    finally:
-        distributed.leave(ranks)
+    result = train_ranks(spec, callbacks, ranks, share, family_name, device)
+    # Only after a run every rank finished: a rank leaving on an exception of its own while the others
+    # wait in a collective could block there; its process ends instead, and torchrun stops the rest.
+    distributed.leave(ranks)
+    return result
 
 
 def train_ranks(
@@ -154,7 +156,9 @@ def train_ranks(
         shared = distributed.from_main(ranks, (without_pixels(items), fingerprint) if ranks.main else None)
         if not ranks.main:
             items, fingerprint = shared
-            cache = load_or_build_cache(spec, family, items, fingerprint, flip_probability(transforms) > 0, callbacks)
+            cache = load_or_build_cache(
+                spec, family, items, fingerprint, flip_probability(transforms) > 0, callbacks, build=False
+            )
     held_out = validation_indices(spec, items)
     check_cancel(callbacks)
     if callbacks.should_suspend():
@@ -182,7 +186,8 @@ def train_ranks(
                 "lr": spec.text_encoder_rate,
             }
         )
-    optimizer = make_optimizer(spec, groups, device, callbacks)
+    sharded = ranks.active and spec.training_type != "LORA"
+    optimizer = make_optimizer(spec, groups, device, callbacks, sharded=sharded)
     from diffusers.optimization import get_scheduler
 
     scheduler = get_scheduler(
@@ -276,27 +281,17 @@ def train_ranks(
         if user_checkpoint or snapshot_due or suspend:
             # The worker's own snapshot, whatever save_every says: a crash loses at most its cadence.
             kind = "step" if user_checkpoint else "snapshot"
-            # Whole tensors (gathered from the shards when sharded), written by rank 0 alone.
-            weights = distributed.full_tensors(trainable, ranks)
-            optimizer_state = distributed.optimizer_state(optimizer)
-            averaged = ema_weights(ema, trainable)
-            averaged = distributed.full_tensors(averaged, ranks) if averaged is not None else None
-            if ranks.main:
-                path = save_checkpoint(
-                    spec.checkpoint_dir,
-                    step=step,
-                    weights=weights,
-                    optimizer=optimizer,
-                    optimizer_state=optimizer_state,
-                    scheduler=scheduler,
-                    generator=generator,
-                    fingerprint=run_fingerprint,
-                    keep=spec.max_step_saves_to_keep if user_checkpoint else 1,
-                    kind=kind,
-                    ema=averaged,
-                    state={"smoothed_loss": float(smoothed), "ema_step": ema.optimization_step if ema else 0},
-                )
-                (callbacks.on_checkpoint if user_checkpoint else callbacks.on_snapshot)(step, path)
+            saved = save_on_main(
+                context,
+                ranks,
+                step=step,
+                fingerprint=run_fingerprint,
+                keep=spec.max_step_saves_to_keep if user_checkpoint else 1,
+                kind=kind,
+                state={"smoothed_loss": float(smoothed), "ema_step": ema.optimization_step if ema else 0},
+            )
+            if saved is not None:
+                (callbacks.on_checkpoint if user_checkpoint else callbacks.on_snapshot)(step, saved)
             last_snapshot_time, last_snapshot_step = time.monotonic(), step
         if (step % spec.sample_every == 0 or step == spec.steps) and (validation or spec.sample_prompts):
             with evaluation_weights(context):
@@ -315,7 +310,6 @@ def train_ranks(
     if ema is not None:
         ema.copy_to(trainable.values())  # the averaged weights are the result
     # A sharded model's weights gathered whole (every rank takes part); rank 0 writes the files.
-    sharded = ranks.active and spec.training_type != "LORA"
     full_state = distributed.full_tensors(denoiser.state_dict(), ranks) if sharded else None
     exported = (
         export_weights(
@@ -344,6 +338,27 @@ def train_ranks(
         captions={item.name: item.caption for item in items},
         samples=samples,
         metadata=exported.metadata,
+    )
+
+
+def save_on_main(context: StepContext, ranks: distributed.Ranks, **options: Any) -> Path | None:
+    """A checkpoint of whole tensors, written by rank 0 alone: sharded weights and optimizer state are
+    gathered first (every rank takes part); the host copies live only for the write. None on other ranks."""
+    weights = distributed.full_tensors(context.trainable, ranks)
+    optimizer_state = distributed.optimizer_state(context.optimizer)
+    averaged = ema_weights(context.ema, context.trainable)
+    averaged = distributed.full_tensors(averaged, ranks) if averaged is not None else None
+    if not ranks.main:
+        return None
+    return save_checkpoint(
+        context.spec.checkpoint_dir,
+        weights=weights,
+        optimizer=context.optimizer,
+        optimizer_state=optimizer_state if ranks.active else None,
+        scheduler=context.scheduler,
+        generator=context.generator,
+        ema=averaged,
+        **options,
     )
 
 
@@ -379,6 +394,8 @@ def prepare_denoiser(
         )
     blocks = repeated_blocks(denoiser, family.block_prefixes)
     sharded = ranks.active and spec.training_type != "LORA"
+    if ranks.active and speed.swap_blocks:
+        raise EngineError(GPUS_AND_SWAP)  # contract.parameters' rule, checked at the start too
     # A sharded model comes onto the device shard by shard (distributed.shard_module), never whole.
     hosted = (
         []
@@ -826,7 +843,11 @@ def load_or_build_cache(
     fingerprint: str,
     with_flips: bool,
     callbacks: TrainingCallbacks,
+    *,
+    build: bool = True,
 ) -> Cache:
+    """The cache of this dataset, read from the disk or built (`build`: rank 0's part; the other ranks
+    only read what it wrote, their items have no pixels)."""
     path = spec.cache_dir / f"cache-{fingerprint}-{'flip' if with_flips else 'plain'}.pt"
     if path.is_file():
         try:
@@ -834,7 +855,11 @@ def load_or_build_cache(
             callbacks.on_log(f"reusing cached latents and embeddings ({path.name})")
             return cache
         except (OSError, RuntimeError, TypeError, EOFError):
+            if not build:
+                raise
             path.unlink(missing_ok=True)
+    if not build:
+        raise EngineError(f"the cache {path.name} written by rank 0 is missing")
     callbacks.on_stage("caching", 0, len(items))
     family.load_encoders()
 
@@ -1092,12 +1117,16 @@ def run_config_fingerprint(spec: TrainingSpec, dataset: str) -> str:
 
 
 def make_optimizer(
-    spec: TrainingSpec, params: list[Any], device: torch.device, callbacks: TrainingCallbacks
+    spec: TrainingSpec, params: list[Any], device: torch.device, callbacks: TrainingCallbacks, *, sharded: bool = False
 ) -> torch.optim.Optimizer:
     """The spec's optimizer over `params`: tensors, or parameter groups with their own learning rates."""
     name = spec.optimizer.lower()
     if name in ("adamw8bit", "adamw_8bit"):
-        if device.type == "cuda":
+        if sharded:
+            # bitsandbytes' 8-bit kernels take plain tensors, not FSDP's sharded DTensors; the shards'
+            # AdamW state is already 1/N of the whole per GPU.
+            callbacks.on_log("optimizer adamw8bit does not take sharded (FSDP) weights: using AdamW")
+        elif device.type == "cuda":
             try:
                 import bitsandbytes as bnb
 
