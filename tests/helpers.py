@@ -176,3 +176,16 @@ def wait_for(predicate, *, timeout: float, interval: float = 0.3, what: str = "c
             return value
         time.sleep(interval)
     raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def postgres_pass_only(why: str):
+    """Run a test once per `make test`, in the PostgreSQL pass (as the browser tests do): for tests of
+    several processes whose outcome does not depend on the database, run against the production one."""
+    import os
+
+    import pytest
+
+    return pytest.mark.skipif(
+        not os.environ.get("DATABASE_URL"),
+        reason=f"runs in the PostgreSQL pass ({why}; set DATABASE_URL to run it alone)",
+    )

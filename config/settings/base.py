@@ -280,12 +280,13 @@ TRAINING_CAPTION_MODEL = env("TRAINING_CAPTION_MODEL", "")
 # CPU workers share a machine, or their threads fight over the cores.
 TRAINING_CPU_THREADS = env_int("TRAINING_CPU_THREADS", 0)
 TRAINING_DEVICE = env("TRAINING_DEVICE", "") or None  # "" picks CUDA when present, else the CPU
-# The devices this machine's workers share out to trainings (a task holds `gpus` of them while it runs):
+# The devices this machine's workers share out to trainings (a task holds `gpus` of them while it runs).
 # GPUs 0..N-1 as the workers see them (CUDA_VISIBLE_DEVICES applies), or N CPU processes when
 # TRAINING_DEVICE is cpu. One qcluster per machine with as many workers as GPUs runs a mix of 1-GPU
 # and N-GPU tasks; TRAINING_MACHINE_NAME tells machines apart (default: the host name, with
 # TRAINING_WORKER_NAME when set, so a qcluster per GPU still counts as a machine of one GPU each).
-TRAINING_GPUS = env_int("TRAINING_GPUS", 1)
+# Default: as many as the cluster has workers (Q_WORKERS), one training each, as before multi-GPU tasks.
+TRAINING_GPUS = env_int("TRAINING_GPUS", env_int("Q_WORKERS", 1))
 TRAINING_MACHINE_NAME = env("TRAINING_MACHINE_NAME", "")
 # Where a claimed training runs: "local" (in the worker, on its machine's GPUs) or "ray" (a Ray job on an
 # existing Ray cluster, which then schedules the GPUs: training/ray_jobs.py). With "ray", TRAINING_GPUS is

@@ -19,7 +19,7 @@ from models_app.services.machines import MachineSpec, machine_claim, machine_fre
 from models_app.services.training import training_start
 from models_app.services.worker_protocol import training_task_fail
 from tests.factories import ModelFactory, add_images
-from tests.helpers import api_client_for
+from tests.helpers import api_client_for, postgres_pass_only
 from tests.training.test_distributed import rank_pid
 from training.runner import run_training_task
 
@@ -95,6 +95,7 @@ def on_two_cpu_devices(settings, fast_training: dict, **parameters: object) -> T
 
 
 @pytest.mark.slow
+@postgres_pass_only("real ranks under the runner")
 def test_a_two_gpu_task_trains_on_two_ranks_and_reports_through_rank_0(
     tiny_sd15: Path, fast_training: dict, settings
 ) -> None:
@@ -111,6 +112,7 @@ def test_a_two_gpu_task_trains_on_two_ranks_and_reports_through_rank_0(
 
 
 @pytest.mark.slow
+@postgres_pass_only("real ranks under the runner")
 def test_a_rank_killed_mid_run_requeues_the_task_like_a_lost_worker(
     tiny_sd15: Path, fast_training: dict, settings
 ) -> None:
@@ -141,6 +143,7 @@ def test_a_rank_killed_mid_run_requeues_the_task_like_a_lost_worker(
 
 @pytest.mark.slow
 @pytest.mark.django_db(transaction=True)
+@postgres_pass_only("a web server, a cluster and Redis")
 def test_a_web_machine_and_a_two_gpu_worker_machine_share_the_database_and_a_redis_broker(
     tiny_sd15: Path, fast_training: dict, settings, tmp_path: Path
 ) -> None:

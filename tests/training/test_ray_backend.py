@@ -21,11 +21,15 @@ from models_app.models import TrainingTask
 from models_app.services.datasets import model_configure
 from models_app.services.training import training_cancel, training_start
 from tests.factories import ModelFactory, add_images
-from tests.helpers import HANG_GUARD, free_port, wait_for, worker_environment
+from tests.helpers import HANG_GUARD, free_port, postgres_pass_only, wait_for, worker_environment
 from training.ray_jobs import RayJobs, submission_id
 from training.runner import run_training_task
 
-pytestmark = [pytest.mark.django_db(transaction=True), pytest.mark.slow]
+pytestmark = [
+    pytest.mark.django_db(transaction=True),
+    pytest.mark.slow,
+    postgres_pass_only("a Ray cluster and its jobs on the production database"),
+]
 RAY = Path(os.environ.get("VIRTUAL_ENV", Path(__file__).resolve().parents[2] / ".venv")) / "bin" / "ray"
 
 
