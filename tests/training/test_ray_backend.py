@@ -10,7 +10,6 @@ import signal
 import subprocess
 import tempfile
 import threading
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -137,12 +136,10 @@ def test_a_job_that_dies_requeues_the_task(tiny_sd15: Path, fast_training: dict,
         jobs.stop(f"training-{task.pk}-attempt-1")  # as an operator or a node failure would
 
     stopper = threading.Thread(target=stop_the_job_behind_the_runners_back)
-    started_at = time.monotonic()
     stopper.start()
     outcome = run_training_task(str(task.pk))
     stopper.join(HANG_GUARD)
     task.refresh_from_db()
-    assert time.monotonic() - started_at < HANG_GUARD
     assert outcome == TrainingTask.Status.PENDING == task.status and task.failure_reason == "worker_lost"
     assert f"the Ray job training-{task.pk}-attempt-1 ended STOPPED" in task.logs + (task.error_message or "")
     jobs.close()

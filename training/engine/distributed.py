@@ -65,6 +65,11 @@ def current_ranks() -> Ranks:
     return Ranks(rank=int(os.environ["RANK"]), world=world, local_rank=int(os.environ.get("LOCAL_RANK", "0")))
 
 
+def shards_model(ranks: Ranks, training_type: str) -> bool:
+    """Whether the denoiser is sharded over the ranks (FULL on several), rather than replicated or whole."""
+    return ranks.active and training_type != "LORA"
+
+
 def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
     """Each rank's own GPU (its local rank's); CPU ranks share the host."""
     if device.type == "cuda" and ranks.active:
@@ -92,13 +97,6 @@ def leave(ranks: Ranks) -> None:
 
     if ranks.active and dist.is_initialized():
         dist.destroy_process_group()
-
-
-def barrier(ranks: Ranks) -> None:
-    if ranks.active:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 def from_main(ranks: Ranks, value: Any) -> Any:
@@ -236,7 +234,7 @@ def full_tensor(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def full_tensors(tensors: Mapping[str, torch.Tensor], ranks: Ranks) -> dict[str, torch.Tensor]:
+def full_tensors(tensors: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Every tensor whole, on the host (on every rank; rank 0 writes them)."""
     return {name: full_tensor(tensor.detach()).cpu() for name, tensor in tensors.items()}
 

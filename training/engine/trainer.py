@@ -186,7 +186,7 @@ def train_ranks(
                 "lr": spec.text_encoder_rate,
             }
         )
-    sharded = ranks.active and spec.training_type != "LORA"
+    sharded = distributed.shards_model(ranks, spec.training_type)
     optimizer = make_optimizer(spec, groups, device, callbacks, sharded=sharded)
     from diffusers.optimization import get_scheduler
 
@@ -310,7 +310,7 @@ def train_ranks(
     if ema is not None:
         ema.copy_to(trainable.values())  # the averaged weights are the result
     # A sharded model's weights gathered whole (every rank takes part); rank 0 writes the files.
-    full_state = distributed.full_tensors(denoiser.state_dict(), ranks) if sharded else None
+    full_state = distributed.full_tensors(denoiser.state_dict()) if sharded else None
     exported = (
         export_weights(
             spec=spec,
@@ -344,17 +344,18 @@ def train_ranks(
 def save_on_main(context: StepContext, ranks: distributed.Ranks, **options: Any) -> Path | None:
     """A checkpoint of whole tensors, written by rank 0 alone: sharded weights and optimizer state are
     gathered first (every rank takes part); the host copies live only for the write. None on other ranks."""
-    weights = distributed.full_tensors(context.trainable, ranks)
-    optimizer_state = distributed.optimizer_state(context.optimizer)
+    weights = distributed.full_tensors(context.trainable)
+    # Gathered whole only when sharded; a single process's optimizer saves its own state as it is.
+    optimizer_state = distributed.optimizer_state(context.optimizer) if ranks.active else None
     averaged = ema_weights(context.ema, context.trainable)
-    averaged = distributed.full_tensors(averaged, ranks) if averaged is not None else None
+    averaged = distributed.full_tensors(averaged) if averaged is not None else None
     if not ranks.main:
         return None
     return save_checkpoint(
         context.spec.checkpoint_dir,
         weights=weights,
         optimizer=context.optimizer,
-        optimizer_state=optimizer_state if ranks.active else None,
+        optimizer_state=optimizer_state,
         scheduler=context.scheduler,
         generator=context.generator,
         ema=averaged,
@@ -393,7 +394,7 @@ def prepare_denoiser(
             "quantize_base does not combine with lora_type dora: DoRA rescales the base weights themselves"
         )
     blocks = repeated_blocks(denoiser, family.block_prefixes)
-    sharded = ranks.active and spec.training_type != "LORA"
+    sharded = distributed.shards_model(ranks, spec.training_type)
     if ranks.active and speed.swap_blocks:
         raise EngineError(GPUS_AND_SWAP)  # contract.parameters' rule, checked at the start too
     # A sharded model comes onto the device shard by shard (distributed.shard_module), never whole.
@@ -430,8 +431,8 @@ def load_device(
 ) -> torch.device:
     """Where the denoiser is loaded: in host memory when a memory lever brings it onto the device block
     by block (`memory.place_denoiser`) or when it is sharded over the ranks, else straight onto the device."""
-    sharded = ranks.active and spec.training_type != "LORA"
-    return torch.device("cpu") if spec.quantize_base or spec.swap_blocks or sharded else device
+    hosted = spec.quantize_base or spec.swap_blocks or distributed.shards_model(ranks, spec.training_type)
+    return torch.device("cpu") if hosted else device
 
 
 TEXT_ENCODER_TARGETS = {  # CLIP text encoder modules per `lora_targets` preset

@@ -6,6 +6,7 @@ the worker that claimed the task and follows the job. A task that is no longer W
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -22,6 +23,10 @@ class Command(BaseCommand):
         parser.add_argument("--worker-id", required=True, help="the worker that claimed the attempt")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        try:
+            uuid.UUID(options["task_id"])
+        except ValueError as exc:
+            raise CommandError(f"{options['task_id']!r} is not a training task id (a UUID)") from exc
         task = (
             TrainingTask.objects.filter(
                 pk=options["task_id"], worker_id=options["worker_id"], status__in=TrainingTask.RUNNING_STATUSES
