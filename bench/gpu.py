@@ -1,5 +1,5 @@
 """Real-size GPU benchmarks: SD 1.5 (512 px), SDXL (1024 px), FLUX.1-dev, SD 3.5 large and medium,
-Chroma1-HD, Z-Image, Qwen-Image, FLUX.2 klein 4 B and 9 B and FLUX.2 dev (1024 px) denoisers built
+Chroma1-HD, Z-Image, Qwen-Image, FLUX.2 klein 4 B and 9 B, FLUX.2 dev and HiDream-I1 (1024 px) denoisers built
 from their published configurations with random weights (the compute is the same as with real ones),
 LoRA rank 16, batch 1, trained by the engine's own step (`trainer.train_step`): seconds per step, peak
 GPU memory, and model FLOPs utilisation against the matmul rate measured on the same GPU.
@@ -320,6 +320,35 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         },
         "prompts": {"prompt_embeds": (512, 15360)},
     },
+    # HiDream-I1 (Full; Dev and Fast share the transformer): 16 double- and 32 single-stream blocks with
+    # mixture-of-experts feed-forwards; each block reads one of Llama 3.1 8B's 32 layers (the last one for
+    # the 16 deepest blocks) beside T5-XXL's tokens, 128 of each.
+    "hidream": {
+        "family": "hidream",
+        "pipeline": "HiDreamImagePipeline",
+        "resolution": 1024,
+        "denoiser": "transformer",
+        "config": {
+            "_class_name": "HiDreamImageTransformer2DModel",
+            "attention_head_dim": 128,
+            "axes_dims_rope": [64, 32, 32],
+            "caption_channels": [4096, 4096],
+            "in_channels": 16,
+            "llama_layers": [*range(32), *[31] * 16],
+            "max_resolution": [128, 128],
+            "num_activated_experts": 2,
+            "num_attention_heads": 20,
+            "num_layers": 16,
+            "num_routed_experts": 4,
+            "num_single_layers": 32,
+            "out_channels": 16,
+            "patch_size": 2,
+            "text_emb_dim": 2048,
+        },
+        "vae": VAE_FLUX,
+        "scheduler": SCHEDULER_SD3,  # HiDream-I1-Full's fixed shift of 3.0
+        "prompts": {"pooled_prompt_embeds": (2048,), "t5_embeds": (128, 4096), "llama_embeds": (32, 128, 4096)},
+    },
 }
 TINY_FLUX2: dict[str, Any] = {
     "resolution": 64,
@@ -378,6 +407,13 @@ TINY_OVERRIDES: dict[str, dict[str, Any]] = {
         "config": {"attention_head_dim": 16, "axes_dims_rope": [4, 6, 6], "num_attention_heads": 2,
                    "joint_attention_dim": 32, "num_layers": 1},
         "prompts": {"prompt_embeds": (16, 32), "text_mask": (16,)},
+    },
+    "hidream": {
+        "resolution": 64,
+        "config": {"attention_head_dim": 16, "axes_dims_rope": [8, 4, 4], "num_attention_heads": 4,
+                   "caption_channels": [32, 32], "text_emb_dim": 64, "num_layers": 1, "num_single_layers": 1,
+                   "llama_layers": [0, 1], "max_resolution": [32, 32]},
+        "prompts": {"pooled_prompt_embeds": (64,), "t5_embeds": (16, 32), "llama_embeds": (2, 16, 32)},
     },
     "flux2-klein-4b": TINY_FLUX2,
     "flux2-klein-9b": TINY_FLUX2,
@@ -630,6 +666,10 @@ VARIANTS: dict[str, list[tuple[str, dict[str, Any]]]] = {
                   ("nf4 base + checkpointing", {"quantize_base": "nf4", "gradient_checkpointing": True}),
                   ("nf4 base + 30 blocks swapped", {"quantize_base": "nf4", "swap_blocks": 30}),
                   ("bf16 base + 45 blocks swapped", {"swap_blocks": 45})],
+    "hidream": [("default", {}), ("no compile", {"compile": "off"}), ("fp8 base", {"quantize_base": "fp8"}),
+                ("fp8 base + checkpointing", {"quantize_base": "fp8", "gradient_checkpointing": True}),
+                ("nf4 base + checkpointing", {"quantize_base": "nf4", "gradient_checkpointing": True}),
+                ("nf4 base + 24 blocks swapped", {"quantize_base": "nf4", "swap_blocks": 24})],
 }  # fmt: skip
 
 

@@ -37,6 +37,7 @@ RUNS: dict[str, dict[str, Any]] = {  # steps and learning rate per family (batch
     "zimage": {"steps": 150, "learning_rate": 2e-3},
     "qwenimage": {"steps": 150, "learning_rate": 2e-3},
     "flux2-klein": {"steps": 150, "learning_rate": 2e-3},
+    "hidream": {"steps": 150, "learning_rate": 2e-3},
     # The pipeline generates at guidance 4.0; the tiny model's random guidance embedding needs training there.
     "flux2": {"steps": 150, "learning_rate": 2e-3, "guidance_scale": 4.0},
 }

@@ -22,6 +22,7 @@ PIPELINE_FAMILIES = {
     "QwenImagePipeline": "qwenimage",
     "Flux2KleinPipeline": "flux2-klein",
     "Flux2Pipeline": "flux2",
+    "HiDreamImagePipeline": "hidream",
 }
 SUPPORTED_FAMILIES = tuple(PIPELINE_FAMILIES.values())
 # What the admin and the docs call each family.
@@ -36,6 +37,7 @@ FAMILY_LABELS = {
     "qwenimage": "Qwen-Image",
     "flux2-klein": "FLUX.2 klein",
     "flux2": "FLUX.2 dev",
+    "hidream": "HiDream-I1",
 }
 
 
@@ -96,6 +98,8 @@ def guess_family_from_name(base_model: str) -> str:
         return "qwenimage"
     if "z-image" in name or "zimage" in name:
         return "zimage"
+    if "hidream" in name:
+        return "hidream"
     if "chroma" in name:
         return "chroma"
     if "flux.2" in name or "flux2" in name:

@@ -36,6 +36,7 @@ FAMILY_COST = {
     "qwenimage": Decimal("14"),  # 20 B
     "flux2-klein": Decimal("6"),  # priced as the 9 B (the 4 B shares the family)
     "flux2": Decimal("22"),  # 32 B
+    "hidream": Decimal("12"),  # 17 B, of which 2 of 4 routed experts run per token
 }
 NATIVE_RESOLUTION = {
     "sd15": 512,
@@ -48,6 +49,7 @@ NATIVE_RESOLUTION = {
     "qwenimage": 1024,
     "flux2-klein": 1024,
     "flux2": 1024,
+    "hidream": 1024,
 }
 SECONDS_PER_STEP = {
     "sd15": 0.07,
@@ -60,6 +62,7 @@ SECONDS_PER_STEP = {
     "qwenimage": 0.9,
     "flux2-klein": 0.4,
     "flux2": 1.4,
+    "hidream": 0.8,
 }
 CENT = Decimal("0.01")
 

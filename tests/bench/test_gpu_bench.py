@@ -19,10 +19,12 @@ pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
     # The published parameter counts of each denoiser. Stability announced SD 3.5 large at 8.1 B and medium
     # at 2.5 B, counting the fixed positional table (a buffer here) with the weights; Tongyi announced
     # Z-Image at 6 B (its configuration counts 6.15 B), Alibaba Qwen-Image at 20 B (20.4 B), Black Forest Labs
-    # FLUX.2 klein at 4 B (3.88 B) and 9 B (9.08 B), FLUX.2 dev at 32 B (32.2 B).
+    # FLUX.2 klein at 4 B (3.88 B) and 9 B (9.08 B), FLUX.2 dev at 32 B (32.2 B), HiDream.ai HiDream-I1 at
+    # 17 B (17.1 B).
     [("sd15", 0.86, 0.01), ("sdxl", 2.57, 0.01), ("flux", 11.9, 0.01), ("sd35-large", 8.1, 0.015),
      ("sd35-medium", 2.5, 0.015), ("chroma", 8.9, 0.01), ("zimage", 6.0, 0.03), ("qwenimage", 20.0, 0.025),
-     ("flux2-klein-4b", 4.0, 0.035), ("flux2-klein-9b", 9.0, 0.01), ("flux2-dev", 32.0, 0.01)],
+     ("flux2-klein-4b", 4.0, 0.035), ("flux2-klein-9b", 9.0, 0.01), ("flux2-dev", 32.0, 0.01),
+     ("hidream", 17.0, 0.01)],
 )  # fmt: skip
 def test_the_benchmarked_architectures_have_the_published_sizes(name: str, billions: float, rel: float) -> None:
     model = gpu.random_denoiser(gpu.architecture(name, tiny=False), torch.device("meta"), torch.bfloat16)
@@ -45,6 +47,7 @@ def test_the_benchmark_trains_each_family_with_the_engines_step_and_counts_its_f
         "flux2-klein-4b",
         "flux2-klein-9b",
         "flux2-dev",
+        "hidream",
     }
     for rows in results["architectures"].values():
         [row] = rows.values()

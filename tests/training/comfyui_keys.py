@@ -475,15 +475,18 @@ def comfyui_zimage_key_map(transformer_config: Mapping[str, Any]) -> dict[str, C
     }
 
 
-def comfyui_qwenimage_lora_names(transformer_config: Mapping[str, Any]) -> set[str]:
-    """`lycoris_<name with _>` for every Linear of the diffusers Qwen-Image transformer (built on the meta
-    device): ComfyUI's model has the same module names."""
+def comfyui_same_name_lora_names(class_name: str, transformer_config: Mapping[str, Any]) -> set[str]:
+    """`lycoris_<name with _>` for every Linear of a diffusers transformer (built on the meta device) whose
+    ComfyUI model has the same module names: Qwen-Image's, and HiDream's (comfy/ldm/hidream/model.py ports
+    the same original code as diffusers: `double_stream_blocks.<i>.block.attn1.to_q`,
+    `…ff_i.experts.<e>.w1`, `caption_projection.<i>.linear`, `final_layer.linear`). ComfyUI's loader maps
+    `lycoris_` plus that name, dots as underscores, for both (comfy/lora.py)."""
+    import diffusers
     import torch
-    from diffusers import QwenImageTransformer2DModel
 
     values = {key: value for key, value in transformer_config.items() if not key.startswith("_")}
     with torch.device("meta"):
-        model = QwenImageTransformer2DModel(**values)
+        model = getattr(diffusers, class_name)(**values)
     return {
         ZIMAGE_PREFIX + name.replace(".", "_")
         for name, module in model.named_modules()
@@ -502,7 +505,9 @@ def comfyui_lora_names(family: str, denoiser_config: dict) -> set[str]:
     if family == "zimage":
         return set(comfyui_zimage_key_map(denoiser_config))
     if family == "qwenimage":
-        return comfyui_qwenimage_lora_names(denoiser_config)
+        return comfyui_same_name_lora_names("QwenImageTransformer2DModel", denoiser_config)
+    if family == "hidream":
+        return comfyui_same_name_lora_names("HiDreamImageTransformer2DModel", denoiser_config)
     raise ValueError(f"no ComfyUI key map for the {family} family")
 
 

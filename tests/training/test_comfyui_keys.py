@@ -794,3 +794,36 @@ def test_every_flux2_block_linear_is_mapped(name: str, tiny_models: dict) -> Non
     targets = comfyui_flux_key_map(config)
     fused = targets["lora_transformer_single_transformer_blocks_0_attn_to_qkv_mlp_proj"]
     assert fused == ComfyTarget("diffusion_model.single_blocks.0.linear1.weight")
+
+
+# --- HiDream-I1: ComfyUI's module names are diffusers' own ---------------------------------------------------
+
+# HiDream-I1's transformer, as bench/gpu.py has it (which checks its size: 17.1 B).
+HIDREAM_TRANSFORMER = {
+    key: value for key, value in gpu.ARCHITECTURES["hidream"]["config"].items() if not key.startswith("_")
+}
+
+
+@pytest.mark.parametrize("name", ["hidream-i1", "tiny"])
+def test_every_hidream_block_linear_is_mapped(name: str, tiny_models: dict) -> None:
+    """Every linear of both block kinds our adapters can target (attention of both streams, the shared and
+    routed experts, the caption stream's feed-forward, the modulation) has a ComfyUI name, under `lycoris_`
+    and not `lora_transformer_`."""
+    from diffusers import HiDreamImageTransformer2DModel
+
+    config = HIDREAM_TRANSFORMER
+    if name == "tiny":
+        built = json.loads((tiny_models["hidream"] / "transformer" / "config.json").read_text(encoding="utf-8"))
+        config = {key: value for key, value in built.items() if not key.startswith("_")}
+    with torch.device("meta"):
+        transformer = HiDreamImageTransformer2DModel(**config)
+    blocks = [n for n in layers(transformer) if n.startswith(("double_stream_blocks.", "single_stream_blocks."))]
+    for leaf in ("attn1.to_q", "attn1.to_out_t", "ff_i.experts.3.w2", "ff_i.shared_experts.w1", "ff_t.w3"):
+        assert any(block.endswith("." + leaf) for block in blocks), leaf
+    state = {f"transformer.{n}.lora_{ab}.weight": torch.zeros(1) for n in blocks for ab in "AB"}
+    exported = list(to_kohya(state, alpha=4.0, denoiser_prefix="lycoris_"))
+    known = comfyui_lora_names("hidream", config)
+    assert unmapped_kohya_modules(exported, known) == []
+    assert "lycoris_single_stream_blocks_0_block_ff_i_experts_0_w1" in known
+    assert "lycoris_caption_projection_0_linear" in known and "lycoris_final_layer_linear" in known
+    assert unmapped_kohya_modules(exported_keys("transformer", blocks[:1]), known)  # not lora_transformer_

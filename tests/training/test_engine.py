@@ -29,7 +29,19 @@ from training.engine.generate import generate
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
 
-FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage", "qwenimage", "flux2-klein", "flux2")
+FAMILIES = (
+    "sd15",
+    "sdxl",
+    "flux",
+    "flux-kontext",
+    "sd3",
+    "chroma",
+    "zimage",
+    "qwenimage",
+    "flux2-klein",
+    "flux2",
+    "hidream",
+)
 
 
 def dataset(folder: Path, count: int = 4) -> list[DatasetImage]:
@@ -128,7 +140,7 @@ def test_each_family_trains_a_lora_that_loads_back_and_changes_the_output(
     # What ComfyUI's loader for the family reads (tests/training/comfyui_keys.py checks each name).
     prefix = {
         "unet": "lora_unet_",
-        "transformer": "lycoris_" if family in ("zimage", "qwenimage") else "lora_transformer_",
+        "transformer": "lycoris_" if family in ("zimage", "qwenimage", "hidream") else "lora_transformer_",
     }[component]
     assert all(key.startswith(prefix) for key in kohya_state)
     assert {float(v) for k, v in kohya_state.items() if k.endswith(".alpha")} == {4.0}
@@ -306,7 +318,7 @@ def test_full_fine_tuning_saves_the_denoisers_weights(tiny_models: dict[str, Pat
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["sd3", "chroma", "zimage", "qwenimage", "flux2-klein", "flux2"])
+@pytest.mark.parametrize("family", ["sd3", "chroma", "zimage", "qwenimage", "flux2-klein", "flux2", "hidream"])
 def test_each_transformer_family_fine_tunes_fully_and_generates_from_the_result(
     family: str, tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:

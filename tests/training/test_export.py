@@ -117,6 +117,7 @@ EXPECTED = {
     "qwenimage": ("qwen_image", "qwen-image/lora"),
     "flux2-klein": ("flux2", "flux-2-klein/lora"),
     "flux2": ("flux2", "flux-2-dev/lora"),
+    "hidream": ("hidream", "hidream-i1/lora"),
 }
 
 

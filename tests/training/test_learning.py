@@ -71,6 +71,7 @@ FAMILY_RUNS = {
     "qwenimage": (100, 2e-3, 0.1, 0.2),
     "flux2-klein": (100, 2e-3, 0.1, 0.2),
     "flux2": (100, 2e-3, 0.1, 0.2),
+    "hidream": (100, 2e-3, 0.1, 0.2),
 }
 # FLUX.2 dev is guidance-distilled and its pipeline generates at guidance 4.0. The tiny model's guidance
 # embedding is random, so a LoRA trained at the usual 1.0 moved generations at 4.0 only 11 % nearer the

@@ -30,7 +30,19 @@ from training.engine.trainer import Cache, class_caption, elementwise_loss, redu
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
 
-FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage", "qwenimage", "flux2-klein", "flux2")
+FAMILIES = (
+    "sd15",
+    "sdxl",
+    "flux",
+    "flux-kontext",
+    "sd3",
+    "chroma",
+    "zimage",
+    "qwenimage",
+    "flux2-klein",
+    "flux2",
+    "hidream",
+)
 CPU = torch.device("cpu")
 
 
@@ -98,7 +110,7 @@ def test_tiny_models_see_captions_and_carry_signal_in_their_latents(
     from transformers import AutoTokenizer
 
     base = tiny_models[family]
-    for folder in ("tokenizer", "tokenizer_2", "tokenizer_3"):
+    for folder in ("tokenizer", "tokenizer_2", "tokenizer_3", "tokenizer_4"):
         if not (base / folder).is_dir():
             continue
         tokenizer = AutoTokenizer.from_pretrained(str(base / folder))  # loaded back from what was saved
@@ -283,6 +295,32 @@ def test_on_real_flux2_klein_the_default_targets_cover_every_block_linear() -> N
     attention = re.compile(flux2.lora_target_pattern(flux2, "attention"))  # type: ignore[arg-type]
     assert attention.fullmatch("single_transformer_blocks.3.attn.to_qkv_mlp_proj")
     assert not attention.fullmatch("transformer_blocks.0.ff.linear_in")
+
+
+def test_on_real_hidream_the_default_targets_cover_every_block_linear() -> None:
+    from diffusers import HiDreamImageTransformer2DModel
+
+    from bench import gpu
+
+    config = gpu.ARCHITECTURES["hidream"]["config"]  # HiDream-I1 (bench/gpu.py checks its size: 17.1 B)
+    with torch.device("meta"):
+        model = HiDreamImageTransformer2DModel(
+            **{key: value for key, value in config.items() if not key.startswith("_")}
+        )
+    block_linears = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.startswith(("double_stream_blocks.", "single_stream_blocks."))
+    ]
+    # A double block: both streams' q, k, v and out, the modulation, the image stream's mixture of experts
+    # (a shared and 4 routed SwiGLUs, 3 linears each) and the caption stream's SwiGLU; a single block: the
+    # image stream's half of that.
+    assert len(block_linears) == 16 * (8 + 1 + 5 * 3 + 3) + 32 * (4 + 1 + 5 * 3) == 1072
+    hidream = family_class("hidream")
+    pattern = re.compile(hidream.lora_target_pattern(hidream, "all_linear"))  # type: ignore[arg-type]  # class attributes only
+    assert all(pattern.match(name) for name in block_linears)
+    attention = re.compile(hidream.lora_target_pattern(hidream, "attention"))  # type: ignore[arg-type]  # class attributes only
+    assert sum(bool(attention.match(name)) for name in block_linears) == 16 * 8 + 32 * 4
 
 
 # Each adapter type on the first families; the later ones (whose export differs only in the prefix and

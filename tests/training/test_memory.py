@@ -62,11 +62,15 @@ def test_narrow_linears_stay_unquantized_and_a_model_without_any_is_refused() ->
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kind", QUANTIZATIONS)
+@pytest.mark.parametrize(
+    ("family", "kind"),
+    # Every kind on FLUX; on HiDream, whose routed experts are quantized too, the smallest.
+    [*(("flux", kind) for kind in QUANTIZATIONS), ("hidream", "nf4")],
+)
 def test_a_lora_trained_on_a_quantized_base_learns_what_the_full_precision_one_does(
-    kind: str, tiny_models: dict[str, Path], tmp_path: Path
+    family: str, kind: str, tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
-    base = tiny_models["flux"]
+    base = tiny_models[family]
     plain = train(make_spec(base, tmp_path / "plain", steps=10), Recorder())
     quantized = train(make_spec(base, tmp_path / kind, quantize_base=kind, steps=10), Recorder())
     a, b = load_file(plain.weights_path), load_file(quantized.weights_path)
@@ -163,7 +167,7 @@ def test_a_recomputation_stopped_early_would_leave_every_block_on_the_device() -
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["flux", "qwenimage"])
+@pytest.mark.parametrize("family", ["flux", "qwenimage", "hidream"])
 def test_block_swapping_trains_the_same_lora_bit_for_bit(
     family: str, tiny_models: dict[str, Path], tmp_path: Path
 ) -> None:
@@ -192,7 +196,7 @@ def test_block_swapping_on_a_quantized_base_trains_what_the_quantized_base_does(
     assert all(torch.equal(a[key], b[key]) for key in a)
 
 
-@pytest.mark.parametrize("family", ["flux", "flux2-klein", "qwenimage"])
+@pytest.mark.parametrize("family", ["flux", "flux2-klein", "qwenimage", "hidream"])
 def test_the_blocks_a_family_swaps_are_its_double_and_single_blocks(family: str, tiny_models: dict[str, Path]) -> None:
     from training.engine.families import family_class
 

@@ -35,6 +35,36 @@ def test_compiled_channels_last_and_eager_attention_runs_train_the_same_lora(
     assert all(torch.allclose(a[key], b[key], atol=1e-4) for key in a)
 
 
+class GraphCounter(Recorder):
+    """Records how many graphs the compiler has made by the end of each step."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.graphs: list[int] = []
+
+    def on_progress(self, progress) -> None:  # type: ignore[no-untyped-def]
+        import torch._dynamo.utils
+
+        super().on_progress(progress)
+        self.graphs.append(int(torch._dynamo.utils.counters["stats"]["unique_graphs"]))
+
+
+@pytest.mark.slow
+def test_a_compiled_mixture_of_experts_model_stops_compiling_after_its_first_steps(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """HiDream's router sends a different number of tokens to each expert every step. Graphs fixed to
+    one step's shapes were compiled again at every step (37 new graphs in 8 steps, 10.9 s a step against
+    0.02 s uncompiled); with the compiler's dynamic shapes the count settles after the first steps."""
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    counter = GraphCounter()
+    train(make_spec(tiny_models["hidream"], tmp_path, steps=8, compile="blocks"), counter)
+    assert counter.steps == list(range(1, 9)) and counter.graphs[0] > 0
+    assert counter.graphs[-1] == counter.graphs[2]
+
+
 def test_automatic_choices_follow_the_device_and_the_run_length() -> None:
     common = {"compile_mode": None, "channels_last": None, "attention": "sdpa", "quantize_base": None}
     on_cpu = resolve_speed(**common, device=CPU, steps=1000, is_unet=True, training_type="LORA")

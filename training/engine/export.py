@@ -83,6 +83,7 @@ ADAPTER_KEY = re.compile(
 # SD 3.5: no sd-scripts constant was found for it; "sd3" is the prefix readers classify SD 3.x files by.
 # Chroma: sd-scripts names its architecture "chroma" (ARCH_FLUX_1_CHROMA); the same word here. Z-Image:
 # "zimage", our choice, beside sd-scripts' ModelSpec id "z-image". Qwen-Image: "qwen_image", our choice.
+# FLUX.2: "flux2"; HiDream-I1: "hidream"; both our choice too.
 SS_BASE_MODEL_VERSION = {
     "sd15": "sd_v1",
     "sdxl": "sdxl_base_v1-0",
@@ -94,6 +95,7 @@ SS_BASE_MODEL_VERSION = {
     "qwenimage": "qwen_image",
     "flux2-klein": "flux2",
     "flux2": "flux2",
+    "hidream": "hidream",
 }
 # Stability ModelSpec architecture ids (sd-scripts library/sai_model_spec.py ARCH_*). Adapters append
 # "/lora" (ModelSpec's "/" separator, sd-scripts' ADAPTER_LORA); sd-scripts writes "/lora" for every network
@@ -112,6 +114,7 @@ MODELSPEC_ARCHITECTURE = {
     "qwenimage": "qwen-image",  # our choice: no ModelSpec id was found for it
     "flux2-klein": "flux-2-klein",  # our choice, in sd-scripts' FLUX naming
     "flux2": "flux-2-dev",  # our choice, as "flux-1-dev"
+    "hidream": "hidream-i1",  # our choice: no ModelSpec id was found for it
 }
 MODELSPEC_ADAPTER_SUFFIX = "/lora"
 # The version of the spec whose keys we write (its README: "This is specification version 1.0.1"; sd-scripts

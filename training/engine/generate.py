@@ -3,6 +3,7 @@ taken during training both go through `load_pipeline` and `run_pipeline`."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,12 @@ def run_pipeline(
         if image is None:
             raise EngineError("an edit (Kontext) model needs an input image to generate from")
         arguments.update(image=image, _auto_resize=False, max_area=arguments["width"] * arguments["height"])
+    if type(pipeline).__name__ == "HiDreamImagePipeline":
+        # HiDreamImagePipeline scales every request to the area of its `default_sample_size` latent pixels
+        # squared (1024 x 1024 for the real models), keeping the aspect ratio: it is set to the area asked
+        # for, rounded up so that the pipeline's rounding down to whole patches keeps the size.
+        area = arguments["width"] * arguments["height"]
+        pipeline.default_sample_size = math.ceil(math.sqrt(area) / pipeline.vae_scale_factor)
     with torch.no_grad(), bypass_guidance(denoiser, enabled=bypass_guidance_embedding):
         return list(pipeline(**arguments).images)
 

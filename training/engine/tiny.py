@@ -16,7 +16,19 @@ from training.engine.errors import EngineError
 if TYPE_CHECKING:
     from transformers import CLIPTextConfig
 
-FAMILIES = ("sd15", "sdxl", "flux", "flux-kontext", "sd3", "chroma", "zimage", "qwenimage", "flux2-klein", "flux2")
+FAMILIES = (
+    "sd15",
+    "sdxl",
+    "flux",
+    "flux-kontext",
+    "sd3",
+    "chroma",
+    "zimage",
+    "qwenimage",
+    "flux2-klein",
+    "flux2",
+    "hidream",
+)
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -65,8 +77,8 @@ def _write_clip_tokenizer(folder: Path) -> int:
     return len(vocab)
 
 
-def _clip_config(vocab_size: int) -> CLIPTextConfig:
-    """A two-layer CLIP text encoder for the byte-level tokenizer above."""
+def _clip_config(vocab_size: int, *, positions: int = 77) -> CLIPTextConfig:
+    """A two-layer CLIP text encoder for the byte-level tokenizer above, reading `positions` tokens."""
     from transformers import CLIPTextConfig
 
     return CLIPTextConfig(
@@ -79,7 +91,7 @@ def _clip_config(vocab_size: int) -> CLIPTextConfig:
         num_attention_heads=4,
         num_hidden_layers=2,
         vocab_size=vocab_size,
-        max_position_embeddings=77,
+        max_position_embeddings=positions,
         projection_dim=32,
     )
 
@@ -881,6 +893,109 @@ def build_tiny_flux2(out_dir: Path, *, seed: int = 0) -> Path:
     return out_dir
 
 
+def _write_llama_tokenizer(folder: Path) -> int:
+    """A byte-level tokenizer in Llama 3's manner (every byte one token, as the CLIP one above): it opens
+    every text with `<|begin_of_text|>` and ends a turn with `<|eot_id|>`, which HiDream's pipeline also
+    pads with. Saved as a plain `PreTrainedTokenizerFast`, the class of the real one. Returns its size."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {symbol: index for index, symbol in enumerate(sorted(_bytes_to_unicode().values()))}
+    begin, end = "<|begin_of_text|>", "<|eot_id|>"
+    vocab[begin], vocab[end] = len(vocab), len(vocab) + 1
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    backend.decoder = decoders.ByteLevel()
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"{begin} $A", pair=f"{begin} $A {begin} $B", special_tokens=[(begin, vocab[begin])]
+    )
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token=begin, eos_token=end, model_max_length=MAX_LLAMA_TOKENS
+    )
+    tokenizer.add_special_tokens({"bos_token": begin, "eos_token": end})
+    tokenizer.save_pretrained(str(folder))
+    return len(vocab)
+
+
+MAX_LLAMA_TOKENS = 512
+
+
+def build_tiny_hidream(out_dir: Path, *, seed: int = 0) -> Path:
+    """A HiDream-I1-shaped pipeline: one double- and one single-stream block with mixture-of-experts
+    feed-forwards (a shared expert, 2 of 4 routed), two CLIPs with projections reading 128 positions (as the
+    pipeline pads them), T5, a four-layer Llama behind a byte-level tokenizer in Llama 3's manner whose
+    layers 1 and 3 the two blocks read, FLUX's 16-channel VAE layout and HiDream-I1-Full's fixed shift."""
+    import torch
+    from diffusers import FlowMatchEulerDiscreteScheduler, HiDreamImagePipeline, HiDreamImageTransformer2DModel
+    from transformers import (
+        CLIPTextModelWithProjection,
+        CLIPTokenizer,
+        LlamaConfig,
+        LlamaForCausalLM,
+        PreTrainedTokenizerFast,
+        T5Tokenizer,
+    )
+
+    out_dir = Path(out_dir)
+    staging = _staging(out_dir)
+    torch.manual_seed(seed)
+    clip_vocab = _write_clip_tokenizer(staging / "tokenizer")
+    _write_clip_tokenizer(staging / "tokenizer_2")
+    t5_vocab = _write_t5_tokenizer(staging / "tokenizer_3")
+    llama_vocab = _write_llama_tokenizer(staging / "tokenizer_4")
+    tokenizer_4 = PreTrainedTokenizerFast.from_pretrained(str(staging / "tokenizer_4"))
+    width = 32
+    llama = LlamaForCausalLM(
+        LlamaConfig(
+            vocab_size=llama_vocab,
+            hidden_size=width,
+            intermediate_size=48,
+            num_hidden_layers=4,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=8,
+            max_position_embeddings=MAX_LLAMA_TOKENS,
+            bos_token_id=int(tokenizer_4.bos_token_id),
+            eos_token_id=int(tokenizer_4.eos_token_id),
+            pad_token_id=int(tokenizer_4.eos_token_id),
+        )
+    ).eval()
+    _unit_scale_embeddings(llama)  # the transformer reads its layers through a plain Linear (see FLUX.2)
+    transformer = HiDreamImageTransformer2DModel(
+        patch_size=2,
+        in_channels=16,
+        out_channels=16,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,  # 4 x 16 = 64 wide, as a 2x2 patch of 16-channel latents
+        num_attention_heads=4,
+        caption_channels=[width, width],  # T5's, then Llama's
+        text_emb_dim=64,  # both CLIPs' 32-wide projections side by side
+        num_routed_experts=4,
+        num_activated_experts=2,
+        axes_dims_rope=(8, 4, 4),  # sums to the head width, as the real (64, 32, 32) to 128
+        max_resolution=(64, 64),  # latent pixels: up to 128-pixel images over a VAE that downsamples by 2
+        llama_layers=[1, 3],
+    )
+    pipeline = HiDreamImagePipeline(
+        transformer=transformer,
+        vae=_flow_vae(),
+        text_encoder=CLIPTextModelWithProjection(_clip_config(clip_vocab, positions=128)),
+        text_encoder_2=CLIPTextModelWithProjection(_clip_config(clip_vocab, positions=128)),
+        text_encoder_3=_tiny_t5(t5_vocab, width=width),
+        text_encoder_4=llama,
+        tokenizer=CLIPTokenizer.from_pretrained(str(staging / "tokenizer")),
+        tokenizer_2=CLIPTokenizer.from_pretrained(str(staging / "tokenizer_2")),
+        tokenizer_3=T5Tokenizer.from_pretrained(str(staging / "tokenizer_3")),
+        tokenizer_4=tokenizer_4,
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=3.0, use_dynamic_shifting=False),
+    )
+    # diffusers' type-checking imports resolve its pipelines to dummy classes without save_pretrained.
+    pipeline.save_pretrained(str(staging), safe_serialization=True)  # type: ignore[attr-defined]
+    staging.rename(out_dir)
+    return out_dir
+
+
 def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0) -> Path:
     if family == "sd15":
         return build_tiny_sd15(out_dir, seed=seed)
@@ -900,6 +1015,8 @@ def build_tiny_model(family: str, out_dir: Path, *, seed: int = 0) -> Path:
         return build_tiny_flux2_klein(out_dir, seed=seed)
     if family == "flux2":
         return build_tiny_flux2(out_dir, seed=seed)
+    if family == "hidream":
+        return build_tiny_hidream(out_dir, seed=seed)
     raise EngineError(f"unknown family {family!r}; tiny models exist for: {', '.join(FAMILIES)}")
 
 

@@ -388,6 +388,7 @@ def prepare_denoiser(
         is_unet=family.denoiser_key == "unet",
         training_type=spec.training_type,
         swap_blocks=spec.swap_blocks,
+        static_shapes=not family.routed_experts,
     )
     if speed.quantize_base and spec.lora_type == "dora":
         raise EngineError(

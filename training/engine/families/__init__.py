@@ -7,6 +7,7 @@ from training.engine.families.base import Family
 from training.engine.families.chroma import ChromaFamily
 from training.engine.families.flux import FluxFamily, FluxKontextFamily
 from training.engine.families.flux2 import Flux2Family, Flux2KleinFamily
+from training.engine.families.hidream import HiDreamFamily
 from training.engine.families.qwenimage import QwenImageFamily
 from training.engine.families.sd import SD15Family, SDXLFamily
 from training.engine.families.sd3 import SD3Family
@@ -23,6 +24,7 @@ FAMILY_CLASSES: dict[str, type[Family]] = {
     "qwenimage": QwenImageFamily,
     "flux2-klein": Flux2KleinFamily,
     "flux2": Flux2Family,
+    "hidream": HiDreamFamily,
 }
 
 

@@ -58,6 +58,8 @@ class Family(ABC):
     # The kohya-layout prefix of the denoiser's modules when ComfyUI's loader for the family reads another
     # than the component's usual one (`lora_unet_`, `lora_transformer_`: export.KOHYA_PREFIX).
     kohya_prefix: str | None = None
+    # Mixture-of-experts blocks: each expert's token count changes every step (speed.SpeedOptions.static_shapes).
+    routed_experts = False
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         self.base_model = base_model
