@@ -50,6 +50,7 @@ TRIGGER_RUNS: dict[str, dict[str, Any]] = {
     "sd3": {"steps": 150, "learning_rate": 2e-3},
     "chroma": {"steps": 150, "learning_rate": 5e-3},
     "zimage": {"steps": 150, "learning_rate": 2e-3},
+    "hidream": {"steps": 150, "learning_rate": 2e-3},
 }
 
 

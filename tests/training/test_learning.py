@@ -114,6 +114,7 @@ TRIGGER_RUNS: dict[str, tuple[int, float, dict[str, Any], float]] = {
     # vector): at 2e-3 the tiny model's pull stayed at 0.03-0.06 after 150-300 steps, 0.45 at 5e-3.
     "chroma": (150, 5e-3, {}, 0.2),
     "zimage": (100, 2e-3, {}, 0.25),
+    "hidream": (100, 2e-3, {}, 0.25),
     # No Qwen-Image row: the tiny model's transformer is nearly blind to its caption at random init
     # (random text moves its prediction by about 1 %), and a trigger word pulled 0.03-0.07 after 150
     # steps at 2e-3 or 5e-3. Its learning is checked above; real Qwen-Image reads captions closely.

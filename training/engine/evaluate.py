@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.engine.generate import load_pipeline, pick_device
+from training.engine.generate import keep_requested_area, load_pipeline, pick_device
 
 
 @dataclass(frozen=True)
@@ -68,6 +68,7 @@ def generated_features(
     pipeline = load_pipeline(base_model, device=device)
     if adapter is not None:
         load_weights_file(pipeline, adapter)
+    keep_requested_area(pipeline, size, size)
     features = []
     for seed in seeds:
         arguments: dict[str, Any] = {

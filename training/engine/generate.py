@@ -51,6 +51,15 @@ def load_pipeline(base_model: str, *, device: Any, components: dict[str, Any] | 
     return pipeline
 
 
+def keep_requested_area(pipeline: Any, width: int, height: int) -> None:
+    """HiDreamImagePipeline scales every request to the area of its `default_sample_size` latent pixels
+    squared (1024 x 1024 for the real models), keeping the aspect ratio; that size is set to the area
+    asked for, rounded up so that the pipeline's rounding down to whole patches keeps the width and height.
+    Other pipelines generate the size asked for as they are."""
+    if type(pipeline).__name__ == "HiDreamImagePipeline":
+        pipeline.default_sample_size = math.ceil(math.sqrt(width * height) / pipeline.vae_scale_factor)
+
+
 def run_pipeline(
     pipeline: Any,
     *,
@@ -88,12 +97,7 @@ def run_pipeline(
         if image is None:
             raise EngineError("an edit (Kontext) model needs an input image to generate from")
         arguments.update(image=image, _auto_resize=False, max_area=arguments["width"] * arguments["height"])
-    if type(pipeline).__name__ == "HiDreamImagePipeline":
-        # HiDreamImagePipeline scales every request to the area of its `default_sample_size` latent pixels
-        # squared (1024 x 1024 for the real models), keeping the aspect ratio: it is set to the area asked
-        # for, rounded up so that the pipeline's rounding down to whole patches keeps the size.
-        area = arguments["width"] * arguments["height"]
-        pipeline.default_sample_size = math.ceil(math.sqrt(area) / pipeline.vae_scale_factor)
+    keep_requested_area(pipeline, arguments["width"], arguments["height"])
     with torch.no_grad(), bypass_guidance(denoiser, enabled=bypass_guidance_embedding):
         return list(pipeline(**arguments).images)
 
