@@ -26,22 +26,9 @@ from training.engine.checkpoints import list_checkpoints
 from training.engine.data import caption_for, make_buckets, nearest_bucket, validate_transforms
 from training.engine.export import LORA_WEIGHTS_NAME, from_kohya, read_metadata
 from training.engine.generate import generate
+from training.engine.tiny import FAMILIES  # every family, each with a tiny model
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
-
-FAMILIES = (
-    "sd15",
-    "sdxl",
-    "flux",
-    "flux-kontext",
-    "sd3",
-    "chroma",
-    "zimage",
-    "qwenimage",
-    "flux2-klein",
-    "flux2",
-    "hidream",
-)
 
 
 def dataset(folder: Path, count: int = 4) -> list[DatasetImage]:

@@ -26,23 +26,11 @@ from training.engine.families import family_class
 from training.engine.families.base import NoiseSettings
 from training.engine.generate import generate
 from training.engine.spec import DatasetImage
+from training.engine.tiny import FAMILIES  # every family, each with a tiny model
 from training.engine.trainer import Cache, class_caption, elementwise_loss, reduce_loss
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
 
-FAMILIES = (
-    "sd15",
-    "sdxl",
-    "flux",
-    "flux-kontext",
-    "sd3",
-    "chroma",
-    "zimage",
-    "qwenimage",
-    "flux2-klein",
-    "flux2",
-    "hidream",
-)
 CPU = torch.device("cpu")
 
 

@@ -156,32 +156,23 @@ class HiDreamFamily(FlowFamily):
             encoder.to("cpu")
             torch.cuda.empty_cache()
 
+    @staticmethod
+    def padded(tokenizer: Any, prompts: list[str], length: int) -> Any:
+        """The prompts' tokens padded (and cut) to `length`, as the pipeline tokenizes them for each encoder."""
+        return tokenizer(prompts, padding="max_length", max_length=length, truncation=True, return_tensors="pt")
+
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         width = self.max_sequence_length
         pooled = []
         for tokenizer, encoder in ((self.tokenizer, "text_encoder"), (self.tokenizer_2, "text_encoder_2")):
-            ids = tokenizer(prompts, padding="max_length", max_length=width, truncation=True, return_tensors="pt")
-            pooled.append(self.run_encoder(encoder, ids.input_ids.to(self.device))[0])  # the projected pooled output
-        t5 = self.tokenizer_3(
-            prompts,
-            padding="max_length",
-            max_length=min(width, self.tokenizer_3.model_max_length),
-            truncation=True,
-            add_special_tokens=True,
-            return_tensors="pt",
-        )
+            ids = self.padded(tokenizer, prompts, width).input_ids  # the pipeline's CLIP length ignores the tokenizer's
+            pooled.append(self.run_encoder(encoder, ids.to(self.device))[0])  # the projected pooled output
+        t5 = self.padded(self.tokenizer_3, prompts, min(width, self.tokenizer_3.model_max_length))
         t5_embeds = self.run_encoder(
             "text_encoder_3", t5.input_ids.to(self.device), attention_mask=t5.attention_mask.to(self.device)
         )[0]
-        llama = self.tokenizer_4(
-            prompts,
-            padding="max_length",
-            max_length=min(width, self.tokenizer_4.model_max_length),
-            truncation=True,
-            add_special_tokens=True,
-            return_tensors="pt",
-        )
+        llama = self.padded(self.tokenizer_4, prompts, min(width, self.tokenizer_4.model_max_length))
         hidden = self.run_encoder(
             "text_encoder_4",
             llama.input_ids.to(self.device),
