@@ -488,6 +488,28 @@ def test_flow_timestep_sampling_and_shift(tiny_models: dict[str, Path]) -> None:
     assert float(sigmas(NoiseSettings(), side=32).median()) > float(sigmas(NoiseSettings(), side=8).median())
 
 
+def test_hidream_shifts_by_its_schedulers_fixed_shift_whatever_the_size(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """HiDream-I1 Full's flow-matching Euler scheduler (shift 3.0), or a UniPC one with flow sigmas, as some
+    HiDream folders have (its `flow_shift`)."""
+    import json
+    import shutil
+
+    base = tmp_path / "hidream"
+    shutil.copytree(tiny_models["hidream"] / "transformer", base / "transformer")
+    shutil.copytree(tiny_models["hidream"] / "vae", base / "vae")
+    shutil.copytree(tiny_models["hidream"] / "scheduler", base / "scheduler")
+    euler = family_class("hidream")(str(base), CPU, torch.float32)
+    assert euler.timestep_shift(NoiseSettings(), 8, 8) == euler.timestep_shift(NoiseSettings(), 64, 64) == 3.0
+    unipc = {"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": True, "flow_shift": 6.0,
+             "prediction_type": "flow_prediction", "num_train_timesteps": 1000}  # fmt: skip
+    (base / "scheduler" / "scheduler_config.json").write_text(json.dumps(unipc), encoding="utf-8")
+    flow = family_class("hidream")(str(base), CPU, torch.float32)
+    assert flow.timestep_shift(NoiseSettings(), 32, 32) == 6.0
+    assert flow.timestep_shift(NoiseSettings(timestep_shift=2.0), 32, 32) == 2.0
+
+
 def test_loss_types_and_masks() -> None:
     prediction = torch.zeros(1, 1, 2, 2)
     target = torch.tensor([[[[0.0, 0.0], [0.0, 4.0]]]])
