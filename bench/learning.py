@@ -8,8 +8,9 @@ a LoRA with the default settings on 12 images of one colour (3 held out), then
 The held-out loss is measured every eighth of the run: its lowest point is what the run learned that
 generalises; a rise after it is overfitting (9 training images), which is what validation is for.
 
-Targets: the held-out loss's lowest point is at least `LOSS_DROP` below its start (a flow model's velocity loss
-has a higher floor: `FLOW_LOSS_DROP`), and generations close at least `CLOSER` of the distance.
+Targets: the held-out loss's lowest point is at least the family's `loss_drop` below its start (a FLUX velocity
+loss has a higher floor: training/engine/testing's `FLOW_LOSS_DROP`), and generations close at least `CLOSER` of
+the distance.
 
 The trigger word: a LoRA on red discs captioned with the trigger word and blue discs captioned without it;
 from the same seeds, the prompt with the trigger word must generate at least `TRIGGER_PULL` of the blue-red
@@ -23,35 +24,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-LOSS_DROP = 0.15
-FLOW_LOSS_DROP = 0.08
 CLOSER = 0.2
 SIZE = 32
-RUNS: dict[str, dict[str, Any]] = {  # steps and learning rate per family (batch 2, rank 4)
-    "sd15": {"steps": 400, "learning_rate": 3e-3},
-    "sdxl": {"steps": 400, "learning_rate": 3e-3},
-    "flux": {"steps": 300, "learning_rate": 2e-3},
-    "flux-kontext": {"steps": 300, "learning_rate": 2e-3},
-    "sd3": {"steps": 150, "learning_rate": 2e-3},
-    "chroma": {"steps": 150, "learning_rate": 2e-3},
-    "zimage": {"steps": 150, "learning_rate": 2e-3},
-    "qwenimage": {"steps": 150, "learning_rate": 2e-3},
-    "flux2-klein": {"steps": 150, "learning_rate": 2e-3},
-    "hidream": {"steps": 150, "learning_rate": 2e-3},
-    # The pipeline generates at guidance 4.0; the tiny model's random guidance embedding needs training there.
-    "flux2": {"steps": 150, "learning_rate": 2e-3, "guidance_scale": 4.0},
-}
-
 TRIGGER_PULL = 0.25
-TRIGGER_RUNS: dict[str, dict[str, Any]] = {
-    "sd15": {"steps": 300, "learning_rate": 3e-3, "noise_offset": 0.5},
-    "sdxl": {"steps": 300, "learning_rate": 3e-3, "noise_offset": 0.5},
-    "flux": {"steps": 300, "learning_rate": 2e-3},
-    "sd3": {"steps": 150, "learning_rate": 2e-3},
-    "chroma": {"steps": 150, "learning_rate": 5e-3},
-    "zimage": {"steps": 150, "learning_rate": 2e-3},
-    "hidream": {"steps": 150, "learning_rate": 2e-3},
-}
+# Steps, learning rate, other settings and held-out loss target per family (batch 2, rank 4): each family's
+# tiny model record (training/engine/families/<folder>/tiny.py, `TINY_MODELS`), `learning` and `trigger`.
 
 
 def validation_recorder() -> Any:
@@ -70,20 +47,20 @@ def validation_recorder() -> Any:
 def run_family(family: str, folder: Path, *, quick: bool) -> dict[str, Any]:
     from PIL import Image
 
-    from training.demo_dataset import write_concept
+    from contract.families import family_facts
     from training.engine import DatasetPair, TrainingSpec, train
     from training.engine.evaluate import shift_towards
-    from training.engine.tiny import build_tiny_model
+    from training.engine.testing import build_tiny_model, tiny_model
+    from training.engine.testing.images import write_concept
 
     base = build_tiny_model(family, folder / "base")
     red = write_concept(folder / "red", 12, colour=(200, 30, 30), caption="zxq, a disc", held_out=3, size=SIZE)
-    settings = dict(RUNS[family])
-    if quick:
-        settings["steps"] = settings["steps"] // 4
+    run = tiny_model(family).learning
+    settings = {"steps": run.steps // 4 if quick else run.steps, "learning_rate": run.learning_rate, **run.options}
     pairs: list[DatasetPair] = []
     image = None
     prompt = "zxq, a disc"
-    if family == "flux-kontext":
+    if family_facts(family).trains_pairs:
         blue = write_concept(folder / "blue", 12, colour=(30, 40, 200), caption="", held_out=3, size=SIZE)
         pairs = [
             DatasetPair(source=s, target=t, instruction="make the background red")
@@ -109,7 +86,7 @@ def run_family(family: str, folder: Path, *, quick: bool) -> dict[str, Any]:
     before, after = recorder.losses[0], recorder.losses[settings["steps"]]
     best_step = min(recorder.losses, key=lambda step: recorder.losses[step])
     best = recorder.losses[best_step]
-    target_drop = FLOW_LOSS_DROP if family.startswith("flux") else LOSS_DROP
+    target_drop = run.loss_drop
     return {
         "steps": settings["steps"],
         "train_seconds": round(seconds, 1),
@@ -128,15 +105,17 @@ def run_family(family: str, folder: Path, *, quick: bool) -> dict[str, Any]:
 
 
 def run_trigger(family: str, base: Path, folder: Path, *, quick: bool) -> dict[str, Any]:
-    from training.demo_dataset import write_concept
     from training.engine import SilentCallbacks, TrainingSpec, train
     from training.engine.evaluate import trigger_pull
+    from training.engine.testing import tiny_model
+    from training.engine.testing.images import write_concept
 
     red = write_concept(folder / "red", 8, colour=(200, 30, 30), caption="zxq, a disc", size=SIZE)
     blue = write_concept(folder / "blue", 8, colour=(30, 40, 200), caption="a disc", size=SIZE, seed=1, prefix="b")
-    settings = dict(TRIGGER_RUNS[family])
-    if quick:
-        settings["steps"] = settings["steps"] // 2
+    run = tiny_model(family).trigger
+    if run is None:
+        raise ValueError(f"the {family} tiny model has no trigger-word run")
+    settings = {"steps": run.steps // 2 if quick else run.steps, "learning_rate": run.learning_rate, **run.options}
     result = train(
         TrainingSpec(
             base_model=str(base), output_dir=folder / "out", images=red + blue, trigger_word="", rank=4,
@@ -159,11 +138,13 @@ def run_trigger(family: str, base: Path, folder: Path, *, quick: bool) -> dict[s
 
 
 def run(folder: Path, *, quick: bool = False) -> dict[str, Any]:
+    from training.engine.testing import FAMILIES, tiny_model
+
     results = {}
-    for family in RUNS:
+    for family in FAMILIES:
         print(f"learning: {family} ...", flush=True)
         results[family] = run_family(family, folder / family, quick=quick)
-        if family in TRIGGER_RUNS:
+        if tiny_model(family).trigger is not None:
             print(f"learning: {family} trigger word ...", flush=True)
             base = folder / family / "base"
             results[family].update(run_trigger(family, base, folder / family / "trigger", quick=quick))

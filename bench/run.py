@@ -165,11 +165,12 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
         if "skipped" in gpu:
             rows.append(("GPU real-size benchmarks", f"not run: {gpu['skipped']}", "", None))
         else:
-            from bench.gpu import FLUX_MEMORY_TARGET_GB, FLUX_QUANTIZED_MEMORY_TARGET_GB
-            from bench.gpu import TARGETS as GPU_TARGETS
+            from bench.gpu import architectures
 
+            specs = architectures()
             rows.append((f"GPU {gpu['device']} matmul rate", f"{gpu['matmul_tflops']} TFLOP/s", "", None))
             for name, variants in gpu["architectures"].items():
+                targets = specs[name].get("targets", {})
                 for label, row in variants.items():
                     if "error" in row:
                         rows.append((f"{name} {label}", row["error"], "", False))
@@ -178,15 +179,15 @@ def rows_for(results: dict[str, Any]) -> list[Row]:
                         f", MFU {row['mfu']:.0%}" if "mfu" in row else ""
                     )
                     target, met = "", None
-                    if label == "default" and name in GPU_TARGETS:
-                        target = f"<= {GPU_TARGETS[name]} s"
-                        met = row["seconds_per_step"] <= GPU_TARGETS[name]
-                        if name == "flux":
-                            target += f", <= {FLUX_MEMORY_TARGET_GB:.0f} GB"
-                            met = met and row.get("peak_memory_gb", 1e9) <= FLUX_MEMORY_TARGET_GB
-                    elif name == "flux" and label.startswith(("fp8", "int8", "nf4")):
-                        target = f"<= {FLUX_QUANTIZED_MEMORY_TARGET_GB:.0f} GB"
-                        met = row.get("peak_memory_gb", 1e9) <= FLUX_QUANTIZED_MEMORY_TARGET_GB
+                    if label == "default" and "seconds_per_step" in targets:
+                        target = f"<= {targets['seconds_per_step']} s"
+                        met = row["seconds_per_step"] <= targets["seconds_per_step"]
+                        if "peak_memory_gb" in targets:
+                            target += f", <= {targets['peak_memory_gb']:.0f} GB"
+                            met = met and row.get("peak_memory_gb", 1e9) <= targets["peak_memory_gb"]
+                    elif "quantized_peak_memory_gb" in targets and label.startswith(("fp8", "int8", "nf4")):
+                        target = f"<= {targets['quantized_peak_memory_gb']:.0f} GB"
+                        met = row.get("peak_memory_gb", 1e9) <= targets["quantized_peak_memory_gb"]
                     rows.append((f"{name} {row['resolution']} px, {label}", measured, target, met))
     if "scaling" in results:
         scaling = results["scaling"]
@@ -277,7 +278,7 @@ def main() -> None:
         parser.error(f"unknown section(s) {', '.join(sorted(unknown))}; choose from {', '.join(SECTIONS)}")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from training.engine import quiet_libraries
-    from training.engine.tiny import build_tiny_model
+    from training.engine.testing import build_tiny_model
 
     quiet_libraries()
     results: dict[str, Any] = {"machine": machine(), "started": time.strftime("%Y-%m-%d %H:%M:%S")}

@@ -50,7 +50,7 @@ def spec_for(base: Path, images: list[Any], out: Path, *, steps: int, device: st
 def run(scratch: Path, base: Path, *, steps: int) -> dict[str, Any]:
     import torch
 
-    from training.demo_dataset import write_dataset
+    from training.engine.testing.images import write_dataset
     from training.launch import train_on_ranks
 
     images = write_dataset(scratch / "data", 8)

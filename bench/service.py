@@ -111,7 +111,7 @@ def team_with_images(count: int, *, name: str) -> tuple[Any, Any]:
     """A team and a model of `count` generated training images, through the services the API uses."""
     from models_app.services.accounts import team_create
     from models_app.services.datasets import model_create, training_image_add
-    from training.demo_dataset import make_images
+    from training.engine.testing.images import make_images
 
     team = team_create(name=name)
     model = model_create(team=team, name=f"{name} model", type="product")

@@ -16,7 +16,7 @@ RESOLUTION, RANK, BATCH = 64, 4, 2
 
 
 def dataset(folder: Path, count: int = 12) -> list[DatasetImage]:
-    from training.demo_dataset import write_dataset
+    from training.engine.testing.images import write_dataset
 
     return write_dataset(folder, count)
 

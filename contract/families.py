@@ -1,9 +1,18 @@
-"""The model families: which one a base model belongs to (from its own diffusers config) and the size
-it was trained at. Shared by the domain (the cost estimate, the start rules) and the engine."""
+"""The model families: one plain-data facts record each, and which family a base model belongs to (from
+its own diffusers config). Shared by the domain (the cost estimate, the start rules, the admin's labels)
+and the engine (export metadata, generation); everything that needs a fact about a family asks here by
+the family's key.
+
+A new family is one `FamilyFacts` record in `FAMILIES` plus one folder in the engine
+(training/engine/families/<folder>/); docs/adding-a-family.md lists the rest.
+"""
 
 from __future__ import annotations
 
 import json
+import re
+from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 
@@ -11,34 +20,214 @@ class UnknownBaseModel(ValueError):
     """A base model whose family cannot be told; the message says why and what would do."""
 
 
-PIPELINE_FAMILIES = {
-    "StableDiffusionPipeline": "sd15",
-    "StableDiffusionXLPipeline": "sdxl",
-    "FluxPipeline": "flux",
-    "FluxKontextPipeline": "flux-kontext",
-    "StableDiffusion3Pipeline": "sd3",
-    "ChromaPipeline": "chroma",
-    "ZImagePipeline": "zimage",
-    "QwenImagePipeline": "qwenimage",
-    "Flux2KleinPipeline": "flux2-klein",
-    "Flux2Pipeline": "flux2",
-    "HiDreamImagePipeline": "hidream",
-}
-SUPPORTED_FAMILIES = tuple(PIPELINE_FAMILIES.values())
+@dataclass(frozen=True)
+class FamilyFacts:
+    key: str  # the family's name everywhere: API answers, task rows, file metadata
+    label: str  # what the admin and the docs call it
+    pipelines: tuple[str, ...]  # diffusers pipeline classes (model_index.json `_class_name`) of the family
+    denoiser: str  # the pipeline component that is trained: "unet" or "transformer"
+    # The side in pixels its published models train at: the estimate's unit before a model is local.
+    native_resolution: int
+    # Relative cost of one step at the native resolution (SD 1.5 at 512 px is 1), and its seconds per
+    # step on the reference GPU (an H100; see bench/).
+    cost_weight: Decimal
+    seconds_per_step: float
+    # A regular expression for hub ids (lower case) that name the family, for estimates before a model is
+    # fetched; the longest match among all families wins.
+    name_pattern: str
+    # File metadata: sd-scripts' `ss_base_model_version` and the Stability ModelSpec architecture id.
+    kohya_base_model_version: str
+    modelspec_architecture: str
+    # The kohya-layout prefix of the denoiser's modules where ComfyUI's loader for the family reads
+    # another than the component's usual one (`lora_unet_`, `lora_transformer_`).
+    kohya_prefix: str | None = None
+    # The published size is the denoiser's `sample_size` (in latent pixels) times the VAE's downscale
+    # (UNets, SD 3.5); other transformers' configs carry no usable sample size.
+    size_from_sample_size: bool = False
+    trains_pairs: bool = False  # learns edits from before/after pairs (an edit model)
+
+
+# In the order the admin, the API's lists and the docs show them.
+FAMILIES: tuple[FamilyFacts, ...] = (
+    FamilyFacts(
+        key="sd15",
+        label="SD 1.5",
+        pipelines=("StableDiffusionPipeline",),
+        denoiser="unet",
+        native_resolution=512,
+        cost_weight=Decimal("1"),
+        seconds_per_step=0.07,
+        name_pattern=r"stable-diffusion-v1|sd15|sd-1",
+        # sd-scripts' `get_model_version_str_for_sd1_sd2` and ModelSpec's ARCH_SD_V1.
+        kohya_base_model_version="sd_v1",
+        modelspec_architecture="stable-diffusion-v1",
+        size_from_sample_size=True,
+    ),
+    FamilyFacts(
+        key="sdxl",
+        label="SDXL",
+        pipelines=("StableDiffusionXLPipeline",),
+        denoiser="unet",
+        native_resolution=1024,
+        cost_weight=Decimal("3"),
+        seconds_per_step=0.2,
+        name_pattern=r"xl",
+        # sd-scripts' sdxl_model_util.MODEL_VERSION_SDXL_BASE_V1_0 and ModelSpec's ARCH_SD_XL_V1_BASE.
+        kohya_base_model_version="sdxl_base_v1-0",
+        modelspec_architecture="stable-diffusion-xl-v1-base",
+        size_from_sample_size=True,
+    ),
+    FamilyFacts(
+        key="flux",
+        label="FLUX.1",
+        pipelines=("FluxPipeline",),
+        denoiser="transformer",
+        native_resolution=1024,
+        cost_weight=Decimal("8"),
+        seconds_per_step=0.5,
+        name_pattern=r"flux",
+        # sd-scripts' flux_utils.MODEL_VERSION_FLUX_V1 (one value for every FLUX.1 variant). The family is
+        # FLUX.1 [dev]'s layout (guidance embedding): ModelSpec's "flux-1-dev".
+        kohya_base_model_version="flux1",
+        modelspec_architecture="flux-1-dev",
+    ),
+    FamilyFacts(
+        key="flux-kontext",
+        label="FLUX.1 Kontext",
+        pipelines=("FluxKontextPipeline",),
+        denoiser="transformer",
+        native_resolution=1024,
+        cost_weight=Decimal("10"),
+        seconds_per_step=0.7,
+        name_pattern=r"kontext",
+        kohya_base_model_version="flux1",
+        # Nothing defines an id for Kontext: our choice, following "flux-1-dev" and BFL's model name.
+        modelspec_architecture="flux-1-kontext-dev",
+        trains_pairs=True,
+    ),
+    FamilyFacts(
+        key="sd3",
+        label="SD 3.5",
+        pipelines=("StableDiffusion3Pipeline",),
+        denoiser="transformer",
+        native_resolution=1024,
+        # Large (8.1 B) and medium (2.5 B) share the family; priced and timed as large.
+        cost_weight=Decimal("6"),
+        seconds_per_step=0.4,
+        name_pattern=r"stable-diffusion-3|sd3|sd-3",
+        # No sd-scripts constant was found for SD 3.x; "sd3" is the prefix readers classify its files by.
+        # ModelSpec: sd-scripts' ARCH_SD3_M ("may be followed by -m or -5-large"), the family's id.
+        kohya_base_model_version="sd3",
+        modelspec_architecture="stable-diffusion-3",
+        # Its transformer counts its sample size in latent pixels, as a UNet does (128 -> 1024 px).
+        size_from_sample_size=True,
+    ),
+    FamilyFacts(
+        key="chroma",
+        label="Chroma",
+        pipelines=("ChromaPipeline",),
+        denoiser="transformer",
+        native_resolution=1024,
+        cost_weight=Decimal("6"),  # 8.9 B, a FLUX.1 without the guidance and modulation weights
+        seconds_per_step=0.4,
+        name_pattern=r"chroma",
+        # sd-scripts names its architecture "chroma" (ARCH_FLUX_1_CHROMA).
+        kohya_base_model_version="chroma",
+        modelspec_architecture="chroma",
+    ),
+    FamilyFacts(
+        key="zimage",
+        label="Z-Image",
+        pipelines=("ZImagePipeline",),
+        denoiser="transformer",
+        native_resolution=1024,
+        cost_weight=Decimal("5"),  # 6.2 B
+        seconds_per_step=0.35,
+        name_pattern=r"z-image|zimage",
+        # "zimage" is our choice, beside sd-scripts' ModelSpec id "z-image" (ARCH_ZIMAGE_UNKNOWN).
+        kohya_base_model_version="zimage",
+        modelspec_architecture="z-image",
+        # ComfyUI's loader (its Lumina2 branch) reads `lycoris_<diffusers name>`.
+        kohya_prefix="lycoris_",
+    ),
+    FamilyFacts(
+        key="qwenimage",
+        label="Qwen-Image",
+        pipelines=("QwenImagePipeline",),
+        denoiser="transformer",
+        native_resolution=1024,
+        cost_weight=Decimal("14"),  # 20 B
+        seconds_per_step=0.9,
+        name_pattern=r"qwen-image|qwenimage",
+        # Both our choice: no sd-scripts or ModelSpec id was found for it.
+        kohya_base_model_version="qwen_image",
+        modelspec_architecture="qwen-image",
+        # ComfyUI's Qwen-Image loader reads `lycoris_<diffusers name>` (or diffusers' own names).
+        kohya_prefix="lycoris_",
+    ),
+    FamilyFacts(
+        key="flux2-klein",
+        label="FLUX.2 klein",
+        pipelines=("Flux2KleinPipeline",),
+        denoiser="transformer",
+        native_resolution=1024,
+        cost_weight=Decimal("6"),  # priced as the 9 B (the 4 B shares the family)
+        seconds_per_step=0.4,
+        name_pattern=r"flux\.2.*klein|flux2.*klein",
+        # Both our choice, in sd-scripts' FLUX naming.
+        kohya_base_model_version="flux2",
+        modelspec_architecture="flux-2-klein",
+    ),
+    FamilyFacts(
+        key="flux2",
+        label="FLUX.2 dev",
+        pipelines=("Flux2Pipeline",),
+        denoiser="transformer",
+        native_resolution=1024,
+        cost_weight=Decimal("22"),  # 32 B
+        seconds_per_step=1.4,
+        name_pattern=r"flux\.2|flux2",
+        kohya_base_model_version="flux2",
+        modelspec_architecture="flux-2-dev",  # our choice, as "flux-1-dev"
+    ),
+    FamilyFacts(
+        key="hidream",
+        label="HiDream-I1",
+        pipelines=("HiDreamImagePipeline",),
+        denoiser="transformer",
+        native_resolution=1024,
+        cost_weight=Decimal("12"),  # 17 B, of which 2 of 4 routed experts run per token
+        seconds_per_step=0.8,
+        name_pattern=r"hidream",
+        # Both our choice: no sd-scripts or ModelSpec id was found for it.
+        kohya_base_model_version="hidream",
+        modelspec_architecture="hidream-i1",
+        # ComfyUI's HiDream loader reads `lycoris_<diffusers name>` (SimpleTuner's layout).
+        kohya_prefix="lycoris_",
+    ),
+)
+FAMILY_KEYS = tuple(facts.key for facts in FAMILIES)
+SUPPORTED_FAMILIES = FAMILY_KEYS
+_BY_KEY = {facts.key: facts for facts in FAMILIES}
+PIPELINE_FAMILIES = {pipeline: facts.key for facts in FAMILIES for pipeline in facts.pipelines}
 # What the admin and the docs call each family.
-FAMILY_LABELS = {
-    "sd15": "SD 1.5",
-    "sdxl": "SDXL",
-    "flux": "FLUX.1",
-    "flux-kontext": "FLUX.1 Kontext",
-    "sd3": "SD 3.5",
-    "chroma": "Chroma",
-    "zimage": "Z-Image",
-    "qwenimage": "Qwen-Image",
-    "flux2-klein": "FLUX.2 klein",
-    "flux2": "FLUX.2 dev",
-    "hidream": "HiDream-I1",
-}
+FAMILY_LABELS = {facts.key: facts.label for facts in FAMILIES}
+# A hub id that names no family is estimated as this one.
+FALLBACK_GUESS = "flux"
+# The family of the tiny base model the demo and the tests build first (the cheapest to train on a CPU).
+DEMO_FAMILY = "sd15"
+
+
+def family_facts(family: str) -> FamilyFacts:
+    try:
+        return _BY_KEY[family]
+    except KeyError:
+        raise UnknownBaseModel(f"unknown family {family!r}; known: {', '.join(FAMILY_KEYS)}") from None
+
+
+def edit_families() -> tuple[FamilyFacts, ...]:
+    """The families that learn edits from before/after pairs."""
+    return tuple(facts for facts in FAMILIES if facts.trains_pairs)
 
 
 def vae_downscale(vae_config: dict) -> int:
@@ -52,20 +241,20 @@ def vae_downscale(vae_config: dict) -> int:
 def native_resolution(family: str, *, vae_config: dict, denoiser_config: dict) -> int:
     """The side in pixels a base model was trained at, from its VAE's and denoiser's configs: what a
     training with no `resolution` uses (the family classes and the cost estimate both ask here)."""
+    facts = family_facts(family)
     vae_scale = vae_downscale(vae_config)
-    if family in ("sd15", "sdxl", "sd3"):
-        # SD 3.5's transformer counts its sample size in latent pixels, as a UNet does (128 -> 1024 px).
+    if facts.size_from_sample_size:
         return int(denoiser_config["sample_size"]) * vae_scale
-    # FLUX configs carry no usable sample size for the transformer: full-size VAEs mean 1024 px.
-    return 1024 if vae_scale == 8 else int(vae_config.get("sample_size", 64))
+    # A full-size VAE means the published size; a small one is a test model's, as large as its VAE's sample.
+    return facts.native_resolution if vae_scale == 8 else int(vae_config.get("sample_size", 64))
 
 
 def local_native_resolution(base_model: str, family: str) -> int | None:
     """native_resolution of a local diffusers folder (None for a hub id or an unreadable folder)."""
     folder = Path(base_model)
-    denoiser = "unet" if family in ("sd15", "sdxl") else "transformer"
     try:
         vae_config = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
+        denoiser = family_facts(family).denoiser
         denoiser_config = json.loads((folder / denoiser / "config.json").read_text(encoding="utf-8"))
         return native_resolution(family, vae_config=vae_config, denoiser_config=denoiser_config)
     except (OSError, ValueError, KeyError, TypeError):
@@ -90,29 +279,15 @@ def detect_family(base_model: str) -> str:
 
 
 def guess_family_from_name(base_model: str) -> str:
-    """For estimates before a hub model is fetched: the family its name suggests, the costliest if unclear."""
+    """For estimates before a hub model is fetched: the family whose name pattern matches the most of the
+    name (FLUX.2 klein's "flux.2-klein" over FLUX.2's "flux.2" over FLUX.1's "flux"), FLUX.1 if none does."""
     name = base_model.lower()
-    if "stable-diffusion-3" in name or "sd3" in name or "sd-3" in name:
-        return "sd3"
-    if "qwen-image" in name or "qwenimage" in name:
-        return "qwenimage"
-    if "z-image" in name or "zimage" in name:
-        return "zimage"
-    if "hidream" in name:
-        return "hidream"
-    if "chroma" in name:
-        return "chroma"
-    if "flux.2" in name or "flux2" in name:
-        return "flux2-klein" if "klein" in name else "flux2"
-    if "kontext" in name:
-        return "flux-kontext"
-    if "flux" in name:
-        return "flux"
-    if "xl" in name:
-        return "sdxl"
-    if "stable-diffusion-v1" in name or "sd15" in name or "sd-1" in name:
-        return "sd15"
-    return "flux"
+    best, longest = FALLBACK_GUESS, 0
+    for facts in FAMILIES:
+        for match in re.finditer(facts.name_pattern, name):
+            if len(match.group(0)) > longest:
+                best, longest = facts.key, len(match.group(0))
+    return best
 
 
 def _model_index(base_model: str) -> Path:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from training.engine.tiny import build_tiny_model
+from training.engine.testing import build_tiny_model
 
 
 @pytest.fixture(scope="session")

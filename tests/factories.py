@@ -9,7 +9,7 @@ from factory.django import DjangoModelFactory
 from models_app.models import Membership, Model, Project, Team
 from models_app.services.accounts import api_key_create, api_key_token
 from models_app.services.datasets import training_image_add
-from training.demo_dataset import make_images
+from training.engine.testing.images import make_images
 
 
 class UserFactory(DjangoModelFactory):

@@ -17,53 +17,17 @@ from django.conf import settings
 from django.db import transaction
 from django.db.models import F
 
-from contract.families import UnknownBaseModel, detect_family, guess_family_from_name, local_native_resolution
+from contract.families import (
+    UnknownBaseModel,
+    detect_family,
+    family_facts,
+    guess_family_from_name,
+    local_native_resolution,
+)
 from models_app import selectors
 from models_app.errors import InsufficientCredits, InvalidInput
 from models_app.models import CreditEntry, Team, TrainingTask
 
-# Relative cost of one step at the family's native resolution, and its seconds per step on the
-# reference GPU (an H100; see bench/). SD 1.5 at 512 px is the unit.
-# SD 3.5: large (8.1 B) and medium (2.5 B) share the family; priced and timed as large.
-FAMILY_COST = {
-    "sd15": Decimal("1"),
-    "sdxl": Decimal("3"),
-    "flux": Decimal("8"),
-    "flux-kontext": Decimal("10"),
-    "sd3": Decimal("6"),
-    "chroma": Decimal("6"),  # 8.9 B, a FLUX.1 without the guidance and modulation weights
-    "zimage": Decimal("5"),  # 6.2 B
-    "qwenimage": Decimal("14"),  # 20 B
-    "flux2-klein": Decimal("6"),  # priced as the 9 B (the 4 B shares the family)
-    "flux2": Decimal("22"),  # 32 B
-    "hidream": Decimal("12"),  # 17 B, of which 2 of 4 routed experts run per token
-}
-NATIVE_RESOLUTION = {
-    "sd15": 512,
-    "sdxl": 1024,
-    "flux": 1024,
-    "flux-kontext": 1024,
-    "sd3": 1024,
-    "chroma": 1024,
-    "zimage": 1024,
-    "qwenimage": 1024,
-    "flux2-klein": 1024,
-    "flux2": 1024,
-    "hidream": 1024,
-}
-SECONDS_PER_STEP = {
-    "sd15": 0.07,
-    "sdxl": 0.2,
-    "flux": 0.5,
-    "flux-kontext": 0.7,
-    "sd3": 0.4,
-    "chroma": 0.4,
-    "zimage": 0.35,
-    "qwenimage": 0.9,
-    "flux2-klein": 0.4,
-    "flux2": 1.4,
-    "hidream": 0.8,
-}
 CENT = Decimal("0.01")
 
 
@@ -99,13 +63,15 @@ def training_estimate(
 ) -> Estimate:
     """The one cost function: start, `dryRun` and the admin all quote this."""
     family = family_of(base_model)
-    native = NATIVE_RESOLUTION[family]
+    # Each family's cost weight and reference speed are facts of its record (contract/families.py).
+    facts = family_facts(family)
+    native = facts.native_resolution
     # No resolution: the base model's own size, read from a local folder's configs (a small test base is
     # 64 px, not its family's 512), else the family's.
     size = resolution or local_native_resolution(base_model, family) or native
     samples = steps * batch_size * gradient_accumulation
     pixel_factor = Decimal(size * size) / Decimal(native * native)
-    units = Decimal(samples) * pixel_factor * FAMILY_COST[family]
+    units = Decimal(samples) * pixel_factor * facts.cost_weight
     amount = (units / 1000 * Decimal(str(settings.CREDITS_PER_1000_STEPS))).quantize(CENT, rounding=ROUND_UP)
     measured = selectors.training_measured_seconds_per_unit(base_model=base_model, native_resolution=native)
     if measured is not None:
@@ -115,7 +81,7 @@ def training_estimate(
             f"training(s) of this base model, on {workers})"
         )
     else:
-        rate = SECONDS_PER_STEP[family]
+        rate = facts.seconds_per_step
         basis = (
             f"reference: {rate} s per step at {native} px, batch 1, for {family} on one data-centre GPU "
             "(H100 class); no training of this base model has completed here yet, and a CPU is far slower"

@@ -17,6 +17,7 @@ from django.conf import settings
 from django.db import IntegrityError, transaction
 from django.utils import timezone
 
+from contract.families import edit_families
 from contract.parameters import GPUS_AND_SWAP, global_batch_problem
 from models_app.errors import ApplicationError, Conflict, InsufficientCredits, InvalidInput, LimitReached, NotFound
 from models_app.models import (
@@ -167,10 +168,12 @@ def _plan(model: Model, overrides: dict[str, Any] | None) -> TrainingPlan:
                     extra={"count": pairs, "min": MIN_PAIRS},
                 )
             )
-        if estimate.family != "flux-kontext":
+        editing = edit_families()
+        if estimate.family not in {facts.key for facts in editing}:
+            labels = " or ".join(facts.label for facts in editing)
             problems.append(
                 InvalidInput(
-                    f"an edit model trains on a FLUX.1 Kontext base model; {base_model!r} is {estimate.family}",
+                    f"an edit model trains on a {labels} base model; {base_model!r} is {estimate.family}",
                     field="base_model_path",
                 )
             )

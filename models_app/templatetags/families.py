@@ -1,4 +1,4 @@
-"""`{{ estimate.family|family_label }}`: a family's display name ("sd3" -> "SD 3.5")."""
+"""`{{ estimate.family|family_label }}`: a family's display name from its facts record, with its key."""
 
 from __future__ import annotations
 

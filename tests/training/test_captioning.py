@@ -11,7 +11,7 @@ from PIL import Image
 
 from training.engine import SilentCallbacks, train
 from training.engine.captioning import TransformersCaptioner
-from training.engine.tiny import CAPTIONER_WORDS, build_tiny_captioner
+from training.engine.testing import CAPTIONER_WORDS, build_tiny_captioner
 
 WORDS = set(CAPTIONER_WORDS[5:])
 

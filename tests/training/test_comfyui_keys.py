@@ -1,4 +1,4 @@
-"""Checks of tests/training/comfyui_keys.py against facts: published model configs, the real diffusers
+"""Checks of the ComfyUI key maps (training/engine/testing/comfyui.py and each family folder's comfyui.py) against facts: published model configs, the real diffusers
 module trees (built on the meta device, so no memory and no download) and correspondences read in
 ComfyUI's comfy/utils.py tables and comfy/model_detection.py."""
 
@@ -12,27 +12,32 @@ import torch
 from torch import nn
 
 from bench import gpu
-from tests.training.comfyui_keys import (
-    ADAPTER_SUFFIXES,
-    ComfyTarget,
+from training.engine.export import to_kohya
+from training.engine.families.flux.comfyui import (
     comfyui_flux_diffusers_to_bfl,
     comfyui_flux_key_map,
     comfyui_flux_lora_names,
-    comfyui_lora_names,
-    comfyui_sd3_depth,
-    comfyui_sd3_diffusers_to_mmdit,
-    comfyui_sd3_key_map,
-    comfyui_sd3_lora_names,
+)
+from training.engine.families.sd.comfyui import (
     comfyui_unet_diffusers_to_ldm,
     comfyui_unet_key_map,
     comfyui_unet_layout,
     comfyui_unet_lora_names,
-    comfyui_zimage_diffusers_to_comfy,
-    comfyui_zimage_key_map,
+)
+from training.engine.families.sd3.comfyui import (
+    comfyui_sd3_depth,
+    comfyui_sd3_diffusers_to_mmdit,
+    comfyui_sd3_key_map,
+    comfyui_sd3_lora_names,
+)
+from training.engine.families.zimage.comfyui import comfyui_zimage_diffusers_to_comfy, comfyui_zimage_key_map
+from training.engine.testing.comfyui import (
+    ADAPTER_SUFFIXES,
+    ComfyTarget,
+    comfyui_lora_names,
     split_adapter_key,
     unmapped_kohya_modules,
 )
-from training.engine.export import to_kohya
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
 
@@ -77,7 +82,7 @@ FLUX_DEV_TRANSFORMER = {  # FLUX.1-dev transformer/config.json
     "patch_size": 1,
     "pooled_projection_dim": 768,
 }
-# The tiny test models of training/engine/tiny.py (a test below checks these equal the built ones).
+# The tiny test models of the families' tiny.py (a test below checks these equal the built ones).
 TINY_SD15_UNET = {
     "block_out_channels": (32, 64),
     "layers_per_block": 2,
@@ -767,7 +772,7 @@ def test_every_qwenimage_block_linear_is_mapped(name: str, tiny_models: dict) ->
 
 # FLUX.2 [klein] 9B, as bench/gpu.py has it (which checks its size: 9.08 B).
 FLUX2_KLEIN_9B_TRANSFORMER = {
-    key: value for key, value in gpu.ARCHITECTURES["flux2-klein-9b"]["config"].items() if not key.startswith("_")
+    key: value for key, value in gpu.architectures()["flux2-klein-9b"]["config"].items() if not key.startswith("_")
 }
 
 
@@ -800,7 +805,7 @@ def test_every_flux2_block_linear_is_mapped(name: str, tiny_models: dict) -> Non
 
 # HiDream-I1's transformer, as bench/gpu.py has it (which checks its size: 17.1 B).
 HIDREAM_TRANSFORMER = {
-    key: value for key, value in gpu.ARCHITECTURES["hidream"]["config"].items() if not key.startswith("_")
+    key: value for key, value in gpu.architectures()["hidream"]["config"].items() if not key.startswith("_")
 }
 
 

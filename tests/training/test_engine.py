@@ -10,7 +10,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from training.demo_dataset import write_dataset
 from training.engine import (
     DatasetImage,
     DatasetPair,
@@ -26,7 +25,8 @@ from training.engine.checkpoints import list_checkpoints
 from training.engine.data import caption_for, make_buckets, nearest_bucket, validate_transforms
 from training.engine.export import LORA_WEIGHTS_NAME, from_kohya, read_metadata
 from training.engine.generate import generate
-from training.engine.tiny import FAMILIES  # every family, each with a tiny model
+from training.engine.testing import FAMILIES  # every family, each with a tiny model
+from training.engine.testing.images import write_dataset
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
 
@@ -124,7 +124,7 @@ def test_each_family_trains_a_lora_that_loads_back_and_changes_the_output(
     diffusers_state = load_file(result.weights_path)
     kohya_state = load_file(result.kohya_path)
     component = "unet" if family in ("sd15", "sdxl") else "transformer"
-    # What ComfyUI's loader for the family reads (tests/training/comfyui_keys.py checks each name).
+    # What ComfyUI's loader for the family reads (the family folder's comfyui.py; tests/training/test_comfyui_keys.py checks each name).
     prefix = {
         "unet": "lora_unet_",
         "transformer": "lycoris_" if family in ("zimage", "qwenimage", "hidream") else "lora_transformer_",

@@ -345,7 +345,7 @@ def test_unknown_keys_are_refused() -> None:
 
 @pytest.fixture(scope="module")
 def tiny_bases(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    from training.engine.tiny import build_tiny_model
+    from training.engine.testing import build_tiny_model
 
     root = tmp_path_factory.mktemp("export-bases")
     return {family: build_tiny_model(family, root / family) for family in ("sd15", "flux")}

@@ -2,7 +2,7 @@
 measurable property (the background colour), checked by held-out loss and by where generations land
 (the share of their distance to the training data that the training removed).
 
-The tiny models (training/engine/tiny.py) have working tokenizers and unit-variance latents, so a
+The tiny models (each family folder's tiny.py) have working tokenizers and unit-variance latents, so a
 caption and an image carry signal; `bench/learning.py` runs the same checks longer and prints them."""
 
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from training.demo_dataset import write_concept
 from training.engine import DatasetPair, SilentCallbacks, TrainingSpec, train
 from training.engine.evaluate import shift_towards, trigger_pull
+from training.engine.testing.images import write_concept
 
 pytestmark = [pytest.mark.slow, pytest.mark.engine]
 

@@ -16,8 +16,6 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from tests.training.comfyui_keys import comfyui_lora_names, unmapped_kohya_modules
-from training.demo_dataset import write_concept
 from training.engine import EngineError, SilentCallbacks, TrainingCancelled, TrainingSpec, train
 from training.engine.checkpoints import list_checkpoints
 from training.engine.data import EpochSampler, bucket_crop
@@ -26,7 +24,9 @@ from training.engine.families import family_class
 from training.engine.families.base import NoiseSettings
 from training.engine.generate import generate
 from training.engine.spec import DatasetImage
-from training.engine.tiny import FAMILIES  # every family, each with a tiny model
+from training.engine.testing import FAMILIES  # every family, each with a tiny model
+from training.engine.testing.comfyui import comfyui_lora_names, unmapped_kohya_modules
+from training.engine.testing.images import write_concept
 from training.engine.trainer import Cache, class_caption, elementwise_loss, reduce_loss
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
@@ -264,7 +264,7 @@ def test_on_real_flux2_klein_the_default_targets_cover_every_block_linear() -> N
 
     from bench import gpu
 
-    config = gpu.ARCHITECTURES["flux2-klein-9b"]["config"]  # FLUX.2 [klein] 9B (bench/gpu.py checks its size)
+    config = gpu.architectures()["flux2-klein-9b"]["config"]  # FLUX.2 [klein] 9B (bench/gpu.py checks its size)
     with torch.device("meta"):
         model = Flux2Transformer2DModel(**{key: value for key, value in config.items() if not key.startswith("_")})
     block_linears = [
@@ -290,7 +290,7 @@ def test_on_real_hidream_the_default_targets_cover_every_block_linear() -> None:
 
     from bench import gpu
 
-    config = gpu.ARCHITECTURES["hidream"]["config"]  # HiDream-I1 (bench/gpu.py checks its size: 17.1 B)
+    config = gpu.architectures()["hidream"]["config"]  # HiDream-I1 (bench/gpu.py checks its size: 17.1 B)
     with torch.device("meta"):
         model = HiDreamImageTransformer2DModel(
             **{key: value for key, value in config.items() if not key.startswith("_")}

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from training.engine.generate import keep_requested_area, load_pipeline, pick_device
+from training.engine.generate import load_pipeline, pick_device
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,6 @@ def generated_features(
     pipeline = load_pipeline(base_model, device=device)
     if adapter is not None:
         load_weights_file(pipeline, adapter)
-    keep_requested_area(pipeline, size, size)
     features = []
     for seed in seeds:
         arguments: dict[str, Any] = {
@@ -79,8 +78,7 @@ def generated_features(
             "generator": torch.Generator().manual_seed(seed),
             "output_type": "latent",
         }
-        if image is not None:
-            arguments.update(image=image, _auto_resize=False, max_area=size * size)
+        family.prepare_generation(pipeline, arguments, image)  # as generate.run_pipeline: sizes, an edit's source
         with torch.no_grad():
             latents = pipeline(**arguments).images
         latents = family.latents_from_pipeline(latents, pipeline, size)

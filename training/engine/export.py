@@ -33,6 +33,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from contract.families import family_facts
 from contract.parameters import LORA_TYPES
 from training.engine.errors import EngineError
 
@@ -77,45 +78,10 @@ ADAPTER_KEY = re.compile(
     r"(?P<suffix>lora_[AB]\.weight|lora_magnitude_vector(?:\.weight)?|lokr_w[12](?:_[ab])?|lokr_t2|hada_w[12]_[ab]|hada_t[12])$"
 )
 
-# sd-scripts' `ss_base_model_version` values (library/model_util.py `get_model_version_str_for_sd1_sd2`,
-# sdxl_model_util.MODEL_VERSION_SDXL_BASE_V1_0, flux_utils.MODEL_VERSION_FLUX_V1; sd-scripts has one value
-# for every FLUX.1 variant, so Kontext is "flux1" too).
-# SD 3.5: no sd-scripts constant was found for it; "sd3" is the prefix readers classify SD 3.x files by.
-# Chroma: sd-scripts names its architecture "chroma" (ARCH_FLUX_1_CHROMA); the same word here. Z-Image:
-# "zimage", our choice, beside sd-scripts' ModelSpec id "z-image". Qwen-Image: "qwen_image", our choice.
-# FLUX.2: "flux2"; HiDream-I1: "hidream"; both our choice too.
-SS_BASE_MODEL_VERSION = {
-    "sd15": "sd_v1",
-    "sdxl": "sdxl_base_v1-0",
-    "flux": "flux1",
-    "flux-kontext": "flux1",
-    "sd3": "sd3",
-    "chroma": "chroma",
-    "zimage": "zimage",
-    "qwenimage": "qwen_image",
-    "flux2-klein": "flux2",
-    "flux2": "flux2",
-    "hidream": "hidream",
-}
-# Stability ModelSpec architecture ids (sd-scripts library/sai_model_spec.py ARCH_*). Adapters append
-# "/lora" (ModelSpec's "/" separator, sd-scripts' ADAPTER_LORA); sd-scripts writes "/lora" for every network
-# it trains, LyCORIS ones (LoKr, LoHa, DoRA) included, and neither ModelSpec nor sd-scripts defines another
-# suffix. Our "flux" family is the FLUX.1 [dev] layout (guidance embedding). Nothing defines an id for
-# FLUX.1 Kontext: "flux-1-kontext-dev" is our choice, following "flux-1-dev" and BFL's model name.
-MODELSPEC_ARCHITECTURE = {
-    "sd15": "stable-diffusion-v1",
-    "sdxl": "stable-diffusion-xl-v1-base",
-    "flux": "flux-1-dev",
-    "flux-kontext": "flux-1-kontext-dev",
-    # sd-scripts' ARCH_SD3_M ("may be followed by -m or -5-large"): the family's id, whatever the size.
-    "sd3": "stable-diffusion-3",
-    "chroma": "chroma",  # sd-scripts' ARCH_FLUX_1_CHROMA
-    "zimage": "z-image",  # sd-scripts' ARCH_ZIMAGE_UNKNOWN
-    "qwenimage": "qwen-image",  # our choice: no ModelSpec id was found for it
-    "flux2-klein": "flux-2-klein",  # our choice, in sd-scripts' FLUX naming
-    "flux2": "flux-2-dev",  # our choice, as "flux-1-dev"
-    "hidream": "hidream-i1",  # our choice: no ModelSpec id was found for it
-}
+# sd-scripts' `ss_base_model_version` and the Stability ModelSpec architecture id of each family are facts of
+# its record (contract/families.py). Adapters append "/lora" to the ModelSpec id (ModelSpec's "/" separator,
+# sd-scripts' ADAPTER_LORA); sd-scripts writes "/lora" for every network it trains, LyCORIS ones (LoKr, LoHa,
+# DoRA) included, and neither ModelSpec nor sd-scripts defines another suffix.
 MODELSPEC_ADAPTER_SUFFIX = "/lora"
 # The version of the spec whose keys we write (its README: "This is specification version 1.0.1"; sd-scripts
 # writes the same). 1.0.1 added only optional keys to 1.0.0.
@@ -215,8 +181,7 @@ def lora_metadata(
     """The metadata of an exported file: our own keys, kohya/sd-scripts' `ss_*` training keys, and the
     Stability ModelSpec `modelspec.*` keys. `extra` is merged last (it may override any key); when it holds
     `ADAPTER_CONFIG_KEY`, the LyCORIS network args are taken from that config."""
-    if family not in MODELSPEC_ARCHITECTURE:
-        raise ValueError(f"unknown family {family!r}; known: {', '.join(MODELSPEC_ARCHITECTURE)}")
+    facts = family_facts(family)  # a ValueError for an unknown family
     if lora_type not in LORA_TYPES:
         raise ValueError(f"unknown lora_type {lora_type!r}; known: {', '.join(LORA_TYPES)}")
     label = base_model_label(base_model)
@@ -236,7 +201,7 @@ def lora_metadata(
         "learning_rate": str(learning_rate),
         "dataset_hash": dataset_hash,
         # kohya/sd-scripts (train_network.py); the values as it writes them (str() of its Python values).
-        "ss_base_model_version": SS_BASE_MODEL_VERSION[family],
+        "ss_base_model_version": facts.kohya_base_model_version,
         "ss_v2": "False",
         "ss_sd_model_name": label,
         "ss_output_name": title,
@@ -248,7 +213,7 @@ def lora_metadata(
         "ss_unet_lr": str(learning_rate),
         # Stability ModelSpec.
         "modelspec.sai_model_spec": MODELSPEC_VERSION,
-        "modelspec.architecture": MODELSPEC_ARCHITECTURE[family] + (MODELSPEC_ADAPTER_SUFFIX if is_adapter else ""),
+        "modelspec.architecture": facts.modelspec_architecture + (MODELSPEC_ADAPTER_SUFFIX if is_adapter else ""),
         "modelspec.implementation": MODELSPEC_IMPLEMENTATION,
         "modelspec.title": title,
         "modelspec.resolution": f"{resolution}x{resolution}",

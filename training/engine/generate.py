@@ -3,15 +3,13 @@ taken during training both go through `load_pipeline` and `run_pipeline`."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
 
-from training.engine.errors import EngineError
 from training.engine.export import load_weights_file
-from training.engine.families.flux import bypass_guidance
+from training.engine.families import family_class, family_of_pipeline
 
 
 def pick_device(requested: str | None) -> Any:
@@ -30,7 +28,6 @@ def load_pipeline(base_model: str, *, device: Any, components: dict[str, Any] | 
 
     from training.engine import quiet_libraries
     from training.engine.base_models import resolve_family
-    from training.engine.families import family_class
 
     quiet_libraries()
     family_class(resolve_family(base_model))
@@ -49,15 +46,6 @@ def load_pipeline(base_model: str, *, device: Any, components: dict[str, Any] | 
         if isinstance(component, torch.nn.Module) and name not in components:
             component.to(device)
     return pipeline
-
-
-def keep_requested_area(pipeline: Any, width: int, height: int) -> None:
-    """HiDreamImagePipeline scales every request to the area of its `default_sample_size` latent pixels
-    squared (1024 x 1024 for the real models), keeping the aspect ratio; that size is set to the area
-    asked for, rounded up so that the pipeline's rounding down to whole patches keeps the width and height.
-    Other pipelines generate the size asked for as they are."""
-    if type(pipeline).__name__ == "HiDreamImagePipeline":
-        pipeline.default_sample_size = math.ceil(math.sqrt(width * height) / pipeline.vae_scale_factor)
 
 
 def run_pipeline(
@@ -93,12 +81,9 @@ def run_pipeline(
         arguments["guidance_scale"] = guidance_scale
     if negative_prompt:
         arguments["negative_prompt"] = negative_prompt
-    if type(pipeline).__name__ == "FluxKontextPipeline":
-        if image is None:
-            raise EngineError("an edit (Kontext) model needs an input image to generate from")
-        arguments.update(image=image, _auto_resize=False, max_area=arguments["width"] * arguments["height"])
-    keep_requested_area(pipeline, arguments["width"], arguments["height"])
-    with torch.no_grad(), bypass_guidance(denoiser, enabled=bypass_guidance_embedding):
+    family = family_of_pipeline(pipeline)
+    family.prepare_generation(pipeline, arguments, image)  # an edit model's source, a pipeline's own size rule
+    with torch.no_grad(), family.guidance_embedding_bypassed(denoiser, enabled=bypass_guidance_embedding):
         return list(pipeline(**arguments).images)
 
 

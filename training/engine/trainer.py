@@ -936,8 +936,8 @@ def load_or_build_cache(
         buckets=[item.bucket for item in items],
         masks=masks if spec.masked_loss else None,
         flipped_masks=flipped_masks if spec.masked_loss and with_flips else None,
-        time_ids=time_ids if family.name == "sdxl" else None,
-        flipped_time_ids=flipped_time_ids if family.name == "sdxl" else None,
+        time_ids=time_ids if family.conditions_on_sizes else None,
+        flipped_time_ids=flipped_time_ids if family.conditions_on_sizes else None,
         class_rows=[rows[class_captions[item.caption]] for item in items] if class_captions else None,
         prompt_tokens=tokens,
     )

@@ -25,12 +25,13 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.urls import reverse
 
+from contract.families import DEMO_FAMILY, FAMILY_LABELS
 from models_app.errors import Conflict
 from models_app.models import ApiKey, Membership, Model, Team, TrainingTask
 from models_app.services.accounts import api_key_create, api_key_token, membership_set, team_create
 from models_app.services.datasets import model_configure, model_create, training_image_add
 from models_app.services.training import training_cancel, training_start
-from training.demo_dataset import make_images
+from training.engine.testing.images import make_images
 
 DEMO_TEAM = "Demo team"
 DEMO_USER = "demo"
@@ -287,13 +288,13 @@ def stop_worker(cluster: subprocess.Popen[bytes], out: Any) -> None:
 
 
 def ensure_base_model(out: Any) -> Path:
-    from training.engine.tiny import build_tiny_model
+    from training.engine.testing import build_tiny_model
 
-    path = Path(settings.TRAINING_BASE_MODEL_ROOTS[0]) / "tiny-sd15"
+    path = Path(settings.TRAINING_BASE_MODEL_ROOTS[0]) / f"tiny-{DEMO_FAMILY}"
     if not (path / "model_index.json").is_file():
-        out.write(f"Building the tiny SD 1.5 base model at {path}")
+        out.write(f"Building the tiny {FAMILY_LABELS[DEMO_FAMILY]} base model at {path}")
         path.parent.mkdir(parents=True, exist_ok=True)
-        build_tiny_model("sd15", path)
+        build_tiny_model(DEMO_FAMILY, path)
     return path
 
 

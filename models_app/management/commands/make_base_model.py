@@ -8,15 +8,18 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
+from contract.families import DEMO_FAMILY, FAMILY_KEYS
 from training.engine.errors import EngineError
-from training.engine.tiny import FAMILIES, build_tiny_model
+from training.engine.testing import build_tiny_model
 
 
 class Command(BaseCommand):
     help = "Build a tiny random-weight base model (for tests, demos and CPU runs); nothing is downloaded."
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--family", choices=FAMILIES, default="sd15", help="the model family (default: sd15)")
+        parser.add_argument(
+            "--family", choices=FAMILY_KEYS, default=DEMO_FAMILY, help=f"the model family (default: {DEMO_FAMILY})"
+        )
         parser.add_argument("--out", required=True, type=Path, help="folder to create (must not exist)")
         parser.add_argument("--seed", type=int, default=0, help="seed of the random weights (default: 0)")
 

@@ -9,7 +9,7 @@ from typing import Any
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from training.demo_dataset import make_images
+from training.engine.testing.images import make_images
 
 
 class Command(BaseCommand):

@@ -204,7 +204,7 @@ def test_auto_caption_says_why_it_is_disabled_without_a_captioning_model(staff, 
 def test_auto_caption_all_captions_every_image_on_the_worker_and_keeps_written_captions(
     staff, settings, tmp_path: Path, django_capture_on_commit_callbacks
 ) -> None:
-    from training.engine.tiny import build_tiny_captioner
+    from training.engine.testing import build_tiny_captioner
 
     settings.TRAINING_CAPTION_MODEL = str(build_tiny_captioner(tmp_path / "tiny-blip"))
     model = ModelFactory(team=staff.team)

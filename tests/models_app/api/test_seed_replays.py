@@ -12,7 +12,7 @@ from safetensors.torch import load as load_safetensors
 from models_app.models import Model, TrainingTask
 from tests.factories import MembershipFactory, ModelFactory, TeamFactory, add_images
 from tests.helpers import api_client_for, png, run_queued
-from training.demo_dataset import make_images
+from training.engine.testing.images import make_images
 
 pytestmark = pytest.mark.django_db
 

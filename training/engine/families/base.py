@@ -2,20 +2,26 @@
 
 A family knows its encoders, how to noise a batch of latents for its objective (epsilon / v
 prediction, rectified flow) and how its denoiser is called. The loss itself (its type, weighting,
-mask and prior preservation) is computed once, in the trainer, for every family."""
+mask and prior preservation) is computed once, in the trainer, for every family. Its plain facts
+(label, pipelines, costs, export ids) are its record in contract/families.py."""
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from contract.families import FamilyFacts, family_facts
 from contract.parameters import default
 from training.engine.errors import EngineError
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 @dataclass(frozen=True)
@@ -44,20 +50,34 @@ class NoisedBatch:
 
 
 class Family(ABC):
-    name: str
+    name: str  # the key of the family's record in contract/families.py
     denoiser_key: str  # the pipeline component trained: "unet" or "transformer"
-    uses_pairs = False
-    is_flow = False
+    is_flow = False  # rectified flow (sigma in [0, 1]) rather than a DDPM noise schedule
+    # The tokenizers and text encoders that read a caption, and the VAE: pipeline component (its subfolder
+    # and the attribute it is loaded as) -> the transformers (diffusers, for the VAE) class that loads it.
+    tokenizer_classes: dict[str, str] = {}
+    text_encoder_classes: dict[str, str] = {}
+    vae_class = "AutoencoderKL"
+    vae_in_full_precision = False  # encode in fp32 whatever the training precision (SDXL's VAE overflows in fp16)
+    # Set by `load_encoders` from the tables above, named as the pipeline's components.
+    tokenizer: Any
+    tokenizer_2: Any
+    tokenizer_3: Any
+    tokenizer_4: Any
+    text_encoder: Any
+    text_encoder_2: Any
+    text_encoder_3: Any
+    text_encoder_4: Any
+    vae: Any
     # Text encoders a LoRA can be trained on (train_text_encoder): pipeline component -> its tokenizer.
-    text_encoder_tokenizers: dict[str, str] = {}  # rectified flow (sigma in [0, 1]) rather than a DDPM noise schedule
+    text_encoder_tokenizers: dict[str, str] = {}
+    # The denoiser takes the images' original sizes and crops as conditioning (SDXL's micro-conditioning).
+    conditions_on_sizes = False
     # Module names (peft's suffix match) inside the denoiser's blocks, by `lora_targets` preset.
     lora_targets_attention: tuple[str, ...] = ()
     lora_targets_linear: tuple[str, ...] = ()  # added to the attention ones for "all_linear"
     lora_targets_conv: tuple[str, ...] = ()  # added for "all_linear+conv" (UNets)
     block_prefixes: tuple[str, ...] = ()  # the denoiser's repeated blocks, where adapters go
-    # The kohya-layout prefix of the denoiser's modules when ComfyUI's loader for the family reads another
-    # than the component's usual one (`lora_unet_`, `lora_transformer_`: export.KOHYA_PREFIX).
-    kohya_prefix: str | None = None
     # Mixture-of-experts blocks: each expert's token count changes every step (speed.SpeedOptions.static_shapes).
     routed_experts = False
 
@@ -65,7 +85,22 @@ class Family(ABC):
         self.base_model = base_model
         self.device = device
         self.weight_dtype = weight_dtype
-        self.encoders_loaded = False
+
+    # -- facts (contract/families.py) --
+    @classmethod
+    def facts(cls) -> FamilyFacts:
+        return family_facts(cls.name)
+
+    @property
+    def uses_pairs(self) -> bool:
+        """An edit model: trained on before/after pairs, the source conditioning the prediction."""
+        return self.facts().trains_pairs
+
+    @property
+    def kohya_prefix(self) -> str | None:
+        """The kohya-layout prefix of the denoiser's modules when ComfyUI's loader for the family reads
+        another than the component's usual one (`lora_unet_`, `lora_transformer_`: export.KOHYA_PREFIX)."""
+        return self.facts().kohya_prefix
 
     # -- sizes --
     @abstractmethod
@@ -106,13 +141,35 @@ class Family(ABC):
         return latents
 
     # -- encoders (used once, while caching) --
-    @abstractmethod
-    def load_encoders(self) -> None: ...
+    def load_encoders(self) -> None:
+        """The tokenizers, text encoders and VAE the family declares, from the base model's folders."""
+        self.check_components()
+        for component, loader in self.tokenizer_classes.items():
+            setattr(self, component, load_tokenizer(loader, self.base_model, component))
+        encoders = {
+            component: load_text_encoder(loader, self.base_model, component, self.weight_dtype)
+            for component, loader in self.text_encoder_classes.items()
+        }
+        self.place_text_encoders(encoders)
+        for component, encoder in encoders.items():
+            setattr(self, component, encoder)
+        dtype = torch.float32 if self.vae_in_full_precision else self.weight_dtype
+        self.vae = load_vae(self.vae_class, self.base_model, dtype).to(self.device)
+
+    def check_components(self) -> None:
+        """Refuse a base model folder that lacks a component the family needs (EngineError saying what to do)."""
+        return
+
+    def place_text_encoders(self, encoders: dict[str, torch.nn.Module]) -> None:
+        """Bring the loaded text encoders (in host memory) where they run: the device."""
+        for encoder in encoders.values():
+            encoder.to(self.device)
 
     @torch.no_grad()
     def encode_pixels(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The VAE's latent distribution (mean, std) for a batch of images in [-1, 1]."""
-        dist = self.vae.encode(pixels.to(self.device, self.weight_dtype)).latent_dist  # type: ignore[attr-defined]
+        # In the VAE's own precision: the training's, or fp32 (`vae_in_full_precision`).
+        dist = self.vae.encode(pixels.to(self.device, self.vae.dtype)).latent_dist
         return dist.mean.float().cpu(), dist.std.float().cpu()
 
     @abstractmethod
@@ -143,16 +200,12 @@ class Family(ABC):
         return cut
 
     def release_encoders(self) -> None:
-        for name in self.encoder_attributes():
+        for name in ("vae", *self.tokenizer_classes, *self.text_encoder_classes):
             if hasattr(self, name):
                 delattr(self, name)
-        self.encoders_loaded = False
         gc.collect()
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
-
-    def encoder_attributes(self) -> list[str]:
-        return ["vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"]
 
     # -- training --
     @abstractmethod
@@ -198,7 +251,28 @@ class Family(ABC):
         raise EngineError(f"{self.name} cannot train its text encoders")
 
     def load_text_encoders(self) -> dict[str, torch.nn.Module]:
-        raise EngineError(f"{self.name} cannot train its text encoders")
+        """The text encoders alone, on the device, for training adapters on them."""
+        if not self.text_encoder_tokenizers:
+            raise EngineError(f"{self.name} cannot train its text encoders")
+        return {
+            component: load_text_encoder(
+                self.text_encoder_classes[component], self.base_model, component, self.weight_dtype
+            ).to(self.device)
+            for component in self.text_encoder_tokenizers
+        }
+
+    # -- generation (the family's pipeline, through generate.run_pipeline) --
+    @classmethod
+    def prepare_generation(cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | None) -> None:
+        """Adjust a pipeline call's `arguments` (and the pipeline) to what the family's pipeline needs: an
+        edit model's source image, a pipeline's own size rules. The base families need nothing."""
+        return
+
+    @classmethod
+    def guidance_embedding_bypassed(cls, denoiser: torch.nn.Module, *, enabled: bool) -> Any:
+        """A context in which the denoiser runs without its guidance embedding (`bypass_guidance_embedding`),
+        for the families that have one; a no-op for the others."""
+        return contextlib.nullcontext()
 
     @abstractmethod
     def save_lora(
@@ -221,3 +295,25 @@ def vae_config(base_model: str) -> dict[str, Any]:
     from diffusers import AutoencoderKL
 
     return dict(AutoencoderKL.load_config(base_model, subfolder="vae"))
+
+
+def load_tokenizer(loader: str, base_model: str, subfolder: str) -> Any:
+    """A tokenizer (or processor) of a pipeline component, by its transformers class name."""
+    import transformers
+
+    return getattr(transformers, loader).from_pretrained(base_model, subfolder=subfolder)
+
+
+def load_text_encoder(loader: str, base_model: str, subfolder: str, dtype: torch.dtype) -> torch.nn.Module:
+    """A text encoder of a pipeline component in `dtype`, in host memory, by its transformers class name."""
+    import transformers
+
+    model: torch.nn.Module = getattr(transformers, loader).from_pretrained(base_model, subfolder=subfolder, dtype=dtype)
+    return model
+
+
+def load_vae(loader: str, base_model: str, dtype: torch.dtype) -> torch.nn.Module:
+    import diffusers
+
+    model: torch.nn.Module = getattr(diffusers, loader).from_pretrained(base_model, subfolder="vae", torch_dtype=dtype)
+    return model

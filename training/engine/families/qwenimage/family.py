@@ -40,9 +40,10 @@ class QwenImageFamily(FlowFamily):
         "img_mod.1",
         "txt_mod.1",
     )
-    # ComfyUI's Qwen-Image loader reads `lycoris_<diffusers name>` (or diffusers' own names), not `lora_transformer_`.
-    kohya_prefix = "lycoris_"
     max_sequence_length = 512  # the pipeline's default
+    tokenizer_classes = {"tokenizer": "AutoTokenizer"}
+    text_encoder_classes = {"text_encoder": "Qwen2_5_VLForConditionalGeneration"}
+    vae_class = "AutoencoderKLQwenImage"
     tokenizer_max_length = 1024  # QwenImagePipeline.tokenizer_max_length
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
@@ -55,19 +56,6 @@ class QwenImageFamily(FlowFamily):
 
     def caption_texts(self, prompts: list[str]) -> list[str]:
         return [self.template.format(prompt) for prompt in prompts]
-
-    def load_encoders(self) -> None:
-        from diffusers import AutoencoderKLQwenImage
-        from transformers import AutoTokenizer, Qwen2_5_VLForConditionalGeneration
-
-        self.tokenizer = AutoTokenizer.from_pretrained(self.base_model, subfolder="tokenizer")
-        self.text_encoder = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-            self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
-        self.vae = AutoencoderKLQwenImage.from_pretrained(
-            self.base_model, subfolder="vae", torch_dtype=self.weight_dtype
-        ).to(self.device)
-        self.encoders_loaded = True
 
     @torch.no_grad()
     def encode_pixels(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -51,6 +51,9 @@ class Flux2KleinFamily(FlowFamily):
     # A single block's two fused projections: q, k, v and the MLP's input; attention and MLP output.
     # Both carry attention, so both are in every preset.
     single_block_targets = ("attn.to_qkv_mlp_proj", "attn.to_out")
+    tokenizer_classes = {"tokenizer": "AutoTokenizer"}
+    text_encoder_classes = {"text_encoder": "Qwen3ForCausalLM"}
+    vae_class = "AutoencoderKLFlux2"
 
     def lora_target_pattern(self, preset: str) -> str:
         """The double blocks' modules by the usual rule, and a single block's fused projections by their
@@ -97,27 +100,6 @@ class Flux2KleinFamily(FlowFamily):
 
         call = getattr(diffusers, self.pipeline_class).__call__
         return tuple(inspect.signature(call).parameters["text_encoder_out_layers"].default)
-
-    # The transformers classes of the caption's encoder and of what reads its text (the pipeline's
-    # `tokenizer` component: FLUX.2 dev's is a processor).
-    text_encoder_class = "Qwen3ForCausalLM"
-    tokenizer_loader = "AutoTokenizer"
-
-    def load_encoders(self) -> None:
-        import transformers
-        from diffusers import AutoencoderKLFlux2
-
-        loader = getattr(transformers, self.tokenizer_loader)
-        self.tokenizer = loader.from_pretrained(self.base_model, subfolder="tokenizer")
-        self.text_encoder = (
-            getattr(transformers, self.text_encoder_class)
-            .from_pretrained(self.base_model, subfolder="text_encoder", dtype=self.weight_dtype)
-            .to(self.device)
-        )
-        self.vae = AutoencoderKLFlux2.from_pretrained(
-            self.base_model, subfolder="vae", torch_dtype=self.weight_dtype
-        ).to(self.device)
-        self.encoders_loaded = True
 
     def caption_texts(self, prompts: list[str]) -> list[str]:
         """Each prompt in Qwen's chat format, thinking off, as the pipeline feeds it to the encoder."""
@@ -205,8 +187,9 @@ class Flux2Family(Flux2KleinFamily):
 
     name = "flux2"
     pipeline_class = "Flux2Pipeline"
-    text_encoder_class = "Mistral3ForConditionalGeneration"
-    tokenizer_loader = "AutoProcessor"  # Pixtral's processor; a tokenizer where torchvision is missing
+    # The pipeline's `tokenizer` component is Pixtral's processor (a tokenizer where torchvision is missing).
+    tokenizer_classes = {"tokenizer": "AutoProcessor"}
+    text_encoder_classes = {"text_encoder": "Mistral3ForConditionalGeneration"}
 
     def latents_from_pipeline(self, latents: torch.Tensor, pipeline: Any, size: int) -> torch.Tensor:
         """Flux2Pipeline returns its normalised patch tokens (B, tokens, 128) as they leave the last step."""

@@ -19,6 +19,8 @@ class SD15Family(Family):
     lora_targets_attention = ("to_q", "to_k", "to_v", "to_out.0")
     lora_targets_linear = ("ff.net.0.proj", "ff.net.2", "proj_in", "proj_out")
     lora_targets_conv = ("conv1", "conv2", "conv_shortcut", "time_emb_proj", "downsamplers.0.conv", "upsamplers.0.conv")
+    tokenizer_classes = {"tokenizer": "CLIPTokenizer"}
+    text_encoder_classes = {"text_encoder": "CLIPTextModel"}
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
@@ -33,23 +35,10 @@ class SD15Family(Family):
         return vae_downscale(self.vae_config)
 
     def default_resolution(self) -> int:
-        return native_resolution("sd15", vae_config=self.vae_config, denoiser_config=dict(self.unet_config))
+        return native_resolution(self.name, vae_config=self.vae_config, denoiser_config=dict(self.unet_config))
 
     def size_multiple(self) -> int:
         return self.vae_scale() * 2 ** (len(self.unet_config["block_out_channels"]) - 1)
-
-    def load_encoders(self) -> None:
-        from diffusers import AutoencoderKL
-        from transformers import CLIPTextModel, CLIPTokenizer
-
-        self.tokenizer = CLIPTokenizer.from_pretrained(self.base_model, subfolder="tokenizer")
-        self.text_encoder = CLIPTextModel.from_pretrained(
-            self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
-        self.vae = AutoencoderKL.from_pretrained(self.base_model, subfolder="vae", torch_dtype=self.weight_dtype).to(
-            self.device
-        )
-        self.encoders_loaded = True
 
     def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
         shift = self.vae_config.get("shift_factor") or 0.0
@@ -83,16 +72,6 @@ class SD15Family(Family):
 
     def text_encoders(self) -> dict[str, torch.nn.Module]:
         return {component: getattr(self, component) for component in self.text_encoder_tokenizers}
-
-    def load_text_encoders(self) -> dict[str, torch.nn.Module]:
-        """The text encoders alone, for training adapters on them."""
-        from transformers import CLIPTextModel
-
-        return {
-            "text_encoder": CLIPTextModel.from_pretrained(
-                self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-            ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
-        }
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -180,6 +159,10 @@ class SD15Family(Family):
 
 class SDXLFamily(SD15Family):
     name = "sdxl"
+    tokenizer_classes = {"tokenizer": "CLIPTokenizer", "tokenizer_2": "CLIPTokenizer"}
+    text_encoder_classes = {"text_encoder": "CLIPTextModel", "text_encoder_2": "CLIPTextModelWithProjection"}
+    vae_in_full_precision = True  # SDXL's VAE overflows in half precision; it encodes in fp32 once, while caching
+    conditions_on_sizes = True
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
@@ -187,27 +170,6 @@ class SDXLFamily(SD15Family):
         index = _model_index(base_model)
         # SDXL base feeds zeros, not the empty prompt's encoding, as its unconditional input.
         self.zeros_for_empty_prompt = bool(index.get("force_zeros_for_empty_prompt", True))
-
-    def load_encoders(self) -> None:
-        from diffusers import AutoencoderKL
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
-
-        self.tokenizer = CLIPTokenizer.from_pretrained(self.base_model, subfolder="tokenizer")
-        self.tokenizer_2 = CLIPTokenizer.from_pretrained(self.base_model, subfolder="tokenizer_2")
-        self.text_encoder = CLIPTextModel.from_pretrained(
-            self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
-        self.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-            self.base_model, subfolder="text_encoder_2", dtype=self.weight_dtype
-        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
-        # SDXL's VAE overflows in half precision; it encodes in fp32 once, while caching.
-        self.vae = AutoencoderKL.from_pretrained(self.base_model, subfolder="vae").to(self.device)
-        self.encoders_loaded = True
-
-    @torch.no_grad()
-    def encode_pixels(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        dist = self.vae.encode(pixels.to(self.device, torch.float32)).latent_dist
-        return dist.mean.float().cpu(), dist.std.float().cpu()
 
     text_encoder_tokenizers = {"text_encoder": "tokenizer", "text_encoder_2": "tokenizer_2"}
 
@@ -221,18 +183,6 @@ class SDXLFamily(SD15Family):
             hidden_states.append(output.hidden_states[-2])  # SDXL conditions on the penultimate layer
             pooled = output[0]  # the second encoder's projected pooled output
         return {"prompt_embeds": torch.cat(hidden_states, dim=-1), "pooled_prompt_embeds": pooled}  # type: ignore[dict-item]
-
-    def load_text_encoders(self) -> dict[str, torch.nn.Module]:
-        from transformers import CLIPTextModel, CLIPTextModelWithProjection
-
-        return {
-            "text_encoder": CLIPTextModel.from_pretrained(
-                self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-            ).to(self.device),  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
-            "text_encoder_2": CLIPTextModelWithProjection.from_pretrained(
-                self.base_model, subfolder="text_encoder_2", dtype=self.weight_dtype
-            ).to(self.device),  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
-        }
 
     def added_conditioning(self, conditioning: dict[str, torch.Tensor], latents: torch.Tensor) -> dict[str, Any]:
         time_ids = conditioning.get("time_ids")

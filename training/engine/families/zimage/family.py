@@ -23,27 +23,13 @@ class ZImageFamily(FlowFamily):
     lora_targets_attention = ("attention.to_q", "attention.to_k", "attention.to_v", "attention.to_out.0")
     # The SwiGLU feed-forward and the per-layer timestep modulation (the context refiner has none).
     lora_targets_linear = ("feed_forward.w1", "feed_forward.w2", "feed_forward.w3", "adaLN_modulation.0")
-    # ComfyUI's loader for this family (its Lumina2 branch) reads `lycoris_<diffusers name>`, not
-    # `lora_transformer_…` (see tests/training/comfyui_keys.py).
-    kohya_prefix = "lycoris_"
     max_sequence_length = 512  # the pipeline's default
+    tokenizer_classes = {"tokenizer": "AutoTokenizer"}
+    text_encoder_classes = {"text_encoder": "AutoModel"}
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
         self.patch_size = int(next(iter(self.transformer_config.get("all_patch_size", (2,)))))
-
-    def load_encoders(self) -> None:
-        from diffusers import AutoencoderKL
-        from transformers import AutoModel, AutoTokenizer
-
-        self.tokenizer = AutoTokenizer.from_pretrained(self.base_model, subfolder="tokenizer")
-        self.text_encoder = AutoModel.from_pretrained(
-            self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-        ).to(self.device)
-        self.vae = AutoencoderKL.from_pretrained(self.base_model, subfolder="vae", torch_dtype=self.weight_dtype).to(
-            self.device
-        )
-        self.encoders_loaded = True
 
     def caption_texts(self, prompts: list[str]) -> list[str]:
         """Each prompt in Qwen's chat format, as the pipeline feeds it to the encoder."""

@@ -19,13 +19,18 @@ config (`shift`, or `flow_shift` for a UniPC scheduler)."""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from training.engine.errors import EngineError
 from training.engine.families.base import NoisedBatch, NoiseSettings
 from training.engine.families.flow import FlowFamily
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 # The attention projections of HiDream's blocks: the image stream's (all blocks) and the caption
 # stream's (`_t`, double blocks only).
@@ -39,7 +44,6 @@ HIDREAM_ATTENTION = (
     "attn1.to_v_t",
     "attn1.to_out_t",
 )
-TEXT_ENCODERS = ("text_encoder", "text_encoder_2", "text_encoder_3", "text_encoder_4")
 
 
 class HiDreamFamily(FlowFamily):
@@ -51,11 +55,23 @@ class HiDreamFamily(FlowFamily):
     # Every SwiGLU of the feed-forwards (the shared and routed experts of the image stream, the caption
     # stream's plain one) and each block's modulation. The router (`gate.weight`) is a bare parameter.
     lora_targets_linear = ("w1", "w2", "w3", "adaLN_modulation.1")
-    # ComfyUI's HiDream loader reads `lycoris_<diffusers name>` (SimpleTuner's layout), not `lora_transformer_`.
-    kohya_prefix = "lycoris_"
     routed_experts = True
     caption_tokenizer = "tokenizer_4"  # Llama; T5 and both CLIPs read the same 128 tokens
     max_sequence_length = 128  # the pipeline's default, for all four encoders
+    tokenizer_classes = {
+        "tokenizer": "CLIPTokenizer",
+        "tokenizer_2": "CLIPTokenizer",
+        "tokenizer_3": "T5Tokenizer",
+        "tokenizer_4": "AutoTokenizer",
+    }
+    text_encoder_classes = {
+        "text_encoder": "CLIPTextModelWithProjection",
+        "text_encoder_2": "CLIPTextModelWithProjection",
+        "text_encoder_3": "T5EncoderModel",
+        # The decoder stack alone: the pipeline's LlamaForCausalLM gives the same hidden states, and its
+        # language-model head (1 GB) is never used.
+        "text_encoder_4": "LlamaModel",
+    }
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
@@ -76,19 +92,7 @@ class HiDreamFamily(FlowFamily):
             return float(config["flow_shift"])
         return super().timestep_shift(settings, latent_height, latent_width)
 
-    def load_encoders(self) -> None:
-        from pathlib import Path
-
-        from diffusers import AutoencoderKL
-        from transformers import (
-            AutoTokenizer,
-            CLIPTextModelWithProjection,
-            CLIPTokenizer,
-            LlamaModel,
-            T5EncoderModel,
-            T5Tokenizer,
-        )
-
+    def check_components(self) -> None:
         folder = Path(self.base_model)
         if folder.is_dir() and not (folder / "text_encoder_4").is_dir():
             raise EngineError(
@@ -96,52 +100,32 @@ class HiDreamFamily(FlowFamily):
                 "8B Instruct, which its repository does not include; download meta-llama/Llama-3.1-8B-Instruct "
                 "into the folder's text_encoder_4 and tokenizer_4"
             )
-        self.tokenizer = CLIPTokenizer.from_pretrained(self.base_model, subfolder="tokenizer")
-        self.tokenizer_2 = CLIPTokenizer.from_pretrained(self.base_model, subfolder="tokenizer_2")
-        self.tokenizer_3 = T5Tokenizer.from_pretrained(self.base_model, subfolder="tokenizer_3")
-        self.tokenizer_4 = AutoTokenizer.from_pretrained(self.base_model, subfolder="tokenizer_4")
-        self.tokenizer_4.pad_token = self.tokenizer_4.eos_token  # as the pipeline sets it
-        # Loaded on the host; each runs on the device in turn while encoding, unless all four fit there
-        # at once (together 27 GB in bf16, more than a 24 GB card holds).
-        self.text_encoder = CLIPTextModelWithProjection.from_pretrained(
-            self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-        )
-        self.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-            self.base_model, subfolder="text_encoder_2", dtype=self.weight_dtype
-        )
-        self.text_encoder_3 = T5EncoderModel.from_pretrained(
-            self.base_model, subfolder="text_encoder_3", dtype=self.weight_dtype
-        )
-        # The decoder stack alone: the pipeline's LlamaForCausalLM gives the same hidden states, and its
-        # language-model head (1 GB) is never used.
-        self.text_encoder_4 = LlamaModel.from_pretrained(
-            self.base_model, subfolder="text_encoder_4", dtype=self.weight_dtype
-        )
-        self.encoders_resident = self.encoders_fit_on_device()
-        for name in TEXT_ENCODERS:
-            getattr(self, name).eval()
-            if self.encoders_resident:
-                getattr(self, name).to(self.device)
-        self.vae = AutoencoderKL.from_pretrained(self.base_model, subfolder="vae", torch_dtype=self.weight_dtype).to(
-            self.device
-        )
-        self.encoders_loaded = True
 
-    def encoders_fit_on_device(self) -> bool:
+    def load_encoders(self) -> None:
+        super().load_encoders()
+        self.tokenizer_4.pad_token = self.tokenizer_4.eos_token  # as the pipeline sets it
+
+    def place_text_encoders(self, encoders: dict[str, torch.nn.Module]) -> None:
+        """Left in host memory; each runs on the device in turn while encoding, unless all four fit there
+        at once (together 27 GB in bf16, more than a 24 GB card holds)."""
+        self.encoders_resident = self.encoders_fit_on_device(encoders)
+        for encoder in encoders.values():
+            encoder.eval()
+            if self.encoders_resident:
+                encoder.to(self.device)
+
+    def encoders_fit_on_device(self, encoders: dict[str, torch.nn.Module]) -> bool:
         """Whether all four text encoders fit on the device together, with a quarter of its free memory
         left over for their activations."""
         if self.device.type != "cuda":
             return True
         size = sum(
             parameter.numel() * parameter.element_size()
-            for name in TEXT_ENCODERS
-            for parameter in getattr(self, name).parameters()
+            for encoder in encoders.values()
+            for parameter in encoder.parameters()
         )
         free, _total = torch.cuda.mem_get_info(self.device)
         return size < 0.75 * free
-
-    def encoder_attributes(self) -> list[str]:
-        return [*super().encoder_attributes(), "text_encoder_3", "tokenizer_3", "text_encoder_4", "tokenizer_4"]
 
     def run_encoder(self, name: str, *args: Any, **kwargs: Any) -> Any:
         """Call a text encoder on the device: brought there for the call (and sent back to the host
@@ -155,6 +139,14 @@ class HiDreamFamily(FlowFamily):
         finally:
             encoder.to("cpu")
             torch.cuda.empty_cache()
+
+    @classmethod
+    def prepare_generation(cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | None) -> None:
+        """HiDreamImagePipeline scales every request to the area of its `default_sample_size` latent pixels
+        squared (1024 x 1024 for the real models), keeping the aspect ratio; that size is set to the area
+        asked for, rounded up so that the pipeline's rounding down to whole patches keeps the width and height."""
+        area = arguments["width"] * arguments["height"]
+        pipeline.default_sample_size = math.ceil(math.sqrt(area) / pipeline.vae_scale_factor)
 
     @staticmethod
     def padded(tokenizer: Any, prompts: list[str], length: int) -> Any:

@@ -21,6 +21,12 @@ class SD3Family(FlowFamily):
     transformer_class = "SD3Transformer2DModel"
     pipeline_class = "StableDiffusion3Pipeline"
     caption_tokenizer = "tokenizer_3"  # T5; both CLIPs' 77-token cut is the pipeline's too
+    tokenizer_classes = {"tokenizer": "CLIPTokenizer", "tokenizer_2": "CLIPTokenizer", "tokenizer_3": "T5Tokenizer"}
+    text_encoder_classes = {
+        "text_encoder": "CLIPTextModelWithProjection",
+        "text_encoder_2": "CLIPTextModelWithProjection",
+        "text_encoder_3": "T5EncoderModel",
+    }
     block_prefixes = ("transformer_blocks",)
     lora_targets_attention = (
         *JOINT_ATTENTION,
@@ -45,30 +51,6 @@ class SD3Family(FlowFamily):
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
         self.patch_size = int(self.transformer_config.get("patch_size", 2))
-
-    def load_encoders(self) -> None:
-        from diffusers import AutoencoderKL
-        from transformers import CLIPTextModelWithProjection, CLIPTokenizer, T5EncoderModel, T5Tokenizer
-
-        self.tokenizer = CLIPTokenizer.from_pretrained(self.base_model, subfolder="tokenizer")
-        self.tokenizer_2 = CLIPTokenizer.from_pretrained(self.base_model, subfolder="tokenizer_2")
-        self.tokenizer_3 = T5Tokenizer.from_pretrained(self.base_model, subfolder="tokenizer_3")
-        self.text_encoder = CLIPTextModelWithProjection.from_pretrained(
-            self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
-        self.text_encoder_2 = CLIPTextModelWithProjection.from_pretrained(
-            self.base_model, subfolder="text_encoder_2", dtype=self.weight_dtype
-        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
-        self.text_encoder_3 = T5EncoderModel.from_pretrained(
-            self.base_model, subfolder="text_encoder_3", dtype=self.weight_dtype
-        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
-        self.vae = AutoencoderKL.from_pretrained(self.base_model, subfolder="vae", torch_dtype=self.weight_dtype).to(
-            self.device
-        )
-        self.encoders_loaded = True
-
-    def encoder_attributes(self) -> list[str]:
-        return [*super().encoder_attributes(), "text_encoder_3", "tokenizer_3"]
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:

@@ -8,11 +8,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from training.engine.errors import EngineError
 from training.engine.families.base import NoisedBatch, NoiseSettings
 from training.engine.families.flow import JOINT_ATTENTION, FlowFamily
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 class FluxFamily(FlowFamily):
@@ -20,6 +25,8 @@ class FluxFamily(FlowFamily):
     transformer_class = "FluxTransformer2DModel"
     pipeline_class = "FluxPipeline"
     caption_tokenizer = "tokenizer_2"  # T5 carries the caption; CLIP gives the pooled vector
+    tokenizer_classes = {"tokenizer": "CLIPTokenizer", "tokenizer_2": "T5Tokenizer"}
+    text_encoder_classes = {"text_encoder": "CLIPTextModel", "text_encoder_2": "T5EncoderModel"}
     block_prefixes = ("transformer_blocks", "single_transformer_blocks")
     lora_targets_attention = JOINT_ATTENTION
     # Every other linear of the blocks: feed-forward, the single blocks' fused MLP and output, and
@@ -39,23 +46,6 @@ class FluxFamily(FlowFamily):
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
         self.ids_cache: dict[tuple[int, int, bool], torch.Tensor] = {}
-
-    def load_encoders(self) -> None:
-        from diffusers import AutoencoderKL
-        from transformers import CLIPTextModel, CLIPTokenizer, T5EncoderModel, T5Tokenizer
-
-        self.tokenizer = CLIPTokenizer.from_pretrained(self.base_model, subfolder="tokenizer")
-        self.tokenizer_2 = T5Tokenizer.from_pretrained(self.base_model, subfolder="tokenizer_2")
-        self.text_encoder = CLIPTextModel.from_pretrained(
-            self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
-        self.text_encoder_2 = T5EncoderModel.from_pretrained(
-            self.base_model, subfolder="text_encoder_2", dtype=self.weight_dtype
-        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
-        self.vae = AutoencoderKL.from_pretrained(self.base_model, subfolder="vae", torch_dtype=self.weight_dtype).to(
-            self.device
-        )
-        self.encoders_loaded = True
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -127,10 +117,21 @@ class FluxFamily(FlowFamily):
             self.ids_cache[key] = ids
         return self.ids_cache[key]
 
+    @classmethod
+    def guidance_embedding_bypassed(cls, denoiser: torch.nn.Module, *, enabled: bool) -> Any:
+        return bypass_guidance(denoiser, enabled=enabled)
+
 
 class FluxKontextFamily(FluxFamily):
+    """FLUX.1 Kontext: an edit model (its facts record says it trains pairs)."""
+
     name = "flux-kontext"
-    uses_pairs = True
+
+    @classmethod
+    def prepare_generation(cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | None) -> None:
+        if image is None:
+            raise EngineError("an edit (Kontext) model needs an input image to generate from")
+        arguments.update(image=image, _auto_resize=False, max_area=arguments["width"] * arguments["height"])
 
 
 @contextlib.contextmanager

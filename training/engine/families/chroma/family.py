@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from training.engine.families.base import NoisedBatch, NoiseSettings
-from training.engine.families.flux import FluxFamily
+from training.engine.families.flux.family import FluxFamily
 
 
 class ChromaFamily(FluxFamily):
@@ -19,19 +19,8 @@ class ChromaFamily(FluxFamily):
     transformer_class = "ChromaTransformer2DModel"
     pipeline_class = "ChromaPipeline"
     caption_tokenizer = "tokenizer"
-
-    def load_encoders(self) -> None:
-        from diffusers import AutoencoderKL
-        from transformers import T5EncoderModel, T5Tokenizer
-
-        self.tokenizer = T5Tokenizer.from_pretrained(self.base_model, subfolder="tokenizer")
-        self.text_encoder = T5EncoderModel.from_pretrained(
-            self.base_model, subfolder="text_encoder", dtype=self.weight_dtype
-        ).to(self.device)  # type: ignore[arg-type]  # transformers' functools.wraps on PreTrainedModel.to() loses the method binding
-        self.vae = AutoencoderKL.from_pretrained(self.base_model, subfolder="vae", torch_dtype=self.weight_dtype).to(
-            self.device
-        )
-        self.encoders_loaded = True
+    tokenizer_classes = {"tokenizer": "T5Tokenizer"}
+    text_encoder_classes = {"text_encoder": "T5EncoderModel"}
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:

@@ -1,0 +1,5 @@
+"""Qwen-Image."""
+
+from training.engine.families.qwenimage.family import QwenImageFamily
+
+FAMILIES = (QwenImageFamily,)
