@@ -87,7 +87,7 @@ def random_denoiser(spec: dict[str, Any], device: torch.device, dtype: torch.dty
 
 def synthetic_cache(spec: dict[str, Any], family: Any, images: int) -> Any:
     """Latents and prompt embeddings of the right shapes, as the caching pass would have made them."""
-    from training.engine.trainer import Cache
+    from training.engine.trainer.cache import Cache
 
     side = spec["resolution"] // family.vae_scale()
     channels = spec["vae"]["latent_channels"]
@@ -133,7 +133,7 @@ def step_flops(context: Any) -> float:
     """FLOPs of one training step, counted by PyTorch's FLOP counter on a real step."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from training.engine.trainer import train_step
+    from training.engine.trainer.step import train_step
 
     with FlopCounterMode(display=False) as counter:
         train_step(context, 0)
@@ -157,16 +157,11 @@ def run_one(
     from training.engine.data import EpochSampler
     from training.engine.families import family_class
     from training.engine.spec import SilentCallbacks
-    from training.engine.trainer import (
-        StepContext,
-        cache_on,
-        load_device,
-        make_optimizer,
-        noise_generator,
-        noise_settings,
-        prepare_denoiser,
-        train_step,
-    )
+    from training.engine.trainer.cache import cache_on
+    from training.engine.trainer.context import StepContext, noise_generator, noise_settings
+    from training.engine.trainer.optimizer import make_optimizer
+    from training.engine.trainer.setup import load_device, prepare_denoiser
+    from training.engine.trainer.step import train_step
 
     spec_data = architecture(name, tiny=tiny)
     base = write_config_folder(folder / name, name, spec_data)

@@ -27,7 +27,9 @@ from training.engine.spec import DatasetImage
 from training.engine.testing import FAMILIES  # every family, each with a tiny model
 from training.engine.testing.comfyui import comfyui_lora_names, unmapped_kohya_modules
 from training.engine.testing.images import write_concept
-from training.engine.trainer import Cache, class_caption, elementwise_loss, reduce_loss
+from training.engine.trainer.cache import Cache
+from training.engine.trainer.dataset import class_caption
+from training.engine.trainer.step import elementwise_loss, reduce_loss
 
 pytestmark = pytest.mark.engine  # no database: runs once, in the SQLite pass
 
@@ -675,7 +677,7 @@ def test_validation_split_holds_out_a_share_and_never_everything(
     tiny_models: dict[str, Path], tmp_path: Path, red: list[DatasetImage]
 ) -> None:
     from training.engine.data import PreparedItem
-    from training.engine.trainer import validation_indices
+    from training.engine.trainer.validation import validation_indices
 
     items = [PreparedItem(name=str(i), caption="", bucket=(32, 32), pixels=np.zeros(1)) for i in range(10)]
     spec = spec_for(Path("x"), tmp_path, [], validation_split=0.2)

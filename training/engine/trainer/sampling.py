@@ -1,0 +1,66 @@
+"""Samples during training: images for the sample prompts through the same pipeline code as the API's
+generations."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from training.engine import distributed
+from training.engine.data import PreparedItem
+from training.engine.families import Family
+from training.engine.generate import load_pipeline, run_pipeline
+from training.engine.spec import TrainingCallbacks, TrainingSpec
+
+
+def take_samples(
+    spec: TrainingSpec,
+    family: Family,
+    denoiser: torch.nn.Module,
+    items: list[PreparedItem],
+    step: int,
+    resolution: int,
+    callbacks: TrainingCallbacks,
+    text_encoders: dict[str, torch.nn.Module] | None = None,
+    *,
+    ranks: distributed.Ranks = distributed.SINGLE,
+) -> list[Path]:
+    """Images for the sample prompts, through the same pipeline code as the API's generations. Every
+    rank runs the pipeline (a sharded model's forward needs them all); rank 0 keeps the images."""
+    from PIL import Image
+
+    denoiser.eval()
+    components: dict[str, Any] = {family.denoiser_key: denoiser, **(text_encoders or {})}
+    for encoder in (text_encoders or {}).values():
+        encoder.eval()
+    pipeline = load_pipeline(spec.base_model, device=family.device, components=components)
+    folder = spec.output_dir / "samples"
+    folder.mkdir(parents=True, exist_ok=True)
+    source = None
+    if family.uses_pairs and items and items[0].source_pixels is not None:
+        array = ((items[0].source_pixels.transpose(1, 2, 0) + 1.0) * 127.5).clip(0, 255).astype("uint8")
+        source = Image.fromarray(array)
+    paths = []
+    for index, prompt in enumerate(spec.sample_prompts):
+        image = run_pipeline(
+            pipeline,
+            prompt=prompt,
+            width=resolution,
+            height=resolution,
+            steps=spec.sample_steps,
+            seed=spec.seed + index,
+            image=source,
+            bypass_guidance_embedding=spec.bypass_guidance_embedding,
+        )[0]
+        path = folder / f"step-{step:07d}-{index}.png"
+        if ranks.main:
+            image.save(path)
+            paths.append(path)
+            callbacks.on_sample(step, prompt, path)
+    del pipeline
+    denoiser.train()
+    for encoder in (text_encoders or {}).values():
+        encoder.train()
+    return paths
