@@ -124,12 +124,10 @@ def test_each_family_trains_a_lora_that_loads_back_and_changes_the_output(
     # The kohya/ComfyUI file holds the same tensors under kohya names, with alphas.
     diffusers_state = load_file(result.weights_path)
     kohya_state = load_file(result.kohya_path)
-    component = "unet" if family in ("sd15", "sdxl") else "transformer"
-    # What ComfyUI's loader for the family reads (the family folder's comfyui.py; tests/training/test_comfyui_keys.py checks each name).
-    prefix = {
-        "unet": "lora_unet_",
-        "transformer": "lycoris_" if family in ("zimage", "qwenimage", "hidream") else "lora_transformer_",
-    }[component]
+    component = family_facts(family).denoiser
+    # What ComfyUI's loader for the family reads (the family folder's comfyui.py; tests/training/test_comfyui_keys.py
+    # checks each name): the component's usual prefix unless the family's facts name another.
+    prefix = family_facts(family).kohya_prefix or {"unet": "lora_unet_", "transformer": "lora_transformer_"}[component]
     assert all(key.startswith(prefix) for key in kohya_state)
     assert {float(v) for k, v in kohya_state.items() if k.endswith(".alpha")} == {4.0}
     modules = sorted({key.split(".", 1)[1].rsplit(".lora_", 1)[0] for key in diffusers_state})

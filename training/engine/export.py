@@ -57,9 +57,10 @@ LORA_TYPE_LABELS = {"lora": "LoRA", "dora": "DoRA", "lokr": "LoKr", "loha": "LoH
 # kohya prefixes: `lora_unet_` for a UNet, `lora_transformer_` for a diffusers-named transformer (what
 # ComfyUI maps for diffusers FLUX names), `lora_te_` (SD 1.x) or `lora_te1_`/`lora_te2_` (SDXL) for text encoders.
 KOHYA_PREFIX = {"unet": "lora_unet_", "transformer": "lora_transformer_", "text_encoder_2": "lora_te2_"}
-# A transformer family whose ComfyUI loader reads another prefix says so (`Family.kohya_prefix`): Z-Image's
-# (ComfyUI's Lumina2 branch) reads LyCORIS-style `lycoris_<diffusers name>`. Files with either load here.
-TRANSFORMER_KOHYA_PREFIXES = ("lora_transformer_", "lycoris_")
+# A transformer family whose ComfyUI loader reads another prefix says so (its facts' `kohya_prefix`): Z-Image's
+# (ComfyUI's Lumina2 branch) reads LyCORIS-style `lycoris_<diffusers name>`, ERNIE-Image's ComfyUI's generic
+# `lora_unet_<module name>` over names that are diffusers' own. Files with any of them load here.
+TRANSFORMER_KOHYA_PREFIXES = ("lora_transformer_", "lycoris_", "lora_unet_")
 KOHYA_TEXT_ENCODER_PREFIXES = ("lora_te_", "lora_te1_")
 COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2")
 
@@ -408,8 +409,12 @@ def _is_kohya_layout(state: Mapping[str, torch.Tensor]) -> bool:
     return any(key.startswith(("lora_", "lycoris_")) for key in state)
 
 
-def _component_of_kohya_key(key: str) -> str:
-    for component in ("unet", "transformer", "text_encoder_2"):
+def _component_of_kohya_key(key: str, pipeline: Any) -> str:
+    if key.startswith(KOHYA_PREFIX["unet"]):
+        # ComfyUI's generic prefix for a denoiser's own module names: a UNet's, or a transformer's whose
+        # ComfyUI names are diffusers' (ERNIE-Image).
+        return "unet" if getattr(pipeline, "unet", None) is not None else "transformer"
+    for component in ("transformer", "text_encoder_2"):
         if key.startswith(KOHYA_PREFIX[component]):
             return component
     if key.startswith(TRANSFORMER_KOHYA_PREFIXES):
@@ -461,7 +466,7 @@ def _kohya_lora_to_diffusers(pipeline: Any, state: Mapping[str, torch.Tensor]) -
             scaled[f"{name}.lora_up.weight"] = state[f"{name}.lora_up.weight"] * (float(alpha) / rank)
     by_component: dict[str, dict[str, torch.Tensor]] = {}
     for key, tensor in scaled.items():
-        by_component.setdefault(_component_of_kohya_key(key), {})[key] = tensor
+        by_component.setdefault(_component_of_kohya_key(key, pipeline), {})[key] = tensor
     converted: dict[str, torch.Tensor] = {}
     for component, part in by_component.items():
         model = getattr(pipeline, component, None)
@@ -503,7 +508,7 @@ def load_adapter_file(pipeline: Any, path: Path) -> str:
     metadata = read_metadata(path)
     kind = adapter_kind(state)
     if kind in ("lora", "dora"):
-        if _is_kohya_layout(state) and any(key.startswith(TRANSFORMER_KOHYA_PREFIXES) for key in state):
+        if _is_kohya_layout(state) and any(_component_of_kohya_key(key, pipeline) == "transformer" for key in state):
             # diffusers reads kohya files of UNets, and of FLUX only with BFL names (`lora_unet_double_blocks_…`),
             # not with the diffusers names (`lora_transformer_…`) ComfyUI reads and we write: convert them here.
             pipeline.load_lora_weights(_kohya_lora_to_diffusers(pipeline, state))
@@ -517,7 +522,7 @@ def load_adapter_file(pipeline: Any, path: Path) -> str:
     by_component: dict[str, dict[str, torch.Tensor]] = {}
     if _is_kohya_layout(state):
         for key, tensor in state.items():
-            by_component.setdefault(_component_of_kohya_key(key), {})[key] = tensor
+            by_component.setdefault(_component_of_kohya_key(key, pipeline), {})[key] = tensor
         for component, part in list(by_component.items()):
             model = getattr(pipeline, component, None)
             if model is None:

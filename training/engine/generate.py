@@ -30,13 +30,15 @@ def load_pipeline(base_model: str, *, device: Any, components: dict[str, Any] | 
     from training.engine.base_models import resolve_family
 
     quiet_libraries()
-    family_class(resolve_family(base_model))
+    family = family_class(resolve_family(base_model))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    # Optional components generation does without (a prompt enhancer) are not loaded.
+    given = {**{name: None for name in family.components_not_loaded}, **(components or {})}
     extra: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
     try:
-        pipeline = DiffusionPipeline.from_pretrained(base_model, dtype=dtype, **extra, **(components or {}))
+        pipeline = DiffusionPipeline.from_pretrained(base_model, dtype=dtype, **extra, **given)
     except TypeError:  # pipelines without a safety checker refuse those arguments
-        pipeline = DiffusionPipeline.from_pretrained(base_model, dtype=dtype, **(components or {}))
+        pipeline = DiffusionPipeline.from_pretrained(base_model, dtype=dtype, **given)
     pipeline.set_progress_bar_config(disable=True)
     if not components:
         return pipeline.to(device)

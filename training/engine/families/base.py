@@ -73,6 +73,8 @@ class Family(ABC):
     text_encoder_tokenizers: dict[str, str] = {}
     # The denoiser takes the images' original sizes and crops as conditioning (SDXL's micro-conditioning).
     conditions_on_sizes = False
+    # Optional pipeline components that neither training nor generation uses (a prompt enhancer): never loaded.
+    components_not_loaded: tuple[str, ...] = ()
     # Module names (peft's suffix match) inside the denoiser's blocks, by `lora_targets` preset.
     lora_targets_attention: tuple[str, ...] = ()
     lora_targets_linear: tuple[str, ...] = ()  # added to the attention ones for "all_linear"

@@ -40,37 +40,24 @@ def unpatchify(latents: torch.Tensor) -> torch.Tensor:
     return Flux2KleinPipeline._unpatchify_latents(latents)
 
 
-class Flux2KleinFamily(FlowFamily):
-    name = "flux2-klein"
-    transformer_class = "Flux2Transformer2DModel"
-    pipeline_class = "Flux2KleinPipeline"
-    block_prefixes = ("transformer_blocks", "single_transformer_blocks")
-    lora_targets_attention = JOINT_ATTENTION
-    # The double blocks' SwiGLU feed-forwards (the modulation is shared, outside the blocks).
-    lora_targets_linear = ("ff.linear_in", "ff.linear_out", "ff_context.linear_in", "ff_context.linear_out")
-    # A single block's two fused projections: q, k, v and the MLP's input; attention and MLP output.
-    # Both carry attention, so both are in every preset.
-    single_block_targets = ("attn.to_qkv_mlp_proj", "attn.to_out")
-    tokenizer_classes = {"tokenizer": "AutoTokenizer"}
-    text_encoder_classes = {"text_encoder": "Qwen3ForCausalLM"}
-    vae_class = "AutoencoderKLFlux2"
+class Flux2VaeLatents(FlowFamily):
+    """Latents of FLUX.2's VAE (FLUX.2, and the families built on its VAE): 32 channels whose 2x2 patches,
+    folded into 128 channels, are normalised with the VAE's own BatchNorm statistics. The trainer keeps the
+    VAE's 32-channel layout; `scale_latents` folds, normalises and unfolds."""
 
-    def lora_target_pattern(self, preset: str) -> str:
-        """The double blocks' modules by the usual rule, and a single block's fused projections by their
-        own (`attn.to_out` names a ModuleList in a double block and the Linear in a single one)."""
-        double = Family.lora_target_pattern(self, preset)
-        single = "|".join(re.escape(name) for name in self.single_block_targets)
-        return rf"(?:{double})|(?:^single_transformer_blocks\.\d+\.(?:{single})$)"
+    vae_class = "AutoencoderKLFlux2"
+    # The epsilon added to the statistics' variance: the VAE config's `batch_norm_eps` unless the family's
+    # pipeline uses its own.
+    batch_norm_eps: float | None = None
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
         # The BatchNorm statistics the pipeline normalises latents with, read from the VAE's weights
         # file (two small tensors) rather than by loading the VAE.
-        eps = float(self.vae_config.get("batch_norm_eps", 1e-4))
+        eps = self.batch_norm_eps if self.batch_norm_eps is not None else self.vae_config.get("batch_norm_eps", 1e-4)
         mean, var = self._vae_tensors(("bn.running_mean", "bn.running_var"))
         self.latents_mean = mean.float().view(1, -1, 1, 1)
-        self.latents_std = (var.float() + eps).sqrt().view(1, -1, 1, 1)
-        self.ids_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.latents_std = (var.float() + float(eps)).sqrt().view(1, -1, 1, 1)
 
     def _vae_tensors(self, names: tuple[str, ...]) -> list[torch.Tensor]:
         from pathlib import Path
@@ -93,6 +80,40 @@ class Flux2KleinFamily(FlowFamily):
         if missing:
             raise EngineError(f"base model {self.base_model!r}: its VAE weights have no {', '.join(missing)}")
         return [found[name] for name in names]
+
+    def latents_from_pipeline(self, latents: torch.Tensor, pipeline: Any, size: int) -> torch.Tensor:
+        """Flux2KleinPipeline returns the VAE's own latents (its normalisation undone)."""
+        return self.scale_latents(latents)
+
+    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        mean, std = self.latents_mean.to(latents.device), self.latents_std.to(latents.device)
+        return unpatchify((patchify(latents) - mean) / std)
+
+
+class Flux2KleinFamily(Flux2VaeLatents):
+    name = "flux2-klein"
+    transformer_class = "Flux2Transformer2DModel"
+    pipeline_class = "Flux2KleinPipeline"
+    block_prefixes = ("transformer_blocks", "single_transformer_blocks")
+    lora_targets_attention = JOINT_ATTENTION
+    # The double blocks' SwiGLU feed-forwards (the modulation is shared, outside the blocks).
+    lora_targets_linear = ("ff.linear_in", "ff.linear_out", "ff_context.linear_in", "ff_context.linear_out")
+    # A single block's two fused projections: q, k, v and the MLP's input; attention and MLP output.
+    # Both carry attention, so both are in every preset.
+    single_block_targets = ("attn.to_qkv_mlp_proj", "attn.to_out")
+    tokenizer_classes = {"tokenizer": "AutoTokenizer"}
+    text_encoder_classes = {"text_encoder": "Qwen3ForCausalLM"}
+
+    def lora_target_pattern(self, preset: str) -> str:
+        """The double blocks' modules by the usual rule, and a single block's fused projections by their
+        own (`attn.to_out` names a ModuleList in a double block and the Linear in a single one)."""
+        double = Family.lora_target_pattern(self, preset)
+        single = "|".join(re.escape(name) for name in self.single_block_targets)
+        return rf"(?:{double})|(?:^single_transformer_blocks\.\d+\.(?:{single})$)"
+
+    def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
+        super().__init__(base_model, device, weight_dtype)
+        self.ids_cache: dict[tuple[int, int], torch.Tensor] = {}
 
     def text_layers(self) -> tuple[int, ...]:
         """The encoder depths the pipeline stacks (its `text_encoder_out_layers` default)."""
@@ -122,14 +143,6 @@ class Flux2KleinFamily(FlowFamily):
         )
         stacked = torch.cat([output.hidden_states[layer] for layer in self.text_layers()], dim=-1)
         return {"prompt_embeds": stacked.float().cpu()}
-
-    def latents_from_pipeline(self, latents: torch.Tensor, pipeline: Any, size: int) -> torch.Tensor:
-        """Flux2KleinPipeline returns the VAE's own latents (its normalisation undone)."""
-        return self.scale_latents(latents)
-
-    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        mean, std = self.latents_mean.to(latents.device), self.latents_std.to(latents.device)
-        return unpatchify((patchify(latents) - mean) / std)
 
     def predict(
         self,
