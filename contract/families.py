@@ -205,6 +205,22 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         # ComfyUI's HiDream loader reads `lycoris_<diffusers name>` (SimpleTuner's layout).
         kohya_prefix="lycoris_",
     ),
+    FamilyFacts(
+        key="ernie-image",
+        label="ERNIE-Image",
+        pipelines=("ErnieImagePipeline",),
+        denoiser="transformer",
+        native_resolution=1024,
+        cost_weight=Decimal("6"),  # 8.0 B, dense
+        seconds_per_step=0.45,
+        name_pattern=r"ernie",
+        # Both our choice: no sd-scripts or ModelSpec id was found for it.
+        kohya_base_model_version="ernie_image",
+        modelspec_architecture="ernie-image",
+        # ComfyUI's ERNIE-Image model has diffusers' own module names; its loader maps them under the generic
+        # kohya prefix `lora_unet_` (not `lora_transformer_` or `lycoris_`).
+        kohya_prefix="lora_unet_",
+    ),
 )
 FAMILY_KEYS = tuple(facts.key for facts in FAMILIES)
 SUPPORTED_FAMILIES = FAMILY_KEYS

@@ -832,3 +832,25 @@ def test_every_hidream_block_linear_is_mapped(name: str, tiny_models: dict) -> N
     assert "lycoris_single_stream_blocks_0_block_ff_i_experts_0_w1" in known
     assert "lycoris_caption_projection_0_linear" in known and "lycoris_final_layer_linear" in known
     assert unmapped_kohya_modules(exported_keys("transformer", blocks[:1]), known)  # not lora_transformer_
+
+
+@pytest.mark.parametrize("name", ["ernie-image", "tiny"])
+def test_every_ernie_image_block_linear_is_mapped_under_lora_unet(name: str, tiny_models: dict) -> None:
+    """ComfyUI's ERNIE-Image model keeps diffusers' names: every linear of its layers our adapters can target
+    (attention and the gated MLP) is mapped as `lora_unet_<name>`, and `lora_transformer_` is not."""
+    from diffusers import ErnieImageTransformer2DModel
+
+    config = {key: value for key, value in gpu.architectures()["ernie-image"]["config"].items() if key[0] != "_"}
+    if name == "tiny":
+        built = json.loads((tiny_models["ernie-image"] / "transformer" / "config.json").read_text(encoding="utf-8"))
+        config = {key: value for key, value in built.items() if not key.startswith("_")}
+    with torch.device("meta"):
+        transformer = ErnieImageTransformer2DModel(**config)
+    blocks = [n for n in layers(transformer) if n.startswith("layers.")]
+    for leaf in ("self_attention.to_q", "self_attention.to_out.0", "mlp.gate_proj", "mlp.linear_fc2"):
+        assert any(block.endswith("." + leaf) for block in blocks), leaf
+    state = {f"transformer.{n}.lora_{ab}.weight": torch.zeros(1) for n in blocks for ab in "AB"}
+    known = comfyui_lora_names("ernie-image", config)
+    assert unmapped_kohya_modules(list(to_kohya(state, alpha=4.0, denoiser_prefix="lora_unet_")), known) == []
+    assert "lora_unet_layers_0_self_attention_to_out_0" in known and "lora_unet_final_linear" in known
+    assert unmapped_kohya_modules(list(to_kohya(state, alpha=4.0)), known)  # not lora_transformer_

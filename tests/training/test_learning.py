@@ -72,6 +72,7 @@ FAMILY_RUNS = {
     "flux2-klein": (100, 2e-3, 0.1, 0.2),
     "flux2": (100, 2e-3, 0.1, 0.2),
     "hidream": (100, 2e-3, 0.1, 0.2),
+    "ernie-image": (100, 2e-3, 0.1, 0.2),
 }
 # FLUX.2 dev is guidance-distilled and its pipeline generates at guidance 4.0. The tiny model's guidance
 # embedding is random, so a LoRA trained at the usual 1.0 moved generations at 4.0 only 11 % nearer the
@@ -115,6 +116,8 @@ TRIGGER_RUNS: dict[str, tuple[int, float, dict[str, Any], float]] = {
     "chroma": (150, 5e-3, {}, 0.2),
     "zimage": (100, 2e-3, {}, 0.25),
     "hidream": (100, 2e-3, {}, 0.25),
+    # ERNIE-Image reads its caption through the joint attention only, as Chroma (0.38 at 5e-3 in 150 steps).
+    "ernie-image": (150, 5e-3, {}, 0.2),
     # No Qwen-Image row: the tiny model's transformer is nearly blind to its caption at random init
     # (random text moves its prediction by about 1 %), and a trigger word pulled 0.03-0.07 after 150
     # steps at 2e-3 or 5e-3. Its learning is checked above; real Qwen-Image reads captions closely.

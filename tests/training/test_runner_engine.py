@@ -10,6 +10,7 @@ import pytest
 from django.urls import reverse
 from safetensors.torch import load_file
 
+from contract.families import family_facts
 from models_app.models import Model, TrainingCheckpoint, TrainingTask
 from models_app.services.datasets import model_configure, pairs_replace
 from models_app.services.task_files import training_checkpoint_record
@@ -20,6 +21,7 @@ from tests.factories import ModelFactory, TeamFactory, add_images
 from tests.helpers import api_client_for, png, run_queued
 from training import engine
 from training.engine.checkpoints import FILES
+from training.engine.export import read_metadata
 from training.reporting import TaskReporter
 from training.runner import build_spec, restore_checkpoint, run_training_task
 
@@ -126,6 +128,43 @@ def test_an_sd35_model_fine_tunes_fully_through_the_api_and_generates(
     original = load_file(str(base / "transformer" / "diffusion_pytorch_model.safetensors"))
     assert trained.keys() == original.keys()
     assert any(not (trained[key] == original[key]).all() for key in original)
+
+    with django_capture_on_commit_callbacks(execute=True):
+        job = client.post(
+            "/v1/images/generation",
+            {"modelID": model.public_id, "prompt": "zxq, a disc", "steps": 2, "width": 64, "height": 64},
+            format="json",
+        )
+    assert job.status_code == 200, job.json()
+    assert run_queued() == ["completed"]
+    result = client.get(f"/v1/jobs/{job.json()['result']['jobId']}").json()["result"]
+    assert result["status"] == "completed" and len(result["images"]) == 1
+
+
+# The families of mid-2026, each trained through the API end to end (the engine's own tests cover every family).
+API_FAMILIES = ["ernie-image"]
+
+
+@slow
+@pytest.mark.parametrize("family", API_FAMILIES)
+def test_a_lora_of_each_new_family_trains_through_the_api_and_generates(
+    family: str, tiny_models: dict[str, Path], fast_training: dict, django_capture_on_commit_callbacks
+) -> None:
+    model = ModelFactory()
+    add_images(model, 12)
+    model_configure(model=model, parameters={**fast_training, "steps": 3, "base_model_path": str(tiny_models[family])})
+    client = api_client_for(model.team)
+    quote = client.put(f"/v1/models/{model.public_id}/train?dryRun=true", {}, format="json").json()["result"]
+    assert quote["canStart"] and quote["estimate"]["family"] == family
+    with django_capture_on_commit_callbacks(execute=True):
+        assert client.get(f"/v1/models/{model.public_id}/train").status_code == 200
+    assert run_queued() == [TrainingTask.Status.COMPLETED]
+    model.refresh_from_db()
+    task = TrainingTask.objects.get(model=model)
+    assert model.status == Model.Status.READY and read_metadata(Path(task.weights.path))["family"] == family
+    prefix = family_facts(family).kohya_prefix
+    if prefix is not None:  # ComfyUI's names for the family
+        assert all(key.startswith(prefix) for key in load_file(task.weights_kohya.path))
 
     with django_capture_on_commit_callbacks(execute=True):
         job = client.post(
