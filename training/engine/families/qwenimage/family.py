@@ -25,7 +25,32 @@ def prompt_template() -> tuple[str, int]:
     return str(empty.prompt_template_encode), int(empty.prompt_template_encode_start_idx)
 
 
-class QwenImageFamily(FlowFamily):
+class QwenVaeLatents(FlowFamily):
+    """Latents of Qwen-Image's VAE (Wan 2.1's video VAE, one frame; Qwen-Image and the families built on its
+    VAE): normalised per channel with the VAE's `latents_mean` and `latents_std`, not one scaling factor."""
+
+    vae_class = "AutoencoderKLQwenImage"
+
+    def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
+        super().__init__(base_model, device, weight_dtype)
+        mean = self.vae_config.get("latents_mean") or [0.0] * int(self.vae_config["z_dim"])
+        std = self.vae_config.get("latents_std") or [1.0] * int(self.vae_config["z_dim"])
+        self.latents_mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
+        self.latents_std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
+
+    @torch.no_grad()
+    def encode_pixels(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # The video VAE takes (B, C, frames, H, W); one frame.
+        frames = pixels.to(self.device, self.weight_dtype).unsqueeze(2)
+        dist = self.vae.encode(frames).latent_dist
+        return dist.mean.squeeze(2).float().cpu(), dist.std.squeeze(2).float().cpu()
+
+    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
+        mean, std = self.latents_mean.to(latents.device), self.latents_std.to(latents.device)
+        return (latents - mean) / std
+
+
+class QwenImageFamily(QwenVaeLatents):
     name = "qwenimage"
     transformer_class = "QwenImageTransformer2DModel"
     pipeline_class = "QwenImagePipeline"
@@ -43,30 +68,14 @@ class QwenImageFamily(FlowFamily):
     max_sequence_length = 512  # the pipeline's default
     tokenizer_classes = {"tokenizer": "AutoTokenizer"}
     text_encoder_classes = {"text_encoder": "Qwen2_5_VLForConditionalGeneration"}
-    vae_class = "AutoencoderKLQwenImage"
     tokenizer_max_length = 1024  # QwenImagePipeline.tokenizer_max_length
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
         self.template, self.caption_offset = prompt_template()
-        mean = self.vae_config.get("latents_mean") or [0.0] * int(self.vae_config["z_dim"])
-        std = self.vae_config.get("latents_std") or [1.0] * int(self.vae_config["z_dim"])
-        self.latents_mean = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
-        self.latents_std = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
 
     def caption_texts(self, prompts: list[str]) -> list[str]:
         return [self.template.format(prompt) for prompt in prompts]
-
-    @torch.no_grad()
-    def encode_pixels(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # The video VAE takes (B, C, frames, H, W); one frame.
-        frames = pixels.to(self.device, self.weight_dtype).unsqueeze(2)
-        dist = self.vae.encode(frames).latent_dist
-        return dist.mean.squeeze(2).float().cpu(), dist.std.squeeze(2).float().cpu()
-
-    def scale_latents(self, latents: torch.Tensor) -> torch.Tensor:
-        mean, std = self.latents_mean.to(latents.device), self.latents_std.to(latents.device)
-        return (latents - mean) / std
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
