@@ -42,6 +42,37 @@ def write_qwen_template_tokenizer(folder: Path) -> int:
     return size
 
 
+def tiny_qwen_vae() -> Any:
+    """Qwen-Image's VAE (Wan 2.1's video VAE), small: two levels (downsampling by 4), its posterior narrowed and
+    its latents spread as a trained one's, with per-channel `latents_mean`/`latents_std` measured as the real
+    ones were."""
+    import torch
+    from diffusers import AutoencoderKLQwenImage
+
+    vae: Any = AutoencoderKLQwenImage(
+        base_dim=24, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True]
+    )
+    with torch.no_grad():
+        # A trained VAE's posterior is narrow; a random one's log-variance is about 0 (std 1), which after
+        # the per-channel normalisation below would bury these small random latents (spread ~0.06) under
+        # noise 16 times larger. The log-variance half of the last 1x1 convolution is set to a constant
+        # -12 (std 0.0025, a small share of the latents' spread once that is scaled up below).
+        vae.quant_conv.weight[16:] = 0.0
+        vae.quant_conv.bias[16:] = -12.0
+        # The real VAE's latents spread over units (its latents_std is 1.1-3.3), not hundredths: the mean
+        # half is scaled up to match, so the random decoder sees inputs of the scale it is made for and
+        # a change in the latents shows in the pixels.
+        spread = float(vae.encode(calibration_pixels().unsqueeze(2)).latent_dist.mean.std())
+        vae.quant_conv.weight[:16] /= spread
+        vae.quant_conv.bias[:16] /= spread
+        latents = vae.encode(calibration_pixels().unsqueeze(2)).latent_dist.mean
+    vae.register_to_config(
+        latents_mean=[round(float(v), 5) for v in latents.mean(dim=(0, 2, 3, 4))],
+        latents_std=[round(float(v), 5) for v in latents.std(dim=(0, 2, 3, 4))],
+    )
+    return vae
+
+
 def build_tiny_qwenimage(out_dir: Path, *, seed: int = 0) -> Path:
     """A Qwen-Image-shaped pipeline: a two-block double-stream MMDiT, a two-layer Qwen2.5-VL text encoder
     behind the byte-level Qwen2 tokenizer, a two-level Wan-style video VAE (downsampling by 4) whose
@@ -49,7 +80,6 @@ def build_tiny_qwenimage(out_dir: Path, *, seed: int = 0) -> Path:
     exponential resolution-dependent shift."""
     import torch
     from diffusers import (
-        AutoencoderKLQwenImage,
         FlowMatchEulerDiscreteScheduler,
         QwenImagePipeline,
         QwenImageTransformer2DModel,
@@ -89,27 +119,7 @@ def build_tiny_qwenimage(out_dir: Path, *, seed: int = 0) -> Path:
             image_token_id=special["<|endoftext|>"],
         )
     ).eval()
-    vae: Any = AutoencoderKLQwenImage(
-        base_dim=24, z_dim=16, dim_mult=[1, 2, 4], num_res_blocks=1, temperal_downsample=[False, True]
-    )
-    with torch.no_grad():
-        # A trained VAE's posterior is narrow; a random one's log-variance is about 0 (std 1), which after
-        # the per-channel normalisation below would bury these small random latents (spread ~0.06) under
-        # noise 16 times larger. The log-variance half of the last 1x1 convolution is set to a constant
-        # -12 (std 0.0025, a small share of the latents' spread once that is scaled up below).
-        vae.quant_conv.weight[16:] = 0.0
-        vae.quant_conv.bias[16:] = -12.0
-        # The real VAE's latents spread over units (its latents_std is 1.1-3.3), not hundredths: the mean
-        # half is scaled up to match, so the random decoder sees inputs of the scale it is made for and
-        # a change in the latents shows in the pixels.
-        spread = float(vae.encode(calibration_pixels().unsqueeze(2)).latent_dist.mean.std())
-        vae.quant_conv.weight[:16] /= spread
-        vae.quant_conv.bias[:16] /= spread
-        latents = vae.encode(calibration_pixels().unsqueeze(2)).latent_dist.mean
-    vae.register_to_config(
-        latents_mean=[round(float(v), 5) for v in latents.mean(dim=(0, 2, 3, 4))],
-        latents_std=[round(float(v), 5) for v in latents.std(dim=(0, 2, 3, 4))],
-    )
+    vae = tiny_qwen_vae()
     transformer: Any = QwenImageTransformer2DModel(
         patch_size=2,
         in_channels=64,
