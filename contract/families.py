@@ -221,6 +221,21 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         # kohya prefix `lora_unet_` (not `lora_transformer_` or `lycoris_`).
         kohya_prefix="lora_unet_",
     ),
+    FamilyFacts(
+        key="krea2",
+        label="Krea 2",
+        pipelines=("Krea2Pipeline",),
+        denoiser="transformer",
+        native_resolution=1024,
+        cost_weight=Decimal("9"),  # 12.8 B, dense
+        seconds_per_step=0.6,
+        name_pattern=r"krea-2|krea2",
+        # Both our choice: no sd-scripts or ModelSpec id was found for it.
+        kohya_base_model_version="krea2",
+        modelspec_architecture="krea-2",
+        # ComfyUI's Krea 2 loader maps diffusers' names under `lycoris_` (and `transformer.`), not `lora_transformer_`.
+        kohya_prefix="lycoris_",
+    ),
 )
 FAMILY_KEYS = tuple(facts.key for facts in FAMILIES)
 SUPPORTED_FAMILIES = FAMILY_KEYS

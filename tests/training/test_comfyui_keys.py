@@ -854,3 +854,26 @@ def test_every_ernie_image_block_linear_is_mapped_under_lora_unet(name: str, tin
     assert unmapped_kohya_modules(list(to_kohya(state, alpha=4.0, denoiser_prefix="lora_unet_")), known) == []
     assert "lora_unet_layers_0_self_attention_to_out_0" in known and "lora_unet_final_linear" in known
     assert unmapped_kohya_modules(list(to_kohya(state, alpha=4.0)), known)  # not lora_transformer_
+
+
+@pytest.mark.parametrize("name", ["krea2", "tiny"])
+def test_every_krea2_block_linear_is_mapped_under_lycoris(name: str, tiny_models: dict) -> None:
+    """Every linear of the image blocks and of ComfyUI's 2 + 2 text-fusion blocks our adapters can target
+    (attention with its gate, the SwiGLU) has a ComfyUI name under `lycoris_`, and `lora_transformer_` does not."""
+    from diffusers import Krea2Transformer2DModel
+
+    config = {key: value for key, value in gpu.architectures()["krea2"]["config"].items() if key[0] != "_"}
+    if name == "tiny":
+        built = json.loads((tiny_models["krea2"] / "transformer" / "config.json").read_text(encoding="utf-8"))
+        config = {key: value for key, value in built.items() if not key.startswith("_")}
+    with torch.device("meta"):
+        transformer = Krea2Transformer2DModel(**config)
+    prefixes = ("transformer_blocks.", "text_fusion.layerwise_blocks.", "text_fusion.refiner_blocks.")
+    blocks = [n for n in layers(transformer) if n.startswith(prefixes)]
+    for leaf in ("attn.to_q", "attn.to_gate", "attn.to_out.0", "ff.gate", "ff.down"):
+        assert any(block.endswith("." + leaf) for block in blocks), leaf
+    state = {f"transformer.{n}.lora_{ab}.weight": torch.zeros(1) for n in blocks for ab in "AB"}
+    known = comfyui_lora_names("krea2", config)
+    assert unmapped_kohya_modules(list(to_kohya(state, alpha=4.0, denoiser_prefix="lycoris_")), known) == []
+    assert "lycoris_text_fusion_refiner_blocks_1_attn_to_gate" in known and "lycoris_final_layer_linear" in known
+    assert unmapped_kohya_modules(list(to_kohya(state, alpha=4.0)), known)  # not lora_transformer_

@@ -73,6 +73,7 @@ FAMILY_RUNS = {
     "flux2": (100, 2e-3, 0.1, 0.2),
     "hidream": (100, 2e-3, 0.1, 0.2),
     "ernie-image": (100, 2e-3, 0.1, 0.2),
+    "krea2": (100, 2e-3, 0.1, 0.2),
 }
 # FLUX.2 dev is guidance-distilled and its pipeline generates at guidance 4.0. The tiny model's guidance
 # embedding is random, so a LoRA trained at the usual 1.0 moved generations at 4.0 only 11 % nearer the
@@ -124,7 +125,8 @@ TRIGGER_RUNS: dict[str, tuple[int, float, dict[str, Any], float]] = {
     # Nor a FLUX.2 klein one, for a like reason: its transformer reads the caption only through attention
     # over 512 unmasked positions (no pooled vector, no mask), which the tiny random model spreads nearly
     # evenly; after 150-300 steps at 5e-3 to 1e-2 the trigger pulled 0.00-0.02 (the red discs' loss under
-    # either caption equal to 0.1 %).
+    # either caption equal to 0.1 %). Nor a Krea 2 one: its tiny model's prediction moves 0.1 % between two
+    # captions, and a trigger word pulled 0.00-0.03 after 150-600 steps at 2e-3 to 1e-2.
 }
 
 

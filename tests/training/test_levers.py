@@ -512,6 +512,27 @@ def test_hidream_shifts_by_its_schedulers_fixed_shift_whatever_the_size(
     assert flow.timestep_shift(NoiseSettings(timestep_shift=2.0), 32, 32) == 2.0
 
 
+def test_krea2_turbo_shifts_by_its_fixed_mu_and_the_raw_model_by_the_image_size(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Krea 2 Raw: the scheduler's shift, growing with the token count; Krea 2 Turbo (`is_distilled` in the
+    pipeline's config): Krea2Pipeline's fixed mu 1.15 at every size. The user's value wins over both."""
+    import json
+    import math
+    import shutil
+
+    base = tmp_path / "krea2"
+    shutil.copytree(tiny_models["krea2"], base)
+    raw = family_class("krea2")(str(base), CPU, torch.float32)
+    assert raw.timestep_shift(NoiseSettings(), 8, 8) < raw.timestep_shift(NoiseSettings(), 64, 64)
+    index = json.loads((base / "model_index.json").read_text(encoding="utf-8"))
+    (base / "model_index.json").write_text(json.dumps({**index, "is_distilled": True}), encoding="utf-8")
+    turbo = family_class("krea2")(str(base), CPU, torch.float32)
+    assert turbo.timestep_shift(NoiseSettings(), 8, 8) == turbo.timestep_shift(NoiseSettings(), 64, 64)
+    assert turbo.timestep_shift(NoiseSettings(), 8, 8) == pytest.approx(math.exp(1.15))
+    assert turbo.timestep_shift(NoiseSettings(timestep_shift=2.0), 8, 8) == 2.0
+
+
 def test_loss_types_and_masks() -> None:
     prediction = torch.zeros(1, 1, 2, 2)
     target = torch.tensor([[[[0.0, 0.0], [0.0, 4.0]]]])
