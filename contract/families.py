@@ -44,7 +44,12 @@ class FamilyFacts:
     # The published size is the denoiser's `sample_size` (in latent pixels) times the VAE's downscale
     # (UNets, SD 3.5); other transformers' configs carry no usable sample size.
     size_from_sample_size: bool = False
+    # The published size is a key of the pipeline's own config (model_index.json), where models of the family
+    # are published at several sizes (PRX at 256, 512 and 1024 px).
+    size_from_pipeline_config: str | None = None
     trains_pairs: bool = False  # learns edits from before/after pairs (an edit model)
+    # ComfyUI runs the family: a kohya-layout file is written under the names its loader maps.
+    comfyui: bool = True
 
 
 # In the order the admin, the API's lists and the docs show them.
@@ -283,7 +288,10 @@ def native_resolution(family: str, *, vae_config: dict, denoiser_config: dict) -
 def local_native_resolution(base_model: str, family: str) -> int | None:
     """native_resolution of a local diffusers folder (None for a hub id or an unreadable folder)."""
     folder = Path(base_model)
+    key = family_facts(family).size_from_pipeline_config
     try:
+        if key is not None:
+            return int(json.loads((folder / "model_index.json").read_text(encoding="utf-8"))[key])
         vae_config = json.loads((folder / "vae" / "config.json").read_text(encoding="utf-8"))
         denoiser = family_facts(family).denoiser
         denoiser_config = json.loads((folder / denoiser / "config.json").read_text(encoding="utf-8"))

@@ -33,11 +33,12 @@ def test_every_facts_record_has_its_engine_class_and_nothing_else_does() -> None
 
 
 @pytest.mark.parametrize("family", FAMILY_KEYS)
-def test_every_family_has_a_tiny_model_with_learning_runs_and_a_comfyui_map(family: str) -> None:
+def test_every_family_has_a_tiny_model_with_learning_runs_and_a_comfyui_map_where_comfyui_runs_it(family: str) -> None:
     model = tiny_model(family)
     assert model.learning.steps > 0 and model.learning.learning_rate > 0
     assert callable(model.build)
-    assert hasattr(family_module(family, "comfyui"), "lora_names")
+    if family_facts(family).comfyui:  # a family ComfyUI cannot run has no names to map
+        assert hasattr(family_module(family, "comfyui"), "lora_names")
 
 
 def test_every_family_but_kontext_is_benchmarked_at_its_published_size() -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -49,3 +51,32 @@ def adapter_metadata(denoiser: torch.nn.Module) -> dict[str, Any]:
         if isinstance(value, set):
             config[key] = sorted(value)
     return dict(config)
+
+
+def add_adapter(model: torch.nn.Module, config: Any) -> None:
+    """Trainable adapters (peft's "default") on `model`: through diffusers' PeftAdapterMixin where the model has
+    it (every family's denoiser but PRX's), else with peft's own injection, which that mixin wraps, keeping the
+    config on the model where the mixin keeps it (`peft_config`, which `adapter_metadata` reads)."""
+    target: Any = model  # torch types undeclared Module attributes as Tensor | Module
+    if hasattr(target, "add_adapter"):
+        target.add_adapter(config)
+        return
+    from peft import inject_adapter_in_model
+
+    inject_adapter_in_model(config, target, adapter_name="default")
+    target.peft_config = {"default": config}
+
+
+@contextlib.contextmanager
+def adapters_disabled(model: torch.nn.Module) -> Iterator[None]:
+    """The base model's own output, the adapters bypassed (prior preservation compares against it)."""
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [module for module in model.modules() if isinstance(module, BaseTunerLayer)]
+    for layer in layers:
+        layer.enable_adapters(False)
+    try:
+        yield
+    finally:
+        for layer in layers:
+            layer.enable_adapters(True)

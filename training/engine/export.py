@@ -36,6 +36,7 @@ from safetensors.torch import load_file, save_file
 from contract.families import family_facts
 from contract.parameters import LORA_TYPES
 from training.engine.errors import EngineError
+from training.engine.families import family_of_pipeline
 
 if TYPE_CHECKING:
     from training.engine.families.base import Family
@@ -500,14 +501,15 @@ def load_weights_file(pipeline: Any, path: Path) -> str:
 def load_adapter_file(pipeline: Any, path: Path) -> str:
     """Load a LoRA, DoRA, LoKr or LoHa file (diffusers/PEFT or kohya/LyCORIS layout) into `pipeline`;
     returns its kind. LoRA and DoRA go through diffusers' `load_lora_weights`; LoKr and LoHa, which
-    diffusers cannot load, are injected with PEFT from the config in the file's metadata."""
+    diffusers cannot load, are injected with PEFT from the config in the file's metadata, as is every kind
+    for a pipeline whose own loader cannot (PRX's)."""
     path = Path(path)
     if not path.is_file():
         raise EngineError(f"LoRA weights file {path} does not exist")
     state = load_file(str(path))
     metadata = read_metadata(path)
     kind = adapter_kind(state)
-    if kind in ("lora", "dora"):
+    if kind in ("lora", "dora") and family_of_pipeline(pipeline).diffusers_lora_loading:
         if _is_kohya_layout(state) and any(_component_of_kohya_key(key, pipeline) == "transformer" for key in state):
             # diffusers reads kohya files of UNets, and of FLUX only with BFL names (`lora_unet_double_blocks_…`),
             # not with the diffusers names (`lora_transformer_…`) ComfyUI reads and we write: convert them here.
@@ -643,6 +645,8 @@ def export_weights(
         }
         save_file(prefixed, str(weights_path), metadata={"format": "pt"})
     add_metadata(weights_path, {**metadata, "layout": "diffusers"})
+    if not family.facts().comfyui:
+        return Exported(weights_path=weights_path, kohya_path=None, metadata=metadata)  # no ComfyUI loader to write for
     kohya_path = write_kohya(
         weights_path,
         spec.output_dir / KOHYA_WEIGHTS_NAME,

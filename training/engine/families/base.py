@@ -75,6 +75,8 @@ class Family(ABC):
     conditions_on_sizes = False
     # Optional pipeline components that neither training nor generation uses (a prompt enhancer): never loaded.
     components_not_loaded: tuple[str, ...] = ()
+    # The pipeline's own `load_lora_weights` loads a LoRA or DoRA file (where it cannot, PRX's, peft injects it).
+    diffusers_lora_loading = True
     # Module names (peft's suffix match) inside the denoiser's blocks, by `lora_targets` preset.
     lora_targets_attention: tuple[str, ...] = ()
     lora_targets_linear: tuple[str, ...] = ()  # added to the attention ones for "all_linear"
@@ -148,15 +150,16 @@ class Family(ABC):
         self.check_components()
         for component, loader in self.tokenizer_classes.items():
             setattr(self, component, load_tokenizer(loader, self.base_model, component))
-        encoders = {
-            component: load_text_encoder(loader, self.base_model, component, self.weight_dtype)
-            for component, loader in self.text_encoder_classes.items()
-        }
+        encoders = {component: self.load_text_encoder(component) for component in self.text_encoder_classes}
         self.place_text_encoders(encoders)
         for component, encoder in encoders.items():
             setattr(self, component, encoder)
         dtype = torch.float32 if self.vae_in_full_precision else self.weight_dtype
         self.vae = load_vae(self.vae_class, self.base_model, dtype).to(self.device)
+
+    def load_text_encoder(self, component: str) -> torch.nn.Module:
+        """One text encoder, in the training precision, in host memory."""
+        return load_text_encoder(self.text_encoder_classes[component], self.base_model, component, self.weight_dtype)
 
     def check_components(self) -> None:
         """Refuse a base model folder that lacks a component the family needs (EngineError saying what to do)."""
@@ -257,10 +260,7 @@ class Family(ABC):
         if not self.text_encoder_tokenizers:
             raise EngineError(f"{self.name} cannot train its text encoders")
         return {
-            component: load_text_encoder(
-                self.text_encoder_classes[component], self.base_model, component, self.weight_dtype
-            ).to(self.device)
-            for component in self.text_encoder_tokenizers
+            component: self.load_text_encoder(component).to(self.device) for component in self.text_encoder_tokenizers
         }
 
     # -- generation (the family's pipeline, through generate.run_pipeline) --

@@ -10,7 +10,7 @@ import torch
 
 from contract.parameters import GPUS_AND_SWAP
 from training.engine import distributed
-from training.engine.adapters import adapter_config
+from training.engine.adapters import adapter_config, add_adapter
 from training.engine.data import validate_transforms
 from training.engine.errors import EngineError
 from training.engine.families import Family, family_class
@@ -102,9 +102,7 @@ def prepare_denoiser(
     apply_before_adapter(denoiser, speed)
     if spec.training_type == "LORA":
         denoiser.requires_grad_(False)
-        # torch types undeclared Module attributes as Tensor | Module: add_adapter and
-        # enable_gradient_checkpointing are the diffusers model's (PeftAdapterMixin, ModelMixin).
-        denoiser.add_adapter(adapter_config(spec, family, alpha=alpha))  # type: ignore[operator]
+        add_adapter(denoiser, adapter_config(spec, family, alpha=alpha))
         for parameter in denoiser.parameters():
             if parameter.requires_grad:
                 # Adapters train in fp32 on a bf16 base, on the device (those of swapped blocks too).

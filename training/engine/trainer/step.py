@@ -4,13 +4,13 @@ per-sample weights, mask and prior preservation), step the optimizer, the schedu
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
 
 import torch
 import torch.nn.functional as F  # noqa: N812
 
 from training.engine import distributed
+from training.engine.adapters import adapters_disabled
 from training.engine.memory import full_recompute
 from training.engine.trainer.batches import Batch, draw_batch
 from training.engine.trainer.context import StepContext
@@ -114,12 +114,3 @@ def reduce_loss(
     if weights is not None:
         per_sample = per_sample * weights.to(per_sample.dtype)
     return per_sample.mean()
-
-
-@contextlib.contextmanager
-def adapters_disabled(denoiser: torch.nn.Module) -> Iterator[None]:
-    denoiser.disable_adapters()  # type: ignore[operator]
-    try:
-        yield
-    finally:
-        denoiser.enable_adapters()  # type: ignore[operator]
