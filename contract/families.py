@@ -241,6 +241,21 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         # ComfyUI's Krea 2 loader maps diffusers' names under `lycoris_` (and `transformer.`), not `lora_transformer_`.
         kohya_prefix="lycoris_",
     ),
+    FamilyFacts(
+        key="prx",
+        label="PRX",
+        pipelines=("PRXPipeline",),
+        denoiser="transformer",
+        native_resolution=1024,  # prx-1024-t2i; the 256 and 512 px models say theirs in their pipeline config
+        cost_weight=Decimal("2"),  # 1.2 B
+        seconds_per_step=0.15,
+        name_pattern=r"prx",
+        # Both our choice: no sd-scripts or ModelSpec id was found for it.
+        kohya_base_model_version="prx",
+        modelspec_architecture="prx",
+        size_from_pipeline_config="default_sample_size",
+        comfyui=False,  # ComfyUI has no PRX model, so no kohya file is written for it
+    ),
 )
 FAMILY_KEYS = tuple(facts.key for facts in FAMILIES)
 SUPPORTED_FAMILIES = FAMILY_KEYS

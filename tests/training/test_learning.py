@@ -74,6 +74,7 @@ FAMILY_RUNS = {
     "hidream": (100, 2e-3, 0.1, 0.2),
     "ernie-image": (100, 2e-3, 0.1, 0.2),
     "krea2": (100, 2e-3, 0.1, 0.2),
+    "prx": (100, 2e-3, 0.1, 0.2),
 }
 # FLUX.2 dev is guidance-distilled and its pipeline generates at guidance 4.0. The tiny model's guidance
 # embedding is random, so a LoRA trained at the usual 1.0 moved generations at 4.0 only 11 % nearer the
@@ -119,6 +120,9 @@ TRIGGER_RUNS: dict[str, tuple[int, float, dict[str, Any], float]] = {
     "hidream": (100, 2e-3, {}, 0.25),
     # ERNIE-Image reads its caption through the joint attention only, as Chroma (0.38 at 5e-3 in 150 steps).
     "ernie-image": (150, 5e-3, {}, 0.2),
+    # PRX reads the caption only as the attention's extra keys and values; it comes to read the trigger word
+    # late (0.00 after 150 steps, 2.35 after 300 at 5e-3).
+    "prx": (300, 5e-3, {}, 0.25),
     # No Qwen-Image row: the tiny model's transformer is nearly blind to its caption at random init
     # (random text moves its prediction by about 1 %), and a trigger word pulled 0.03-0.07 after 150
     # steps at 2e-3 or 5e-3. Its learning is checked above; real Qwen-Image reads captions closely.

@@ -142,7 +142,7 @@ def test_an_sd35_model_fine_tunes_fully_through_the_api_and_generates(
 
 
 # The families of mid-2026, each trained through the API end to end (the engine's own tests cover every family).
-API_FAMILIES = ["ernie-image", "krea2"]
+API_FAMILIES = ["ernie-image", "krea2", "prx"]
 
 
 @slow
@@ -162,9 +162,12 @@ def test_a_lora_of_each_new_family_trains_through_the_api_and_generates(
     model.refresh_from_db()
     task = TrainingTask.objects.get(model=model)
     assert model.status == Model.Status.READY and read_metadata(Path(task.weights.path))["family"] == family
-    prefix = family_facts(family).kohya_prefix
-    if prefix is not None:  # ComfyUI's names for the family
+    facts = family_facts(family)
+    if facts.comfyui:  # the file for ComfyUI, under the names its loader maps for the family
+        prefix = facts.kohya_prefix or "lora_transformer_"
         assert all(key.startswith(prefix) for key in load_file(task.weights_kohya.path))
+    else:
+        assert task.weights_kohya.name == ""  # ComfyUI cannot run the family
 
     with django_capture_on_commit_callbacks(execute=True):
         job = client.post(
