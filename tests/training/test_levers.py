@@ -540,6 +540,29 @@ def test_krea2_turbo_shifts_by_its_fixed_mu_and_the_raw_model_by_the_image_size(
     assert turbo.timestep_shift(NoiseSettings(timestep_shift=2.0), 8, 8) == 2.0
 
 
+def test_prx_trains_at_its_own_published_size_and_refuses_the_dc_ae_models(
+    tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """PRX is published at 256, 512 and 1024 px, each model saying its size in its pipeline config: the default
+    resolution (and the cost estimate's) is that. Its DC-AE models are not trained, and say so."""
+    import json
+    import shutil
+
+    from contract.families import local_native_resolution
+
+    base = tmp_path / "prx"
+    shutil.copytree(tiny_models["prx"], base)
+    assert family_class("prx")(str(base), CPU, torch.float32).default_resolution() == 64
+    assert local_native_resolution(str(base), "prx") == 64
+    index = json.loads((base / "model_index.json").read_text(encoding="utf-8"))
+    (base / "model_index.json").write_text(
+        json.dumps({**index, "default_sample_size": 512, "vae": ["diffusers", "AutoencoderDC"]}), encoding="utf-8"
+    )
+    assert local_native_resolution(str(base), "prx") == 512
+    with pytest.raises(EngineError, match="PRX on the AutoencoderDC VAE"):
+        family_class("prx")(str(base), CPU, torch.float32)
+
+
 def test_loss_types_and_masks() -> None:
     prediction = torch.zeros(1, 1, 2, 2)
     target = torch.tensor([[[[0.0, 0.0], [0.0, 4.0]]]])
