@@ -509,7 +509,10 @@ def load_adapter_file(pipeline: Any, path: Path) -> str:
     state = load_file(str(path))
     metadata = read_metadata(path)
     kind = adapter_kind(state)
-    if kind in ("lora", "dora") and family_of_pipeline(pipeline).diffusers_lora_loading:
+    family = family_of_pipeline(pipeline)
+    if _is_kohya_layout(state):
+        state = family.kohya_modules(state)  # a family whose ComfyUI names fuse modules splits them again
+    if kind in ("lora", "dora") and family.diffusers_lora_loading:
         if _is_kohya_layout(state) and any(_component_of_kohya_key(key, pipeline) == "transformer" for key in state):
             # diffusers reads kohya files of UNets, and of FLUX only with BFL names (`lora_unet_double_blocks_…`),
             # not with the diffusers names (`lora_transformer_…`) ComfyUI reads and we write: convert them here.
@@ -647,11 +650,5 @@ def export_weights(
     add_metadata(weights_path, {**metadata, "layout": "diffusers"})
     if not family.facts().comfyui:
         return Exported(weights_path=weights_path, kohya_path=None, metadata=metadata)  # no ComfyUI loader to write for
-    kohya_path = write_kohya(
-        weights_path,
-        spec.output_dir / KOHYA_WEIGHTS_NAME,
-        alpha=alpha,
-        metadata=metadata,
-        denoiser_prefix=family.kohya_prefix,
-    )
+    kohya_path = family.write_kohya(weights_path, spec.output_dir / KOHYA_WEIGHTS_NAME, alpha=alpha, metadata=metadata)
     return Exported(weights_path=weights_path, kohya_path=kohya_path, metadata=metadata)

@@ -12,6 +12,7 @@ import gc
 import re
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -275,6 +276,23 @@ class Family(ABC):
         """A context in which the denoiser runs without its guidance embedding (`bypass_guidance_embedding`),
         for the families that have one; a no-op for the others."""
         return contextlib.nullcontext()
+
+    def write_kohya(
+        self, diffusers_path: Path, kohya_path: Path, *, alpha: float, metadata: dict[str, str]
+    ) -> Path | None:
+        """The kohya/ComfyUI copy of the diffusers-layout adapter file, under the names ComfyUI's loader maps for
+        the family (None where the adapter cannot be written in them)."""
+        from training.engine.export import write_kohya
+
+        return write_kohya(
+            diffusers_path, kohya_path, alpha=alpha, metadata=metadata, denoiser_prefix=self.kohya_prefix
+        )
+
+    @classmethod
+    def kohya_modules(cls, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """A kohya-layout file's tensors under one kohya name per diffusers module (the inverse of what
+        `write_kohya` fuses or renames for ComfyUI; nothing for most families)."""
+        return state
 
     @abstractmethod
     def save_lora(

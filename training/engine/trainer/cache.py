@@ -120,7 +120,7 @@ def load_or_build_cache(
         for key, tensor in family.encode_prompts(captions[start : start + 8]).items():
             encoded.setdefault(key, []).append(tensor)
     family.release_encoders()
-    prompts = {key: torch.cat(parts) for key, parts in encoded.items()}
+    prompts = {key: cat_padded(parts) for key, parts in encoded.items()}
     unconditional = family.unconditional({key: value[:1] for key, value in prompts.items()})
     for key, value in unconditional.items():
         prompts[key][:1] = value
@@ -199,3 +199,14 @@ def prepare_dataset(
             items, fingerprint = shared
             cache = load_or_build_cache(spec, family, items, fingerprint, flips, callbacks, build=False)
     return items, fingerprint, cache
+
+
+def cat_padded(parts: list[torch.Tensor]) -> torch.Tensor:
+    """The chunks' rows in one tensor. A family that keeps each caption at its own length (with a mask) encodes
+    each chunk as wide as its longest caption: narrower chunks are zero-padded to the widest (masked out)."""
+    width = max(part.shape[1] for part in parts) if parts[0].dim() > 1 else 0
+    padded = [
+        F.pad(part, (*[0, 0] * (part.dim() - 2), 0, width - part.shape[1])) if part.dim() > 1 else part
+        for part in parts
+    ]
+    return torch.cat(padded)
