@@ -256,6 +256,22 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         size_from_pipeline_config="default_sample_size",
         comfyui=False,  # ComfyUI has no PRX model, so no kohya file is written for it
     ),
+    FamilyFacts(
+        key="ideogram4",
+        label="Ideogram 4",
+        pipelines=("Ideogram4Pipeline",),
+        denoiser="transformer",
+        native_resolution=1024,  # generated up to 2048 px; trained here at 1024 unless `resolution` says more
+        cost_weight=Decimal("7"),  # 9.3 B trained (the unconditional twin stays frozen and unloaded)
+        seconds_per_step=0.6,
+        name_pattern=r"ideogram",
+        # Both our choice: no sd-scripts or ModelSpec id was found for it.
+        kohya_base_model_version="ideogram4",
+        modelspec_architecture="ideogram-4",
+        # ComfyUI's loader has no Ideogram 4 branch: its generic `lora_unet_<name>` over the original names, whose
+        # attention is one fused qkv (the family's own writer fuses the adapters).
+        kohya_prefix="lora_unet_",
+    ),
 )
 FAMILY_KEYS = tuple(facts.key for facts in FAMILIES)
 SUPPORTED_FAMILIES = FAMILY_KEYS

@@ -877,3 +877,55 @@ def test_every_krea2_block_linear_is_mapped_under_lycoris(name: str, tiny_models
     assert unmapped_kohya_modules(list(to_kohya(state, alpha=4.0, denoiser_prefix="lycoris_")), known) == []
     assert "lycoris_text_fusion_refiner_blocks_1_attn_to_gate" in known and "lycoris_final_layer_linear" in known
     assert unmapped_kohya_modules(list(to_kohya(state, alpha=4.0)), known)  # not lora_transformer_
+
+
+@pytest.mark.parametrize("name", ["ideogram4", "tiny"])
+def test_ideogram4_adapters_are_written_on_comfyuis_fused_attention_and_read_back(name: str, tiny_models: dict) -> None:
+    """ComfyUI's Ideogram 4 model has one fused qkv weight per layer and `attention.o`: every block linear our
+    adapters target maps to a `lora_unet_` name once q, k and v are fused; the fused adapter makes the same
+    update as the three, and splitting it gives them back exactly."""
+    from diffusers import Ideogram4Transformer2DModel
+
+    from training.engine.families.ideogram4.comfyui import fuse_attention, split_attention
+
+    config = {key: value for key, value in gpu.architectures()["ideogram4"]["config"].items() if key[0] != "_"}
+    if name == "tiny":
+        built = json.loads((tiny_models["ideogram4"] / "transformer" / "config.json").read_text(encoding="utf-8"))
+        config = {key: value for key, value in built.items() if not key.startswith("_")}
+    with torch.device("meta"):
+        transformer = Ideogram4Transformer2DModel(**config)
+    blocks = [n for n in layers(transformer) if n.startswith("layers.")]
+    state = {f"transformer.{n}.lora_{ab}.weight": torch.zeros(1) for n in blocks for ab in "AB"}
+    known = comfyui_lora_names("ideogram4", config)
+    names = {key.split(".")[0] for key in fuse_attention(to_kohya(state, alpha=4.0, denoiser_prefix="lora_unet_"))}
+    assert unmapped_kohya_modules([f"{n}.alpha" for n in names], known) == []
+    assert "lora_unet_layers_0_attention_qkv" in known and "lora_unet_layers_0_attention_o" in known
+
+    # The fusion is exact: the fused up @ down is the three updates stacked.
+    hidden, rank = 8, 2
+    generator = torch.Generator().manual_seed(0)
+    separate = {}
+    for part in "qkv":
+        separate[f"lora_unet_layers_0_attention_to_{part}.lora_down.weight"] = torch.randn(
+            rank, hidden, generator=generator
+        )
+        separate[f"lora_unet_layers_0_attention_to_{part}.lora_up.weight"] = torch.randn(
+            hidden, rank, generator=generator
+        )
+        separate[f"lora_unet_layers_0_attention_to_{part}.alpha"] = torch.tensor(4.0)
+    fused = fuse_attention(separate)
+    update = (
+        fused["lora_unet_layers_0_attention_qkv.lora_up.weight"]
+        @ fused["lora_unet_layers_0_attention_qkv.lora_down.weight"]
+    )
+    stacked = torch.cat(
+        [
+            separate[f"lora_unet_layers_0_attention_to_{p}.lora_up.weight"]
+            @ separate[f"lora_unet_layers_0_attention_to_{p}.lora_down.weight"]
+            for p in "qkv"
+        ]
+    )
+    assert torch.allclose(update, stacked)
+    assert float(fused["lora_unet_layers_0_attention_qkv.alpha"]) / 6 == 4.0 / 2  # alpha / rank kept
+    restored = split_attention(fused)
+    assert restored.keys() == separate.keys() and all(torch.equal(restored[k], separate[k]) for k in separate)

@@ -25,6 +25,7 @@ from training.engine.base_models import resolve_family
 from training.engine.checkpoints import list_checkpoints
 from training.engine.data import caption_for, make_buckets, nearest_bucket, validate_transforms
 from training.engine.export import LORA_WEIGHTS_NAME, from_kohya, read_metadata
+from training.engine.families import family_class
 from training.engine.generate import generate
 from training.engine.testing import FAMILIES  # every family, each with a tiny model
 from training.engine.testing.images import write_dataset
@@ -135,6 +136,8 @@ def test_each_family_trains_a_lora_that_loads_back_and_changes_the_output(
     # checks each name): the component's usual prefix unless the family's facts name another.
     prefix = family_facts(family).kohya_prefix or {"unet": "lora_unet_", "transformer": "lora_transformer_"}[component]
     assert all(key.startswith(prefix) for key in kohya_state)
+    # One kohya name per diffusers module (Ideogram 4's file fuses each layer's q, k and v as ComfyUI's model does).
+    kohya_state = family_class(family).kohya_modules(kohya_state)
     assert {float(v) for k, v in kohya_state.items() if k.endswith(".alpha")} == {4.0}
     modules = sorted({key.split(".", 1)[1].rsplit(".lora_", 1)[0] for key in diffusers_state})
     restored = from_kohya(kohya_state, modules, component)

@@ -75,6 +75,9 @@ FAMILY_RUNS = {
     "ernie-image": (100, 2e-3, 0.1, 0.2),
     "krea2": (100, 2e-3, 0.1, 0.2),
     "prx": (100, 2e-3, 0.1, 0.2),
+    # Ideogram 4 at its published guidance, which weighs the unconditional model by 1 - g = -6: the adapter's
+    # change is shared with it (share_adapter_shift), without which the generations overshot the data threefold.
+    "ideogram4": (100, 2e-3, 0.1, 0.2),
 }
 # FLUX.2 dev is guidance-distilled and its pipeline generates at guidance 4.0. The tiny model's guidance
 # embedding is random, so a LoRA trained at the usual 1.0 moved generations at 4.0 only 11 % nearer the
@@ -130,7 +133,8 @@ TRIGGER_RUNS: dict[str, tuple[int, float, dict[str, Any], float]] = {
     # over 512 unmasked positions (no pooled vector, no mask), which the tiny random model spreads nearly
     # evenly; after 150-300 steps at 5e-3 to 1e-2 the trigger pulled 0.00-0.02 (the red discs' loss under
     # either caption equal to 0.1 %). Nor a Krea 2 one: its tiny model's prediction moves 0.1 % between two
-    # captions, and a trigger word pulled 0.00-0.03 after 150-600 steps at 2e-3 to 1e-2.
+    # captions, and a trigger word pulled 0.00-0.03 after 150-600 steps at 2e-3 to 1e-2. Nor an Ideogram 4 one
+    # (0.6 %, and 0.00 after 150-300 steps at 2e-3 to 1e-2).
 }
 
 
