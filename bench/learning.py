@@ -44,7 +44,9 @@ def validation_recorder() -> Any:
     return Validation()
 
 
-def run_family(family: str, folder: Path, *, quick: bool) -> dict[str, Any]:
+def run_family(family: str, folder: Path, *, quick: bool, edit: bool = False) -> dict[str, Any]:
+    """The family's learning run: text to image, or (`edit`, and always for a family that learns only edits) an
+    edit model learning to turn blue discs into red ones, measured from held-out sources."""
     from PIL import Image
 
     from contract.families import family_facts
@@ -53,14 +55,16 @@ def run_family(family: str, folder: Path, *, quick: bool) -> dict[str, Any]:
     from training.engine.testing import build_tiny_model, tiny_model
     from training.engine.testing.images import write_concept
 
-    base = build_tiny_model(family, folder / "base")
+    edit = edit or family_facts(family).needs_pairs
+    base = folder / "base" if (folder / "base").is_dir() else build_tiny_model(family, folder / "base")
     red = write_concept(folder / "red", 12, colour=(200, 30, 30), caption="zxq, a disc", held_out=3, size=SIZE)
-    run = tiny_model(family).learning
+    model = tiny_model(family)
+    run = model.edit if edit and model.edit is not None else model.learning
     settings = {"steps": run.steps // 4 if quick else run.steps, "learning_rate": run.learning_rate, **run.options}
     pairs: list[DatasetPair] = []
     image = None
     prompt = "zxq, a disc"
-    if family_facts(family).trains_pairs:
+    if edit:
         blue = write_concept(folder / "blue", 12, colour=(30, 40, 200), caption="", held_out=3, size=SIZE)
         pairs = [
             DatasetPair(source=s, target=t, instruction="make the background red")
@@ -72,7 +76,8 @@ def run_family(family: str, folder: Path, *, quick: bool) -> dict[str, Any]:
     began = time.perf_counter()
     result = train(
         TrainingSpec(
-            base_model=str(base), output_dir=folder / "out", images=red, pairs=pairs, trigger_word="zxq", rank=4,
+            base_model=str(base), output_dir=folder / ("edit" if edit else "out"), images=red, pairs=pairs,
+            trigger_word="zxq", rank=4,
             batch_size=2, optimizer="adamw", captioning_strategy="description", resolution=SIZE,
             sample_every=max(1, settings["steps"] // 8), save_every=100_000, compile="off", **settings,
         ),
@@ -138,12 +143,17 @@ def run_trigger(family: str, base: Path, folder: Path, *, quick: bool) -> dict[s
 
 
 def run(folder: Path, *, quick: bool = False) -> dict[str, Any]:
+    from contract.families import family_facts
     from training.engine.testing import FAMILIES, tiny_model
 
     results = {}
     for family in FAMILIES:
         print(f"learning: {family} ...", flush=True)
         results[family] = run_family(family, folder / family, quick=quick)
+        facts = family_facts(family)
+        if facts.trains_pairs and not facts.needs_pairs:  # it learns edits too
+            print(f"learning: {family} edit ...", flush=True)
+            results[f"{family} edit"] = run_family(family, folder / family, quick=quick, edit=True)
         if tiny_model(family).trigger is not None:
             print(f"learning: {family} trigger word ...", flush=True)
             base = folder / family / "base"

@@ -48,6 +48,9 @@ class FamilyFacts:
     # are published at several sizes (PRX at 256, 512 and 1024 px).
     size_from_pipeline_config: str | None = None
     trains_pairs: bool = False  # learns edits from before/after pairs (an edit model)
+    needs_pairs: bool = False  # learns edits only (a text-to-image model cannot be trained on it)
+    # How many conditioning images a pair may carry (the pipeline's reference images).
+    max_sources: int = 1
     # ComfyUI runs the family: a kohya-layout file is written under the names its loader maps.
     comfyui: bool = True
 
@@ -109,6 +112,7 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         # Nothing defines an id for Kontext: our choice, following "flux-1-dev" and BFL's model name.
         modelspec_architecture="flux-1-kontext-dev",
         trains_pairs=True,
+        needs_pairs=True,
     ),
     FamilyFacts(
         key="sd3",
@@ -182,6 +186,8 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         # Both our choice, in sd-scripts' FLUX naming.
         kohya_base_model_version="flux2",
         modelspec_architecture="flux-2-klein",
+        trains_pairs=True,  # edits through its reference images (`image`), beside text-to-image
+        max_sources=4,
     ),
     FamilyFacts(
         key="flux2",
@@ -194,6 +200,8 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         name_pattern=r"flux\.2|flux2",
         kohya_base_model_version="flux2",
         modelspec_architecture="flux-2-dev",  # our choice, as "flux-1-dev"
+        trains_pairs=True,  # edits through its reference images (`image`), beside text-to-image
+        max_sources=4,
     ),
     FamilyFacts(
         key="hidream",
@@ -295,6 +303,11 @@ def family_facts(family: str) -> FamilyFacts:
 def edit_families() -> tuple[FamilyFacts, ...]:
     """The families that learn edits from before/after pairs."""
     return tuple(facts for facts in FAMILIES if facts.trains_pairs)
+
+
+def max_pair_sources() -> int:
+    """The most source images any family's pair may carry: the dataset's limit (a run checks its own family's)."""
+    return max(facts.max_sources for facts in FAMILIES)
 
 
 def vae_downscale(vae_config: dict) -> int:

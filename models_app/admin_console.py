@@ -250,8 +250,13 @@ def workspace_state(
             for image in images
         ],
         "pairs": [
-            {"source_id": pair.source.public_id, "target_id": pair.target.public_id, "instruction": pair.instruction}
-            for pair in model.pairs.select_related("source__asset", "target__asset")
+            {
+                "source_id": pair.source.public_id,
+                "target_id": pair.target.public_id,
+                "instruction": pair.instruction,
+                "extra_source_ids": pair.extra_source_public_ids,
+            }
+            for pair in selectors.pair_list(model=model)
         ],
         "captions": caption_tools(model, images),
     }

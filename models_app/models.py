@@ -240,6 +240,27 @@ class Pair(models.Model):
     def __str__(self) -> str:
         return f"{self.source_id} -> {self.target_id}"
 
+    @property
+    def extra_source_public_ids(self) -> list[str]:
+        """The further sources' asset ids, in order (prefetch `extra_sources__image__asset` for a list)."""
+        return [extra.image.asset.public_id for extra in self.extra_sources.all()]
+
+
+class PairSource(models.Model):
+    """A further source image of a pair, after `Pair.source`: a reference image for the families whose
+    pipelines condition on several (FLUX.2 takes a list). Beyond seed 004, whose pair has one source."""
+
+    pair = models.ForeignKey(Pair, on_delete=models.CASCADE, related_name="extra_sources")
+    image = models.ForeignKey(TrainingImage, on_delete=models.CASCADE, related_name="pair_sources")
+    position = models.PositiveIntegerField()
+
+    class Meta:
+        ordering = ["position"]
+        constraints = [models.UniqueConstraint(fields=["pair", "position"], name="pair_source_position_unique")]
+
+    def __str__(self) -> str:
+        return f"{self.pair_id}[{self.position}] {self.image_id}"
+
 
 def training_output_upload_to(instance: TrainingTask, filename: str) -> str:
     return f"training/{instance.id}/{PurePosixPath(filename).name}"

@@ -299,7 +299,7 @@ def training_image_get(*, model: Model, public_id: str) -> TrainingImage:
 
 
 def pair_list(*, model: Model) -> QuerySet[Pair]:
-    return model.pairs.select_related("source__asset", "target__asset")
+    return model.pairs.select_related("source__asset", "target__asset").prefetch_related("extra_sources__image__asset")
 
 
 # What the worker keeps on a task besides seed 003's fields, as JSON (the loss curve alone is up to 500

@@ -193,7 +193,12 @@ def set_pairs(call: ToolCall) -> dict[str, Any]:
         "model_id": call.model.public_id,
         "count": len(created),
         "pairs": [
-            {"source_id": p.source.asset.public_id, "target_id": p.target.asset.public_id, "instruction": p.instruction}
+            {
+                "source_id": p.source.asset.public_id,
+                "target_id": p.target.asset.public_id,
+                "instruction": p.instruction,
+                "extra_source_ids": p.extra_source_public_ids,
+            }
             for p in listed
         ],
     }

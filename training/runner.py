@@ -17,9 +17,10 @@ from typing import Any
 
 from django.conf import settings
 
-from models_app.models import TrainingCheckpoint, TrainingImage, TrainingTask
+from models_app import selectors
+from models_app.models import Model, TrainingCheckpoint, TrainingImage, TrainingTask
 from models_app.services.machines import machine_claim
-from models_app.services.training import ENGINE_OPTIONS
+from models_app.services.training import ENGINE_OPTIONS, PAIRS_NOT_TRAINED
 from models_app.services.worker_protocol import (
     LeaseLost,
     training_task_cancelled,
@@ -242,15 +243,21 @@ def build_spec(task: TrainingTask, work_dir: Path, reporter: TaskReporter) -> en
             path=path, name=image.name, caption=image.description, validation=asset_id in held_out
         )
         reporter.on_stage("downloading", index + 1, len(task.source_images))
-    pairs = [
-        engine.DatasetPair(
-            source=dataset[pair.source.asset.public_id],
-            target=dataset[pair.target.asset.public_id],
-            instruction=pair.instruction,
-        )
-        for pair in task.model.pairs.select_related("source__asset", "target__asset")
-        if pair.source.asset.public_id in dataset and pair.target.asset.public_id in dataset
-    ]
+    pairs = []
+    if task.model.type == Model.Type.EDIT:  # any other model trains text to image: its pairs are not read
+        for pair in selectors.pair_list(model=task.model):
+            sources = [pair.source.asset.public_id, *pair.extra_source_public_ids]
+            if all(asset_id in dataset for asset_id in [*sources, pair.target.asset.public_id]):
+                pairs.append(
+                    engine.DatasetPair(
+                        source=dataset[sources[0]],
+                        other_sources=tuple(dataset[asset_id] for asset_id in sources[1:]),
+                        target=dataset[pair.target.asset.public_id],
+                        instruction=pair.instruction,
+                    )
+                )
+    elif task.model.pairs.exists():
+        reporter.log(PAIRS_NOT_TRAINED.format(kind=task.model.type))
     reporter.pending_fields.update(training_folder=str(work_dir), processed_dataset_path=str(dataset_dir))
     return engine.TrainingSpec(
         base_model=task.base_model_path,

@@ -104,6 +104,20 @@ class PairSerializer(serializers.Serializer):
     instruction = serializers.CharField(allow_null=True, help_text="The instruction for the pair, source to target")
     source_id = serializers.CharField(source="source.asset.public_id", help_text="The source asset ID")
     target_id = serializers.CharField(source="target.asset.public_id", help_text="The target asset ID")
+    # Not read-only, so the schema marks it optional: the serializer only ever writes responses.
+    extra_source_ids = serializers.ListField(
+        child=serializers.CharField(),
+        source="extra_source_public_ids",
+        required=False,
+        help_text="Beyond seed 004: the pair's further source asset IDs, after source_id; present only on a pair "
+        "that has some, so a pair of one source keeps the seed's shape",
+    )
+
+    def to_representation(self, instance: Pair) -> dict[str, Any]:
+        shown = super().to_representation(instance)
+        if not shown["extra_source_ids"]:
+            del shown["extra_source_ids"]
+        return shown
 
 
 class PairsReplaceResponseSerializer(serializers.Serializer):

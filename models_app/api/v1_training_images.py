@@ -208,11 +208,20 @@ class TrainingImageDetailApi(ThrottledWrites, APIView):
 
 
 class PairsApi(APIView):
-    class PairInput(serializers.Serializer):
+    class PairInput(StrictSerializer):
+        """One before/after pair; an unknown field is refused."""
+
         source_id = StrictCharField(max_length=ID_MAX)
         target_id = StrictCharField(max_length=ID_MAX)
         instruction = StrictCharField(
             max_length=INSTRUCTION_MAX, multiline=True, required=False, allow_blank=True, allow_null=True, default=""
+        )
+        extra_source_ids = serializers.ListField(
+            child=StrictCharField(max_length=ID_MAX),
+            required=False,
+            default=list,
+            help_text="Beyond seed 004: further source images, after source_id, for the base models that take "
+            "several reference images (FLUX.2: up to 3 more)",
         )
 
         def to_internal_value(self, data: Any) -> Any:

@@ -12,6 +12,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from contract.captions import has_trigger, trigger_prefixed
+from contract.families import max_pair_sources
 from models_app.errors import Conflict, InvalidInput, NotFound
 from models_app.input_rules import (
     CAPTION_MAX,
@@ -21,7 +22,7 @@ from models_app.input_rules import (
     TRIGGER_WORD_MAX,
     text_check,
 )
-from models_app.models import Asset, Model, Pair, Project, Team, TrainingImage
+from models_app.models import Asset, Model, Pair, PairSource, Project, Team, TrainingImage
 from models_app.services.assets import asset_create, image_verify
 from models_app.services.image_sources import ImageSource
 from models_app.services.queue import queue_send
@@ -297,21 +298,41 @@ def training_image_set_caption(*, training_image: TrainingImage, description: st
 
 @transaction.atomic
 def training_image_delete(*, training_image: TrainingImage) -> None:
+    """Delete the image, and with it every pair it is in: as source or target (the database cascades) or as a
+    further source, so no pair is left meaning something else than it was given as."""
     _lock_editable(training_image.model_id)
-    _locked_image(training_image).delete()
+    current = _locked_image(training_image)
+    Pair.objects.filter(extra_sources__image=current).delete()
+    current.delete()
+
+
+# A pair's fields, each in the seed's snake_case and in camelCase; anything else is refused, not dropped.
+PAIR_FIELDS = frozenset({"source_id", "sourceId", "target_id", "targetId", "instruction", "extra_source_ids",
+                         "extraSourceIds"})  # fmt: skip
 
 
 @transaction.atomic
 def pairs_replace(*, model: Model, pairs: Sequence[dict[str, Any]]) -> list[Pair]:
-    """Swap the model's pairs for the given ones; every id must be a training image of this model."""
+    """Swap the model's pairs for the given ones; every id must be a training image of this model.
+
+    A pair may name further sources (`extra_source_ids`, beyond seed 004's one `source_id`) for the families
+    whose pipelines condition on several reference images; the start checks the count against the family."""
     model = _lock_editable(model.pk)
     by_public_id = {image.asset.public_id: image for image in model.training_images.select_related("asset")}
-    created: list[Pair] = []
-    seen: dict[tuple[str, str], int] = {}
+    most_extra = max_pair_sources() - 1
+    created: list[tuple[Pair, list[TrainingImage]]] = []
+    seen: dict[tuple[str, ...], int] = {}
     for position, entry in enumerate(pairs):
         field = f"pairs[{position}]"
         if not isinstance(entry, dict):
             raise InvalidInput(f"{field} must be an object with source_id, target_id and instruction", field=field)
+        unknown = sorted(set(entry) - PAIR_FIELDS)
+        if unknown:
+            raise InvalidInput(
+                f"{field}.{unknown[0]} is not a pair field; a pair has source_id, target_id, instruction and "
+                "extra_source_ids",
+                field=f"{field}.{unknown[0]}",
+            )
         ids: list[str] = []
         for key, camel_key in (("source_id", "sourceId"), ("target_id", "targetId")):
             value = entry.get(key, entry.get(camel_key))
@@ -322,28 +343,51 @@ def pairs_replace(*, model: Model, pairs: Sequence[dict[str, Any]]) -> list[Pair
                 )
             ids.append(value)
         source_id, target_id = ids
+        extra_ids = entry.get("extra_source_ids", entry.get("extraSourceIds")) or []
+        if not isinstance(extra_ids, list | tuple) or len(extra_ids) > most_extra:
+            raise InvalidInput(
+                f"{field}.extra_source_ids must be a list of at most {most_extra} training image ids",
+                field=f"{field}.extra_source_ids",
+            )
+        for number, value in enumerate(extra_ids):
+            if not isinstance(value, str) or value not in by_public_id:
+                raise InvalidInput(
+                    f"{field}.extra_source_ids[{number}] {value!r} is not a training image of model {model.public_id}",
+                    field=f"{field}.extra_source_ids",
+                )
         instruction = entry.get("instruction") or ""
         if source_id == target_id:
             raise InvalidInput(f"{field}: source and target must be different images", field=field)
-        text_check(instruction, field=f"{field}.instruction", max_length=INSTRUCTION_MAX, multiline=True)
-        if (source_id, target_id) in seen:
+        sources = [source_id, *extra_ids]
+        if target_id in extra_ids or len(set(sources)) < len(sources):
             raise InvalidInput(
-                f"{field} repeats pairs[{seen[source_id, target_id]}] ({source_id} -> {target_id}); "
-                "each pair may be given once",
+                f"{field}: each source must be a different image, and none the target",
+                field=f"{field}.extra_source_ids",
+            )
+        text_check(instruction, field=f"{field}.instruction", max_length=INSTRUCTION_MAX, multiline=True)
+        identity = (*sources, target_id)
+        if identity in seen:
+            raise InvalidInput(
+                f"{field} repeats pairs[{seen[identity]}] ({', '.join(sources)} -> {target_id}); each pair may be given once",
                 field=field,
             )
-        seen[source_id, target_id] = position
-        created.append(
-            Pair(
-                model=model,
-                source=by_public_id[source_id],
-                target=by_public_id[target_id],
-                instruction=instruction,
-                position=position,
-            )
+        seen[identity] = position
+        pair = Pair(
+            model=model,
+            source=by_public_id[source_id],
+            target=by_public_id[target_id],
+            instruction=instruction,
+            position=position,
         )
+        created.append((pair, [by_public_id[value] for value in extra_ids]))
     Pair.objects.filter(model=model).delete()
-    return Pair.objects.bulk_create(created)
+    saved = Pair.objects.bulk_create([pair for pair, _ in created])
+    PairSource.objects.bulk_create(
+        PairSource(pair=pair, image=image, position=number)
+        for pair, (_, extra) in zip(saved, created, strict=True)
+        for number, image in enumerate(extra, start=1)
+    )
+    return saved
 
 
 def model_delete(*, model: Model) -> Model:

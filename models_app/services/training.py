@@ -15,9 +15,10 @@ from typing import Any
 
 from django.conf import settings
 from django.db import IntegrityError, transaction
+from django.db.models import Count
 from django.utils import timezone
 
-from contract.families import edit_families
+from contract.families import FamilyFacts, edit_families, family_facts
 from contract.parameters import GPUS_AND_SWAP, global_batch_problem
 from models_app.errors import ApplicationError, Conflict, InsufficientCredits, InvalidInput, LimitReached, NotFound
 from models_app.models import (
@@ -138,6 +139,14 @@ class TrainingPlan:
     base_model: str
     estimate: Estimate
     problems: list[ApplicationError]
+    notes: list[str]  # what the start will do that the caller may not expect
+
+
+# A model that is not an edit model trains text to image; its pairs, if it has any, stay unread.
+PAIRS_NOT_TRAINED = (
+    "the model's before/after pairs are not trained: a {kind} model learns text to image from its images and "
+    "captions; set its type to edit to train an edit model from its pairs"
+)
 
 
 def _plan(model: Model, overrides: dict[str, Any] | None) -> TrainingPlan:
@@ -154,6 +163,7 @@ def _plan(model: Model, overrides: dict[str, Any] | None) -> TrainingPlan:
         resolution=params["resolution"],
     )
     problems: list[ApplicationError] = []
+    notes: list[str] = []
     if model.status == Model.Status.DELETED:
         problems.append(NotFound(f"model {model.public_id} not found"))
     if TrainingTask.objects.filter(model=model, status__in=TrainingTask.ACTIVE_STATUSES).exists():
@@ -170,13 +180,24 @@ def _plan(model: Model, overrides: dict[str, Any] | None) -> TrainingPlan:
             )
         editing = edit_families()
         if estimate.family not in {facts.key for facts in editing}:
-            labels = " or ".join(facts.label for facts in editing)
+            labels = ", ".join(facts.label for facts in editing)
             problems.append(
                 InvalidInput(
-                    f"an edit model trains on a {labels} base model; {base_model!r} is {estimate.family}",
+                    f"an edit model trains on a base model of a family that learns edits ({labels}); "
+                    f"{base_model!r} is {family_facts(estimate.family).label}",
                     field="base_model_path",
                 )
             )
+        else:
+            problems.extend(_pair_sources_problems(model, family_facts(estimate.family)))
+    elif family_facts(estimate.family).needs_pairs:
+        problems.append(
+            InvalidInput(
+                f"{family_facts(estimate.family).label} learns edits only: train it as an edit model (type edit) "
+                f"from before/after pairs, or pick a text-to-image base model",
+                field="base_model_path",
+            )
+        )
     else:
         count = model.training_images.count()
         low, high = image_count_bounds(model)
@@ -188,6 +209,8 @@ def _plan(model: Model, overrides: dict[str, Any] | None) -> TrainingPlan:
                     extra={"count": count, "min": low, "max": high},
                 )
             )
+    if model.type != Model.Type.EDIT and model.pairs.exists():
+        notes.append(PAIRS_NOT_TRAINED.format(kind=model.type))
     problems.extend(_validation_images_problems(model, params["validation_images"]))
     problems.extend(_gpus_problems(params))
     limit = team_training_limit(model.team)
@@ -206,7 +229,22 @@ def _plan(model: Model, overrides: dict[str, Any] | None) -> TrainingPlan:
                 extra={"estimate": estimate.as_dict(), "balance": str(balance)},
             )
         )
-    return TrainingPlan(parameters=params, base_model=base_model, estimate=estimate, problems=problems)
+    return TrainingPlan(parameters=params, base_model=base_model, estimate=estimate, problems=problems, notes=notes)
+
+
+def _pair_sources_problems(model: Model, facts: FamilyFacts) -> list[ApplicationError]:
+    """Each pair's sources (its source and any further ones) must fit what the family's pipeline conditions on."""
+    counts = model.pairs.annotate(extra=Count("extra_sources")).values_list("position", "extra")
+    for position, extra in counts:
+        if 1 + extra > facts.max_sources:
+            return [
+                InvalidInput(
+                    f"pairs[{position}] has {1 + extra} source images; {facts.label} conditions on at most "
+                    f"{facts.max_sources}",
+                    field="pairs",
+                )
+            ]
+    return []
 
 
 def _gpus_problems(params: dict[str, Any]) -> list[ApplicationError]:
@@ -263,6 +301,7 @@ def training_quote(*, model: Model, overrides: dict[str, Any] | None = None) -> 
         "balance": None if balance is None else str(balance),
         "canStart": not plan.problems,
         "problems": [{"detail": p.message, "status": p.status_code} for p in plan.problems],
+        "notes": plan.notes,
         "parameters": plan.parameters,
     }
 

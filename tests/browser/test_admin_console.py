@@ -192,10 +192,26 @@ def edit_pairs(page, live_server, model: Model) -> None:
     )
     pair = model.pairs.select_related("target__asset").get()
     assert pair.target.public_id == images[2].public_id and pair.instruction == "turn it into the night version"
+    # A further source (FLUX.2 conditions on several): images the pair holds cannot be picked again.
+    row.locator(".add-source").click()
+    assert page.inner_text("#picker-side") == "further source"
+    assert all(page.is_disabled(f'.picker-item[data-id="{images[i].public_id}"]') for i in (0, 2))
+    page.click(f'.picker-item[data-id="{images[3].public_id}"]')
+    wait_until(page, "document.querySelectorAll('.ws-pair .pair-extra img').length === 1")
+    wait_until(page, "document.getElementById('ws-save-status').textContent === 'All changes saved'")
+    assert model.pairs.get().extra_source_public_ids == [images[3].public_id]
+    row.locator(".pair-extra").click()  # a click on it removes it
+    wait_until(page, "document.querySelectorAll('.ws-pair .pair-extra').length === 0")
+    wait_until(page, "document.getElementById('ws-save-status').textContent === 'All changes saved'")
+    assert model.pairs.get().extra_source_public_ids == []
+    row.locator(".add-source").click()
+    page.click(f'.picker-item[data-id="{images[3].public_id}"]')
+    wait_until(page, "document.querySelectorAll('.ws-pair .pair-extra img').length === 1")
+    wait_until(page, "document.getElementById('ws-save-status').textContent === 'All changes saved'")
     page.locator("#pairs").screenshot(path=str(ARTIFACTS / "03a-pairs-editor.png"))
     page.reload()  # what was saved is what the page shows again
     assert page.input_value(".ws-pair .pair-instruction") == "turn it into the night version"
-    assert page.locator(".ws-pair").count() == 1
+    assert page.locator(".ws-pair").count() == 1 and page.locator(".ws-pair .pair-extra").count() == 1
 
 
 def test_curate_and_train_from_the_admin(browser_page, live_server, settings, tiny_sd15: Path, tmp_path: Path) -> None:

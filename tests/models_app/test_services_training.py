@@ -177,3 +177,74 @@ def test_pairs_are_replaced_whole_and_must_name_this_models_images(ready_model: 
     with pytest.raises(InvalidInput, match="source and target must be different images"):
         pairs_replace(model=ready_model, pairs=[{"source_id": first, "target_id": first}])
     assert ready_model.pairs.count() == 2  # a refused replacement leaves the old pairs
+
+
+def test_a_pair_may_carry_further_sources_each_checked_and_a_deleted_one_takes_its_pair_along(
+    ready_model: Model,
+) -> None:
+    from models_app import selectors
+    from models_app.services.datasets import pairs_replace, training_image_delete
+
+    images = list(ready_model.training_images.select_related("asset")[:6])
+    a, b, c, d, e, f = (image.public_id for image in images)
+    pairs_replace(
+        model=ready_model,
+        pairs=[
+            {"source_id": a, "target_id": b, "instruction": "swap", "extra_source_ids": [c, d]},
+            {"sourceId": e, "targetId": f, "extraSourceIds": []},
+        ],
+    )
+    listed = list(selectors.pair_list(model=ready_model))
+    assert [[x.image.public_id for x in pair.extra_sources.all()] for pair in listed] == [[c, d], []]
+    refusals = [
+        ({"source_id": a, "target_id": b, "extra_source_ids": [b]}, "none the target"),
+        ({"source_id": a, "target_id": b, "extra_source_ids": [a]}, "each source must be a different image"),
+        ({"source_id": a, "target_id": b, "extra_source_ids": [c, d, e, f]}, "a list of at most 3"),
+        ({"source_id": a, "target_id": b, "extra_source_ids": "c"}, "a list of at most 3"),
+        ({"source_id": a, "target_id": b, "extra_source_ids": ["nope"]}, r"extra_source_ids\[0\] 'nope' is not a"),
+        ({"source_id": a, "target_id": b, "evil": 1}, r"pairs\[0\].evil is not a pair field"),
+    ]
+    for pair, message in refusals:
+        with pytest.raises(InvalidInput, match=message):
+            pairs_replace(model=ready_model, pairs=[pair])
+    assert ready_model.pairs.count() == 2  # every refusal left the pairs as they were
+
+    training_image_delete(training_image=images[3])  # d, a further source of the first pair
+    assert [(p.source.public_id, p.target.public_id) for p in selectors.pair_list(model=ready_model)] == [(e, f)]
+
+
+def test_start_rules_know_which_families_learn_edits(tiny_models: dict, ready_model: Model) -> None:
+    from contract.families import edit_families
+    from models_app.services.datasets import pairs_replace
+    from models_app.services.training import training_quote
+
+    a, b, c, d = (image.public_id for image in ready_model.training_images.select_related("asset")[:4])
+    # A text-to-image model on a family that learns only edits is refused, naming why.
+    model_configure(model=ready_model, parameters={"base_model_path": str(tiny_models["flux-kontext"])})
+    with pytest.raises(InvalidInput, match=r"FLUX\.1 Kontext learns edits only: train it as an edit model"):
+        training_start(model=ready_model)
+    # Its pairs are not trained, and the quote says so before the start.
+    model_configure(model=ready_model, parameters={"base_model_path": str(tiny_models["flux2-klein"])})
+    pairs_replace(model=ready_model, pairs=[{"source_id": a, "target_id": b}, {"source_id": c, "target_id": d}])
+    quote = training_quote(model=ready_model)
+    assert quote["canStart"] and quote["notes"] == [
+        "the model's before/after pairs are not trained: a subject model learns text to image from its images and "
+        "captions; set its type to edit to train an edit model from its pairs"
+    ]
+
+    # An edit model on a family that cannot edit: a 400 naming those that can.
+    Model.objects.filter(pk=ready_model.pk).update(type=Model.Type.EDIT)
+    ready_model.refresh_from_db()
+    model_configure(model=ready_model, parameters={"base_model_path": str(tiny_models["sd3"])})
+    with pytest.raises(InvalidInput) as raised:
+        training_start(model=ready_model)
+    assert raised.value.field == "base_model_path"
+    assert all(facts.label in raised.value.message for facts in edit_families())
+    # More sources than the family conditions on: Kontext takes one reference image, FLUX.2 up to four.
+    pairs_replace(model=ready_model, pairs=[{"source_id": a, "target_id": b, "extra_source_ids": [c]},
+                                            {"source_id": c, "target_id": d}])  # fmt: skip
+    model_configure(model=ready_model, parameters={"base_model_path": str(tiny_models["flux-kontext"])})
+    with pytest.raises(InvalidInput, match=r"pairs\[0\] has 2 source images; FLUX.1 Kontext conditions on at most 1"):
+        training_start(model=ready_model)
+    model_configure(model=ready_model, parameters={"base_model_path": str(tiny_models["flux2-klein"])})
+    assert training_quote(model=ready_model)["canStart"]

@@ -37,15 +37,22 @@ def dataset(folder: Path, count: int = 4) -> list[DatasetImage]:
     return write_dataset(folder, count)
 
 
+def bucket_of(image: Path, family: str, base: Path) -> tuple[int, int]:
+    """The bucket a training image of this size falls in, at 64 px for the family's tiny model."""
+    multiple = family_class(family)(str(base), torch.device("cpu"), torch.float32).size_multiple()
+    with Image.open(image) as opened:
+        return nearest_bucket(*opened.size, make_buckets(64, multiple))
+
+
 def make_spec(base: Path, tmp_path: Path, **overrides: object) -> TrainingSpec:
+    """A short run on generated images; a family that learns only edits gets before/after pairs of them."""
     images = dataset(tmp_path / "data")
+    pairs = [DatasetPair(source=images[i], target=images[i + 1], instruction="make it another shape") for i in range(3)]
     values: dict = {
         "base_model": str(base),
         "output_dir": tmp_path / "out",
         "images": images,
-        "pairs": [
-            DatasetPair(source=images[i], target=images[i + 1], instruction="make it another shape") for i in range(3)
-        ],
+        "pairs": pairs if family_facts(resolve_family(str(base))).needs_pairs else [],
         "trigger_word": "zxq",
         "rank": 4,
         "steps": 8,
@@ -162,9 +169,67 @@ def test_each_family_checkpoints_resumes_and_samples(family: str, tiny_models: d
     result = train(spec, resumed)
     assert result.resumed_from_step == 3 and resumed.steps[0] == 4
     assert [(step, prompt) for step, prompt, _ in resumed.samples] == [(6, "zxq, a test")]
-    assert Image.open(result.samples[0]).size == (64, 64)
+    if family_facts(family).needs_pairs:
+        # An edit model's sample is the first pair's source beside its edit, at that pair's bucket.
+        width, height = bucket_of(spec.pairs[0].target.path, family, tiny_models[family])
+        assert Image.open(result.samples[0]).size == (2 * width, height)
+    else:
+        assert Image.open(result.samples[0]).size == (64, 64)
     finished = load_file(result.weights_path)
     assert all(torch.equal(finished[key], whole[key]) for key in whole)
+
+
+# The families that learn edits beside text to image (Kontext, which learns only edits, trains on pairs above).
+EDIT_FAMILIES = [
+    family for family in FAMILIES if family_facts(family).trains_pairs and not family_facts(family).needs_pairs
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", EDIT_FAMILIES)
+def test_an_edit_model_of_a_family_that_also_draws_from_text_trains_on_pairs_of_several_sources_and_resumes(
+    family: str, tiny_models: dict[str, Path], tmp_path: Path
+) -> None:
+    """Given pairs, a family that learns edits beside text to image trains an edit model: each pair's sources are
+    the reference images its pipeline conditions on (two here), its target what it learns to make. A resumed run
+    reaches the uninterrupted one's weights; samples show the sources beside the result; the LoRA generates from
+    reference images through the pipeline."""
+    images = dataset(tmp_path / "data", 6)
+    pairs = [
+        DatasetPair(source=images[i], other_sources=(images[i + 2],), target=images[i + 1], instruction="swap them")
+        for i in range(2)
+    ] + [DatasetPair(source=images[4], target=images[5], instruction="swap them")]  # one source: its own batches
+    options = {"steps": 6, "save_every": 3, "sample_every": 6, "sample_steps": 2, "sample_prompts": ["zxq, swap them"]}
+    base = tiny_models[family]
+    whole = load_file(
+        train(make_spec(base, tmp_path / "whole", pairs=pairs, **options), SilentCallbacks()).weights_path
+    )
+    spec = make_spec(base, tmp_path / "parts", pairs=pairs, **options)
+    with pytest.raises(TrainingCancelled):
+        train(spec, Recorder(cancel_after=4))
+    resumed = Recorder()
+    result = train(spec, resumed)
+    assert result.resumed_from_step == 3 and resumed.steps[0] == 4
+    finished = load_file(result.weights_path)
+    assert all(torch.equal(finished[key], whole[key]) for key in whole)
+    width, height = bucket_of(pairs[0].target.path, family, base)
+    assert Image.open(result.samples[0]).size == (3 * width, height)  # two sources, then the edit
+
+    references = [Image.open(images[0].path).convert("RGB"), Image.open(images[2].path).convert("RGB")]
+    common: dict = {"base_model": str(base), "prompt": "zxq, swap them", "steps": 2, "seed": 7, "width": 64,
+                    "height": 64, "image": references}  # fmt: skip
+    plain = pixels(generate(**common)[0])
+    tuned = pixels(generate(**common, lora_path=result.weights_path)[0])
+    assert np.abs(plain - tuned).mean() > 0.01
+    without_references = pixels(generate(**{**common, "image": None}, lora_path=result.weights_path)[0])
+    assert np.abs(tuned - without_references).mean() > 0.01  # the references do condition the edit
+
+
+def test_pairs_are_refused_by_a_family_that_does_not_learn_edits(tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    images = dataset(tmp_path / "data")
+    pairs = [DatasetPair(source=images[0], target=images[1], instruction="x")]
+    with pytest.raises(EngineError, match="the sd15 family does not learn edits"):
+        train(make_spec(tiny_models["sd15"], tmp_path, pairs=pairs), SilentCallbacks())
 
 
 def test_an_sd15_kohya_file_loads_in_diffusers_too(tiny_models: dict[str, Path], tmp_path: Path) -> None:

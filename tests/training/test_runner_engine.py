@@ -8,11 +8,12 @@ from pathlib import Path
 
 import pytest
 from django.urls import reverse
+from PIL import Image
 from safetensors.torch import load_file
 
-from contract.families import family_facts
+from contract.families import edit_families, family_facts
 from models_app.models import Model, TrainingCheckpoint, TrainingTask
-from models_app.services.datasets import model_configure, pairs_replace
+from models_app.services.datasets import model_configure
 from models_app.services.task_files import training_checkpoint_record
 from models_app.services.training import ENGINE_OPTIONS, training_start
 from models_app.services.worker_protocol import training_task_claim
@@ -56,28 +57,53 @@ def test_a_training_records_samples_checkpoints_and_both_weight_layouts(tiny_sd1
 
 
 @slow
-def test_an_edit_model_trains_on_its_pairs_and_generates_from_an_input_image(
-    tiny_models: dict[str, Path], fast_training: dict, django_capture_on_commit_callbacks
+@pytest.mark.parametrize("family", [facts.key for facts in edit_families()])
+def test_an_edit_model_trains_on_pairs_put_through_seed_004_and_generates_from_an_input_image(
+    family: str, tiny_models: dict[str, Path], fast_training: dict, django_capture_on_commit_callbacks
 ) -> None:
     model = ModelFactory(type=Model.Type.EDIT)
-    add_images(model, 4)
+    add_images(model, 5)
     images = [image.public_id for image in model.training_images.select_related("asset")]
     client = api_client_for(model.team)
     refused = client.get(f"/v1/models/{model.public_id}/train")
     assert refused.status_code == 400
     assert refused.json()["detail"] == "the model has 0 before/after pairs; an edit model needs at least 2"
-    pairs_replace(model=model, pairs=[{"source_id": images[0], "target_id": images[1], "instruction": "turn it"},
-                                      {"source_id": images[2], "target_id": images[3], "instruction": "recolour it"}])  # fmt: skip
-    model_configure(model=model, parameters={**fast_training, "steps": 3})
-    wrong_base = client.get(f"/v1/models/{model.public_id}/train")
-    assert wrong_base.status_code == 400 and "trains on a FLUX.1 Kontext base model" in wrong_base.json()["detail"]
+    # A family that takes several reference images gets a pair with two sources.
+    extra = [images[4]] if family_facts(family).max_sources > 1 else []
+    pairs = [{"sourceId": images[0], "targetId": images[1], "instruction": "turn it", "extraSourceIds": extra},
+             {"source_id": images[2], "target_id": images[3], "instruction": "recolour it"}]  # fmt: skip
+    put = client.put(f"/v1/models/{model.public_id}/training-images/pairs", {"pairs": pairs}, format="json")
+    assert put.status_code == 200, put.json()
+    assert [pair.get("extra_source_ids", []) for pair in put.json()["pairs"]] == [extra, []]
+    assert "extra_source_ids" not in put.json()["pairs"][1]  # a pair of one source has seed 004's shape
+    model_configure(
+        model=model,
+        parameters={
+            **fast_training,
+            "steps": 3,
+            "sample_every": 3,
+            "sample_steps": 1,
+            "sample_prompts": ["zxq, turn it"],
+        },
+    )
+    wrong_base = client.get(f"/v1/models/{model.public_id}/train")  # SD 1.5 learns no edits
+    assert wrong_base.status_code == 400 and all(
+        facts.label in wrong_base.json()["detail"] for facts in edit_families()
+    )
 
-    model_configure(model=model, parameters={"base_model_path": str(tiny_models["flux-kontext"])})
+    model_configure(model=model, parameters={"base_model_path": str(tiny_models[family])})
     with django_capture_on_commit_callbacks(execute=True):
         assert client.get(f"/v1/models/{model.public_id}/train").status_code == 200
     assert run_queued() == [TrainingTask.Status.COMPLETED]
     model.refresh_from_db()
     assert model.status == Model.Status.READY
+    sample = TrainingTask.objects.get(model=model).samples.get()
+    target = model.training_images.get(asset__public_id=images[1]).asset
+    with Image.open(sample.file.path) as picture, Image.open(target.file.path) as wanted:
+        # The first pair's sources beside the edit: equal panels, each of about the target's aspect (its bucket).
+        panels = 2 + len(extra)
+        assert picture.width % panels == 0
+        assert abs(picture.width / panels / picture.height - wanted.width / wanted.height) < 0.25
 
     missing = client.post(
         "/v1/images/generation", {"modelID": model.public_id, "prompt": "zxq, turn it"}, format="json"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -180,7 +181,7 @@ class PreparedItem:
     caption: str
     bucket: tuple[int, int]
     pixels: np.ndarray  # CHW float32, the bucket's size
-    source_pixels: np.ndarray | None = None  # the conditioning image of an edit pair
+    source_pixels: np.ndarray | None = None  # (sources, C, H, W): an edit pair's conditioning images, the bucket's size
     mask: np.ndarray | None = None  # HW float32 loss weights in [0, 1] (masked loss), the bucket's size
     original_size: tuple[int, int] = (0, 0)  # (height, width) before fitting to the bucket
     crop_top_left: tuple[int, int] = (0, 0)
@@ -203,7 +204,7 @@ def dataset_fingerprint(spec: TrainingSpec, family: str, resolution: int, items:
         digest.update(hashlib.sha256(Path(image.path).read_bytes()).digest())
     for pair in spec.pairs:
         digest.update(pair.instruction.encode())
-        for side in (pair.source, pair.target):
+        for side in (*pair.sources, pair.target):
             digest.update(hashlib.sha256(Path(side.path).read_bytes()).digest())
     for item in items:  # random crops depend on the seed; captions on sidecar files and captioners
         digest.update(f"{item.caption}\0{item.bucket}{item.original_size}{item.crop_top_left}".encode())
@@ -216,18 +217,19 @@ def dataset_fingerprint(spec: TrainingSpec, family: str, resolution: int, items:
 
 class EpochSampler:
     """Which images each micro-batch trains on: epochs that visit every training image `repeats`
-    times, shuffled, in batches drawn from one aspect-ratio bucket at a time.
+    times, shuffled, in batches drawn from one aspect-ratio bucket at a time (a bucket: the image's (width,
+    height), with any further key that a batch must share, as an edit pair's number of sources).
 
     A bucket's last batch, when short, is filled from the start of that bucket's shuffled order, so
     batch shapes stay fixed and every image is still seen in the epoch. The order is a function of the
     seed and the micro-batch's number only, so a resumed run continues exactly where it stopped."""
 
-    def __init__(self, buckets: list[tuple[int, int]], repeats: list[int], batch_size: int, seed: int) -> None:
+    def __init__(self, buckets: Sequence[tuple[int, ...]], repeats: list[int], batch_size: int, seed: int) -> None:
         self.batch_size = batch_size
         self.seed = seed
-        self.by_bucket: dict[tuple[int, int], list[int]] = {}
+        self.by_bucket: dict[tuple[int, ...], list[int]] = {}
         for index, (bucket, count) in enumerate(zip(buckets, repeats, strict=True)):
-            self.by_bucket.setdefault(tuple(bucket), []).extend([index] * max(0, count))  # type: ignore[arg-type]
+            self.by_bucket.setdefault(tuple(bucket), []).extend([index] * max(0, count))
         self.by_bucket = {bucket: members for bucket, members in self.by_bucket.items() if members}
         if not self.by_bucket:
             raise EngineError("no images left to train on")

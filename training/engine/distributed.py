@@ -174,6 +174,8 @@ def take_rows(value: Any, rows: slice) -> Any:
         return value[rows] if value.dim() else value
     if isinstance(value, dict):
         return {key: take_rows(item, rows) for key, item in value.items()}
+    if isinstance(value, list):
+        return [take_rows(item, rows) for item in value]
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return dataclasses.replace(
             value, **{f.name: take_rows(getattr(value, f.name), rows) for f in dataclasses.fields(value)}

@@ -54,7 +54,7 @@ def generated_features(
     seeds: list[int],
     size: int,
     adapter: Path | None = None,
-    image: Image.Image | None = None,
+    image: Image.Image | list[Image.Image] | None = None,
     steps: int = 10,
 ) -> torch.Tensor:
     """(len(seeds), C): the per-channel latent mean of an image generated from each seed, in the
@@ -99,7 +99,7 @@ def shift_towards(
     prompt: str,
     seeds: list[int],
     size: int,
-    image: Image.Image | None = None,
+    image: Image.Image | list[Image.Image] | None = None,
 ) -> Shift:
     """How much closer to `data` the generations get with the trained `adapter` than without it."""
     reference = data_features(base_model, data, size=size)
@@ -197,7 +197,7 @@ def denoising_loss(
     total, count = 0.0, 0
     for index, path in enumerate(images):
         latents = latents_of(path)
-        source = latents_of(sources[index]) if sources else None
+        source = [latents_of(sources[index])] if sources else None
         for level in levels:
             noise = torch.randn(latents.shape, generator=generator)
             noised = family.add_noise(latents, generator, settings, levels=torch.tensor([level]), noise=noise)

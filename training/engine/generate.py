@@ -61,7 +61,7 @@ def run_pipeline(
     num_images: int = 1,
     guidance_scale: float | None = None,
     negative_prompt: str | None = None,
-    image: Image.Image | None = None,
+    image: Image.Image | list[Image.Image] | None = None,
     bypass_guidance_embedding: bool = False,
 ) -> list[Image.Image]:
     import torch
@@ -101,7 +101,7 @@ def generate(
     num_images: int = 1,
     guidance_scale: float | None = None,
     negative_prompt: str | None = None,
-    image: Image.Image | None = None,
+    image: Image.Image | list[Image.Image] | None = None,
     device: str | None = None,
 ) -> list[Image.Image]:
     pipeline = load_pipeline(base_model, device=pick_device(device))

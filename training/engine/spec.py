@@ -53,11 +53,17 @@ class DatasetImage:
 
 @dataclass(frozen=True)
 class DatasetPair:
-    """A before/after pair for edit (Kontext-style) training: learn to turn `source` into `target`."""
+    """A before/after pair for edit training: learn to turn `source` (with any `other_sources`, for the models
+    that take several reference images) into `target`, as `instruction` says."""
 
     source: DatasetImage
     target: DatasetImage
     instruction: str
+    other_sources: tuple[DatasetImage, ...] = ()
+
+    @property
+    def sources(self) -> tuple[DatasetImage, ...]:
+        return (self.source, *self.other_sources)
 
 
 @dataclass

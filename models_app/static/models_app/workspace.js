@@ -224,6 +224,21 @@
         slot.setAttribute("aria-label", image ? `${side} ${image.name}, click to choose another` : `choose the ${side}`);
         slot.addEventListener("click", () => openPicker(pair, side));
       });
+      const extras = row.querySelector(".pair-extras");
+      extras.replaceChildren(...(pair.extra_source_ids || []).map(id => {
+        const image = imageById(id), button = document.createElement("button");
+        button.type = "button";
+        button.className = "pair-extra";
+        button.setAttribute("aria-label", `source ${image ? image.name : id}, click to remove it`);
+        if (image) { const picture = document.createElement("img"); picture.src = image.thumbnail; picture.alt = image.name; button.append(picture); }
+        button.addEventListener("click", () => {
+          if (state.locked) return;
+          pair.extra_source_ids = pair.extra_source_ids.filter(other => other !== id);
+          complete(pair) ? savePairs() : renderPairs();
+        });
+        return button;
+      }));
+      row.querySelector(".add-source").addEventListener("click", () => openPicker(pair, "extra"));
       const instruction = row.querySelector(".pair-instruction");
       instruction.value = pair.instruction || "";
       instruction.readOnly = state.locked;
@@ -244,7 +259,7 @@
   async function savePairs() {
     showError("pairs-error");
     const drafts = pairs.filter(pair => !complete(pair));
-    const body = pairs.filter(complete).map(({source_id, target_id, instruction}) => ({source_id, target_id, instruction: instruction || ""}));
+    const body = pairs.filter(complete).map(({source_id, target_id, instruction, extra_source_ids}) => ({source_id, target_id, instruction: instruction || "", extra_source_ids: extra_source_ids || []}));
     try {
       await write(ws.dataset.pairs, {pairs: JSON.stringify(body)}, answer => {
         state.pairs = answer.pairs;
@@ -257,10 +272,12 @@
   function openPicker(pair, side) {
     if (state.locked) return;
     picking = {pair, side};
-    $("picker-side").textContent = side;
+    $("picker-side").textContent = side === "extra" ? "further source" : side;
+    const taken = [pair.source_id, pair.target_id, ...(pair.extra_source_ids || [])];
     picker.querySelectorAll(".picker-item").forEach(item => {
-      item.classList.toggle("chosen", item.dataset.id === pair[`${side}_id`]);
-      item.disabled = item.dataset.id === pair[side === "source" ? "target_id" : "source_id"];  // never itself
+      item.classList.toggle("chosen", side !== "extra" && item.dataset.id === pair[`${side}_id`]);
+      // never an image the pair already holds in another place
+      item.disabled = side === "extra" ? taken.includes(item.dataset.id) : taken.filter(id => id !== pair[`${side}_id`]).includes(item.dataset.id);
     });
     picker.hidden = false;
     const first = picker.querySelector(".picker-item:not(:disabled)");
@@ -271,15 +288,17 @@
     picker.querySelectorAll(".picker-item").forEach(item => item.addEventListener("click", () => {
       if (!picking) return;
       const {pair, side} = picking;
-      pair[`${side}_id`] = item.dataset.id;
+      if (side === "extra") pair.extra_source_ids = [...(pair.extra_source_ids || []), item.dataset.id];
+      else pair[`${side}_id`] = item.dataset.id;
       closePicker();
       if (complete(pair)) savePairs();
+      else if (side === "extra") renderPairs();
       else { renderPairs(); openPicker(pair, side === "source" ? "target" : "source"); }
     }));
     $("picker-cancel").addEventListener("click", closePicker);
     picker.addEventListener("keydown", event => { if (event.key === "Escape") closePicker(); });
     $("add-pair").addEventListener("click", () => {
-      const pair = {source_id: null, target_id: null, instruction: ""};
+      const pair = {source_id: null, target_id: null, instruction: "", extra_source_ids: []};
       pairs.push(pair);
       renderPairs();
       openPicker(pair, "source");
@@ -379,7 +398,7 @@
     if (autocaptionWaiting && tools.automatic_count >= state.images.length) autocaptionWaiting = false;
     // The pairs as saved, unless one is being edited here.
     const editingPairs = pairsBox && pairsBox.contains(document.activeElement);
-    const shownPairs = JSON.stringify(pairs.filter(complete).map(({source_id, target_id, instruction}) => ({source_id, target_id, instruction})));
+    const shownPairs = JSON.stringify(pairs.filter(complete).map(({source_id, target_id, instruction, extra_source_ids}) => ({source_id, target_id, instruction, extra_source_ids})));
     if (pairsBox && !editingPairs && picker.hidden && shownPairs !== JSON.stringify(state.pairs)) {
       pairs = [...state.pairs.map(pair => ({...pair})), ...pairs.filter(pair => !complete(pair))];
       renderPairs();

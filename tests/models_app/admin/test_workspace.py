@@ -312,9 +312,10 @@ def test_the_pairs_editor_picks_images_by_thumbnail_and_saves_the_whole_list(sta
         {"source_id": ids[0], "target_id": ids[2], "instruction": ""},
     ]
     saved = staff.post(url("models_app_model_pairs", model.pk), {"pairs": json.dumps(pairs)}).json()
-    assert saved == {"count": 2, "pairs": pairs}
-    assert page_state(staff, model)["pairs"] == pairs
-    edited = [{**pairs[1], "instruction": "make it green"}]
+    shown = [{**pair, "extra_source_ids": []} for pair in pairs]
+    assert saved == {"count": 2, "pairs": shown}
+    assert page_state(staff, model)["pairs"] == shown
+    edited = [{**pairs[1], "instruction": "make it green", "extra_source_ids": [ids[1]]}]
     assert staff.post(url("models_app_model_pairs", model.pk), {"pairs": json.dumps(edited)}).json()["pairs"] == edited
     assert list(model.pairs.values_list("instruction", flat=True)) == ["make it green"]
 

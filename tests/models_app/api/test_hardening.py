@@ -346,6 +346,17 @@ def test_the_same_pair_twice_is_refused(model: Model) -> None:
     assert Pair.objects.count() == 0
 
 
+def test_a_pair_with_an_unknown_field_is_refused_not_stripped(model: Model) -> None:
+    source, target = (image.public_id for image in model.training_images.select_related("asset")[:2])
+    pair = {"source_id": source, "target_id": target, "instruction": "x", "evil": "y"}
+    response = api_client_for(model.team).put(
+        f"/v1/models/{model.public_id}/training-images/pairs", {"pairs": [pair]}, format="json"
+    )
+    assert response.status_code == 400 and "evil" in json.dumps(response.json())
+    assert "unknown field" in json.dumps(response.json())
+    assert Pair.objects.count() == 0
+
+
 # Left behind
 
 

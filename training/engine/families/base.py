@@ -90,16 +90,14 @@ class Family(ABC):
         self.base_model = base_model
         self.device = device
         self.weight_dtype = weight_dtype
+        # This run learns edits from before/after pairs, the sources conditioning the prediction (set per run by
+        # the trainer: a family that learns both trains edits when it is given pairs).
+        self.uses_pairs = self.facts().needs_pairs
 
     # -- facts (contract/families.py) --
     @classmethod
     def facts(cls) -> FamilyFacts:
         return family_facts(cls.name)
-
-    @property
-    def uses_pairs(self) -> bool:
-        """An edit model: trained on before/after pairs, the source conditioning the prediction."""
-        return self.facts().trains_pairs
 
     @property
     def kohya_prefix(self) -> str | None:
@@ -243,9 +241,10 @@ class Family(ABC):
         conditioning: dict[str, torch.Tensor],
         settings: NoiseSettings,
         *,
-        source_latents: torch.Tensor | None = None,
+        source_latents: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """The denoiser's prediction for the noised batch, shaped like `batch.target`."""
+        """The denoiser's prediction for the noised batch, shaped like `batch.target` (`source_latents`: an edit
+        pair's conditioning images, one (B, C, h, w) each, in the denoiser's latent space)."""
 
     # -- text encoder adapters (families that have `text_encoder_tokenizers`) --
     def tokenize(self, prompts: list[str]) -> dict[str, torch.Tensor]:
@@ -266,7 +265,9 @@ class Family(ABC):
 
     # -- generation (the family's pipeline, through generate.run_pipeline) --
     @classmethod
-    def prepare_generation(cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | None) -> None:
+    def prepare_generation(
+        cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | list[Image.Image] | None
+    ) -> None:
         """Adjust a pipeline call's `arguments` (and the pipeline) to what the family's pipeline needs: an
         edit model's source image, a pipeline's own size rules. The base families need nothing."""
         return

@@ -43,6 +43,9 @@ class TinyModel:
     learning: LearningRun
     # The trigger-word run; None where the tiny model cannot learn one (its tiny.py says why).
     trigger: LearningRun | None = None
+    # The edit run of a family that learns edits beside text to image (a family that learns only edits has its
+    # edit run as `learning`).
+    edit: LearningRun | None = None
 
 
 def tiny_model(family: str) -> TinyModel:

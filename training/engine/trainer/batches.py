@@ -4,6 +4,7 @@ and the captions' conditioning (through the text encoders while those train)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -14,7 +15,7 @@ from training.engine.trainer.context import StepContext
 class Batch:
     latents: torch.Tensor
     conditioning: dict[str, torch.Tensor]  # encoded captions (through trained text encoders when those train)
-    source: torch.Tensor | None = None
+    source: list[torch.Tensor] | None = None  # an edit pair's conditioning images, one (B, C, h, w) each
     mask: torch.Tensor | None = None
     class_conditioning: dict[str, torch.Tensor] | None = None
     # The class prompt as the untouched text encoders encode it: the base model's input (equal to
@@ -77,8 +78,15 @@ def draw_batch(context: StepContext, number: int) -> Batch:
     return Batch(
         latents=context.family.scale_latents(torch.stack(latents)).to(device),
         conditioning=conditioning_for(rows),
-        source=context.family.scale_latents(torch.stack(sources)).to(device) if sources else None,
+        source=source_latents(context.family, sources, device) if sources else None,
         mask=torch.stack(masks).to(device) if masks else None,
         class_conditioning=conditioning_for(class_rows) if class_rows else None,
         class_base_conditioning=conditioning_for(class_rows, frozen=True) if class_rows else None,
     )
+
+
+def source_latents(family: Any, sources: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+    """The batch's conditioning images, as the family's predict takes them: one (B, C, h, w) per source, each in
+    the denoiser's latent space (`sources`: one cached (sources, C, h, w) per image of the batch)."""
+    stacked = torch.stack(sources)  # (B, sources, C, h, w)
+    return [family.scale_latents(stacked[:, index]).to(device) for index in range(stacked.shape[1])]

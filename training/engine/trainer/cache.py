@@ -99,9 +99,12 @@ def load_or_build_cache(
             flipped_stds.append(std)
             flipped_masks.append(masks[-1].flip(-1))
         if item.source_pixels is not None:
-            source_means.append(encode(item.source_pixels)[0])
+            # (sources, C, h, w): each conditioning image's latent mean.
+            source_means.append(torch.stack([encode(source)[0] for source in item.source_pixels]))
             if with_flips:
-                flipped_source.append(encode(item.source_pixels[:, :, ::-1].copy())[0])
+                flipped_source.append(
+                    torch.stack([encode(source[:, :, ::-1].copy())[0] for source in item.source_pixels])
+                )
         callbacks.on_stage("caching", index + 1, len(items))
     item_captions = sorted({item.caption for item in items})
     class_captions = {}

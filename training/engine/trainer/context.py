@@ -74,7 +74,11 @@ def step_context(
     """What every step reads, the training images' epochs drawn by their repeats (held-out images: none),
     the cache moved onto the device once, the model in training mode."""
     repeats = [0 if index in held_out else item.repeats * spec.repeats for index, item in enumerate(items)]
-    sampler = EpochSampler(cache.buckets, repeats, spec.batch_size, spec.seed)
+    # A batch shares one bucket and, for edit pairs, one number of source images (stacked per source).
+    groups: list[tuple[int, ...]] = list(cache.buckets)
+    if cache.source_means is not None:
+        groups = [(*bucket, len(sources)) for bucket, sources in zip(cache.buckets, cache.source_means, strict=True)]
+    sampler = EpochSampler(groups, repeats, spec.batch_size, spec.seed)
     if device.type != "cpu":
         cache = cache_on(cache, device)  # the whole dataset's latents and embeddings: drawn from in place
     model.denoiser.train()

@@ -26,6 +26,23 @@ from training.engine.families import Family
 from training.engine.spec import TrainingCallbacks, TrainingSpec
 
 
+def edit_mode(spec: TrainingSpec, family: Family) -> bool:
+    """Whether the run learns edits: a family that learns only edits needs pairs; pairs train an edit model on a
+    family that learns edits, and are refused by one that does not."""
+    facts = family.facts()
+    if spec.pairs and not facts.trains_pairs:
+        raise EngineError(f"the {family.name} family does not learn edits: train its images without before/after pairs")
+    if facts.needs_pairs and not spec.pairs:
+        raise EngineError(f"the {family.name} family learns edits: the model needs before/after pairs")
+    for number, pair in enumerate(spec.pairs, start=1):
+        if len(pair.sources) > facts.max_sources:
+            raise EngineError(
+                f"pair {number} has {len(pair.sources)} source images; the {family.name} family conditions on "
+                f"at most {facts.max_sources}"
+            )
+    return bool(spec.pairs)
+
+
 def prepare_items(
     spec: TrainingSpec, family: Family, resolution: int, transforms: list, callbacks: TrainingCallbacks
 ) -> list[PreparedItem]:
@@ -33,8 +50,6 @@ def prepare_items(
     buckets = make_buckets(resolution, family.size_multiple())
     rng = random.Random(spec.seed)
     if family.uses_pairs:
-        if not spec.pairs:
-            raise EngineError(f"the {family.name} family learns edits: the model needs before/after pairs")
         total = len(spec.pairs)
     else:
         if not spec.images:
@@ -50,10 +65,11 @@ def prepare_items(
             pair = spec.pairs[index]
             target = apply_transforms(open_upright(pair.target, min_side=decode_side, mode=mode), transforms, rng)
             bucket = nearest_bucket(target.width, target.height, buckets)
-            source = fit_to_bucket(open_upright(pair.source, min_side=decode_side), bucket)
+            # Every source at the target's bucket: the reference images the model conditions on.
+            sources = [fit_to_bucket(open_upright(source, min_side=decode_side), bucket) for source in pair.sources]
             caption = with_trigger(pair.instruction, spec.trigger_word)
             name, picture, validation, repeats = pair.target.name, target, pair.target.validation, 1
-            source_pixels: np.ndarray | None = to_tensor_array(source)
+            source_pixels: np.ndarray | None = np.stack([to_tensor_array(source) for source in sources])
         else:
             image = spec.images[index]
             picture = apply_transforms(open_upright(image, min_side=decode_side, mode=mode), transforms, rng)

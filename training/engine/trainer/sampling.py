@@ -38,22 +38,26 @@ def take_samples(
     pipeline = load_pipeline(spec.base_model, device=family.device, components=components)
     folder = spec.output_dir / "samples"
     folder.mkdir(parents=True, exist_ok=True)
-    source = None
+    sources: list[Image.Image] = []
+    width = height = resolution
     if family.uses_pairs and items and items[0].source_pixels is not None:
-        array = ((items[0].source_pixels.transpose(1, 2, 0) + 1.0) * 127.5).clip(0, 255).astype("uint8")
-        source = Image.fromarray(array)
+        # An edit model's samples edit the first pair's source images, at their size.
+        sources = [picture(pixels) for pixels in items[0].source_pixels]
+        width, height = sources[0].size
     paths = []
     for index, prompt in enumerate(spec.sample_prompts):
         image = run_pipeline(
             pipeline,
             prompt=prompt,
-            width=resolution,
-            height=resolution,
+            width=width,
+            height=height,
             steps=spec.sample_steps,
             seed=spec.seed + index,
-            image=source,
+            image=sources or None,
             bypass_guidance_embedding=spec.bypass_guidance_embedding,
         )[0]
+        if sources:
+            image = side_by_side([*sources, image])  # what was edited, then the edit
         path = folder / f"step-{step:07d}-{index}.png"
         if ranks.main:
             image.save(path)
@@ -64,3 +68,24 @@ def take_samples(
     for encoder in (text_encoders or {}).values():
         encoder.train()
     return paths
+
+
+def picture(pixels: Any) -> Any:
+    """A (3, H, W) array in [-1, 1] as a PIL image."""
+    from PIL import Image
+
+    return Image.fromarray(((pixels.transpose(1, 2, 0) + 1.0) * 127.5).clip(0, 255).astype("uint8"))
+
+
+def side_by_side(images: list[Any]) -> Any:
+    """The images in a row, each at the first one's height."""
+    from PIL import Image
+
+    height = images[0].height
+    scaled = [image.resize((round(image.width * height / image.height), height)) for image in images]
+    row = Image.new("RGB", (sum(image.width for image in scaled), height), "white")
+    left = 0
+    for image in scaled:
+        row.paste(image.convert("RGB"), (left, 0))
+        left += image.width
+    return row

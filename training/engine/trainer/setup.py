@@ -26,6 +26,7 @@ from training.engine.spec import (
     TrainingSpec,
 )
 from training.engine.speed import SpeedOptions, apply_after_adapter, apply_before_adapter, resolve_speed
+from training.engine.trainer.dataset import edit_mode
 from training.engine.trainer.ema import make_ema
 from training.engine.trainer.optimizer import make_optimizer
 
@@ -168,6 +169,7 @@ def set_up_family(spec: TrainingSpec, family_name: str, device: torch.device) ->
     full_precision = spec.training_type == "FULL" and spec.mixed_precision == "no"
     weight_dtype = torch.bfloat16 if device.type == "cuda" and not full_precision else torch.float32
     family = family_class(family_name)(spec.base_model, device, weight_dtype)
+    family.uses_pairs = edit_mode(spec, family)
     transforms = validate_transforms(spec.transforms)
     resolution = spec.resolution or family.default_resolution()
     if resolution % family.size_multiple():

@@ -13,7 +13,7 @@ import torch
 from training.engine.data import PreparedItem
 from training.engine.errors import EngineError
 from training.engine.spec import TrainingSpec
-from training.engine.trainer.batches import caption_conditioning
+from training.engine.trainer.batches import caption_conditioning, source_latents
 from training.engine.trainer.context import StepContext
 from training.engine.trainer.step import autocast
 
@@ -61,8 +61,10 @@ def validation_loss(context: StepContext, indices: list[int]) -> float:
             conditioning["time_ids"] = cache.time_ids[index].unsqueeze(0).repeat(levels, 1).to(context.device)
         source = None
         if cache.source_means is not None:
-            source = family.scale_latents(cache.source_means[index].unsqueeze(0)).to(context.device)
-            source = source.repeat(levels, *[1] * (source.dim() - 1))
+            source = [
+                latents.repeat(levels, *[1] * (latents.dim() - 1))
+                for latents in source_latents(family, [cache.source_means[index]], context.device)
+            ]
         fixed = torch.Generator(device="cpu").manual_seed(context.spec.seed + 7919 * index)
         noise = torch.cat([torch.randn(latents.shape, generator=fixed) for _ in VALIDATION_LEVELS]).to(context.device)
         noised = family.add_noise(

@@ -41,7 +41,7 @@ class ChromaFamily(FluxFamily):
         conditioning: dict[str, torch.Tensor],
         settings: NoiseSettings,
         *,
-        source_latents: torch.Tensor | None = None,
+        source_latents: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         from diffusers import FluxPipeline
 

@@ -74,7 +74,7 @@ class ErnieImageFamily(Flux2VaeLatents):
         conditioning: dict[str, torch.Tensor],
         settings: NoiseSettings,
         *,
-        source_latents: torch.Tensor | None = None,
+        source_latents: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         lengths = conditioning["text_mask"].to(self.device).bool().sum(dim=1)
         longest = max(int(lengths.max()), 1)  # the batch's longest caption, as the pipeline pads a batch
@@ -93,5 +93,7 @@ class ErnieImageFamily(Flux2VaeLatents):
         return unpatchify(latents)
 
     @classmethod
-    def prepare_generation(cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | None) -> None:
+    def prepare_generation(
+        cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | list[Image.Image] | None
+    ) -> None:
         arguments["use_pe"] = False  # the prompt as written (no enhancer is loaded)

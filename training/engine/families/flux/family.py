@@ -71,7 +71,7 @@ class FluxFamily(FlowFamily):
         conditioning: dict[str, torch.Tensor],
         settings: NoiseSettings,
         *,
-        source_latents: torch.Tensor | None = None,
+        source_latents: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         from diffusers import FluxPipeline
 
@@ -79,7 +79,8 @@ class FluxFamily(FlowFamily):
         tokens = FluxPipeline._pack_latents(batch.noisy, size, channels, height, width)
         image_ids = self.position_ids(height, width, with_source=source_latents is not None)
         if source_latents is not None:
-            source_tokens = FluxPipeline._pack_latents(source_latents, size, channels, height, width)
+            # Kontext conditions on one image (FluxKontextPipeline takes one).
+            source_tokens = FluxPipeline._pack_latents(source_latents[0], size, channels, height, width)
             tokens = torch.cat([tokens, source_tokens], dim=1)
         prompt_embeds = conditioning["prompt_embeds"].to(self.device, self.weight_dtype)
         text_ids = torch.zeros(prompt_embeds.shape[1], 3, device=self.device, dtype=self.weight_dtype)
@@ -128,7 +129,11 @@ class FluxKontextFamily(FluxFamily):
     name = "flux-kontext"
 
     @classmethod
-    def prepare_generation(cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | None) -> None:
+    def prepare_generation(
+        cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | list[Image.Image] | None
+    ) -> None:
+        if isinstance(image, list):
+            image = image[0] if image else None  # FluxKontextPipeline edits one image
         if image is None:
             raise EngineError("an edit (Kontext) model needs an input image to generate from")
         arguments.update(image=image, _auto_resize=False, max_area=arguments["width"] * arguments["height"])

@@ -17,14 +17,18 @@ unfolds them again, which is the pipeline's normalisation with each value in its
 from __future__ import annotations
 
 import inspect
+import math
 import re
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from training.engine.errors import EngineError
 from training.engine.families.base import Family, NoisedBatch, NoiseSettings
 from training.engine.families.flow import JOINT_ATTENTION, FlowFamily, chat_texts
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 
 def patchify(latents: torch.Tensor) -> torch.Tensor:
@@ -38,6 +42,17 @@ def unpatchify(latents: torch.Tensor) -> torch.Tensor:
     from diffusers import Flux2KleinPipeline
 
     return Flux2KleinPipeline._unpatchify_latents(latents)
+
+
+MIN_REFERENCE_SIDE = 64  # Flux2ImageProcessor.check_image_input's smallest side
+
+
+def at_least(picture: Image.Image, side: int) -> Image.Image:
+    """The image enlarged (aspect kept) so that its shorter side is at least `side`."""
+    scale = side / min(picture.size)
+    if scale <= 1:
+        return picture
+    return picture.resize((math.ceil(picture.width * scale), math.ceil(picture.height * scale)))
 
 
 class Flux2VaeLatents(FlowFamily):
@@ -113,7 +128,7 @@ class Flux2KleinFamily(Flux2VaeLatents):
 
     def __init__(self, base_model: str, device: torch.device, weight_dtype: torch.dtype) -> None:
         super().__init__(base_model, device, weight_dtype)
-        self.ids_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self.ids_cache: dict[tuple[int, ...], torch.Tensor] = {}
 
     def text_layers(self) -> tuple[int, ...]:
         """The encoder depths the pipeline stacks (its `text_encoder_out_layers` default)."""
@@ -151,12 +166,19 @@ class Flux2KleinFamily(Flux2VaeLatents):
         conditioning: dict[str, torch.Tensor],
         settings: NoiseSettings,
         *,
-        source_latents: torch.Tensor | None = None,
+        source_latents: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         size = batch.noisy.shape[0]
         patches = patchify(batch.noisy)  # (B, 128, H/2, W/2)
         channels, rows, columns = patches.shape[1:]
         tokens = patches.flatten(2).transpose(1, 2)  # (B, tokens, 128): the pipeline's _pack_latents
+        ids = self.image_ids(rows, columns)
+        if source_latents:
+            # An edit: the reference images' tokens after the target's, each reference at its own time offset
+            # (the pipeline's _prepare_image_ids: 10, 20, ...), as Flux2(Klein)Pipeline feeds its `image`.
+            references = [patchify(source) for source in source_latents]
+            tokens = torch.cat([tokens, *(reference.flatten(2).transpose(1, 2) for reference in references)], dim=1)
+            ids = torch.cat([ids, self.reference_ids(references)], dim=0)
         prompt_embeds = conditioning["prompt_embeds"].to(self.device, self.weight_dtype)
         guidance = None
         if self.transformer_config.get("guidance_embeds"):
@@ -165,13 +187,36 @@ class Flux2KleinFamily(Flux2VaeLatents):
             hidden_states=tokens.to(self.weight_dtype),
             encoder_hidden_states=prompt_embeds,
             timestep=batch.timesteps.to(self.weight_dtype),
-            img_ids=self.image_ids(rows, columns),
+            img_ids=ids,
             txt_ids=self.text_ids(prompt_embeds.shape[1]),
             guidance=guidance,
             return_dict=False,
         )[0]
+        prediction = prediction[:, : rows * columns]  # the target's tokens (the pipeline slices them so too)
         unpacked = prediction.transpose(1, 2).reshape(size, channels, rows, columns)
         return unpatchify(unpacked)
+
+    def reference_ids(self, references: list[torch.Tensor]) -> torch.Tensor:
+        """(tokens, 4) positions of the reference images' tokens, by the pipeline's own rule, made once per layout."""
+        import diffusers
+
+        key = (-2, len(references), *references[0].shape[-2:])
+        if key not in self.ids_cache:
+            pipeline = getattr(diffusers, self.pipeline_class)
+            ids = pipeline._prepare_image_ids([reference[:1] for reference in references])
+            self.ids_cache[key] = ids.reshape(-1, ids.shape[-1]).to(self.device)
+        return self.ids_cache[key]
+
+    @classmethod
+    def prepare_generation(
+        cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | list[Image.Image] | None
+    ) -> None:
+        """An edit: the pipeline's reference images (FLUX.2 takes several). The pipeline refuses one under 64 px a
+        side (a sample of a small training resolution): such an image is enlarged to it."""
+        if image is None:
+            return
+        images = image if isinstance(image, list) else [image]
+        arguments["image"] = [at_least(picture, MIN_REFERENCE_SIDE) for picture in images]
 
     def image_ids(self, rows: int, columns: int) -> torch.Tensor:
         """(tokens, 4) positions (0, row, column, 0) of the image tokens, made once per bucket."""

@@ -190,11 +190,14 @@ TINY_MODELS = {
     # No trigger-word runs: the transformer reads the caption only through attention over 512 unmasked
     # positions, which the tiny random model spreads nearly evenly (tests/training/test_learning.py).
     "flux2-klein": TinyModel(
-        build=build_tiny_flux2_klein, learning=LearningRun(steps=150, learning_rate=2e-3, loss_drop=FLOW_LOSS_DROP)
+        build=build_tiny_flux2_klein,
+        learning=LearningRun(steps=150, learning_rate=2e-3, loss_drop=FLOW_LOSS_DROP),
+        edit=LearningRun(steps=200, learning_rate=2e-3, loss_drop=FLOW_LOSS_DROP),
     ),
     # The pipeline generates at guidance 4.0; the tiny model's random guidance embedding needs training there.
     "flux2": TinyModel(
         build=build_tiny_flux2,
         learning=LearningRun(steps=150, learning_rate=2e-3, options={"guidance_scale": 4.0}, loss_drop=FLOW_LOSS_DROP),
+        edit=LearningRun(steps=200, learning_rate=2e-3, options={"guidance_scale": 4.0}, loss_drop=FLOW_LOSS_DROP),
     ),
 }

@@ -141,7 +141,9 @@ class HiDreamFamily(FlowFamily):
             torch.cuda.empty_cache()
 
     @classmethod
-    def prepare_generation(cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | None) -> None:
+    def prepare_generation(
+        cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | list[Image.Image] | None
+    ) -> None:
         """HiDreamImagePipeline scales every request to the area of its `default_sample_size` latent pixels
         squared (1024 x 1024 for the real models), keeping the aspect ratio; that size is set to the area
         asked for, rounded up so that the pipeline's rounding down to whole patches keeps the width and height."""
@@ -198,7 +200,7 @@ class HiDreamFamily(FlowFamily):
         conditioning: dict[str, torch.Tensor],
         settings: NoiseSettings,
         *,
-        source_latents: torch.Tensor | None = None,
+        source_latents: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         size, channels, height, width = batch.noisy.shape
         patch = self.patch_size

@@ -141,7 +141,7 @@ class Ideogram4Family(Flux2VaeLatents):
         conditioning: dict[str, torch.Tensor],
         settings: NoiseSettings,
         *,
-        source_latents: torch.Tensor | None = None,
+        source_latents: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         from diffusers import Ideogram4Pipeline
 
@@ -172,7 +172,9 @@ class Ideogram4Family(Flux2VaeLatents):
         return -unpack(output[:, region:], height, width)
 
     @classmethod
-    def prepare_generation(cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | None) -> None:
+    def prepare_generation(
+        cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | list[Image.Image] | None
+    ) -> None:
         """Ideogram4Pipeline takes no negative prompt (its guidance is the unconditional model), guides with a
         schedule as long as the run (the published 7 then 3 for the last sixteenth of the steps, unless a
         `guidance_scale` is given), and reads the caption at its own length (the left padding to 2048 tokens

@@ -98,7 +98,7 @@ class Krea2Family(QwenVaeLatents):
         conditioning: dict[str, torch.Tensor],
         settings: NoiseSettings,
         *,
-        source_latents: torch.Tensor | None = None,
+        source_latents: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         from diffusers import QwenImagePipeline
 

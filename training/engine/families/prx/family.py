@@ -98,7 +98,7 @@ class PRXFamily(FlowFamily):
         conditioning: dict[str, torch.Tensor],
         settings: NoiseSettings,
         *,
-        source_latents: torch.Tensor | None = None,
+        source_latents: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         return denoiser(
             hidden_states=batch.noisy.to(self.weight_dtype),
@@ -129,7 +129,9 @@ class PRXFamily(FlowFamily):
         save_file(tensors, str(Path(directory) / weight_name), metadata={"format": "pt"})
 
     @classmethod
-    def prepare_generation(cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | None) -> None:
+    def prepare_generation(
+        cls, pipeline: Any, arguments: dict[str, Any], image: Image.Image | list[Image.Image] | None
+    ) -> None:
         """The size asked for: PRXPipeline snaps a request to its aspect-ratio bins, which exist for the published
         sizes only (256, 512, 1024); a model of another size generates the size asked for."""
         from diffusers.pipelines.prx.pipeline_prx import ASPECT_RATIO_BINS

@@ -107,7 +107,7 @@ class QwenImageFamily(QwenVaeLatents):
         conditioning: dict[str, torch.Tensor],
         settings: NoiseSettings,
         *,
-        source_latents: torch.Tensor | None = None,
+        source_latents: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         from diffusers import QwenImagePipeline
 

@@ -129,7 +129,7 @@ class SD15Family(Family):
         conditioning: dict[str, torch.Tensor],
         settings: NoiseSettings,
         *,
-        source_latents: torch.Tensor | None = None,
+        source_latents: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         return denoiser(
             batch.noisy.to(self.weight_dtype),

@@ -80,7 +80,7 @@ class SD3Family(FlowFamily):
         conditioning: dict[str, torch.Tensor],
         settings: NoiseSettings,
         *,
-        source_latents: torch.Tensor | None = None,
+        source_latents: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         steps = float(self.scheduler_config.get("num_train_timesteps", 1000))
         return denoiser(

@@ -56,7 +56,7 @@ class ZImageFamily(FlowFamily):
         conditioning: dict[str, torch.Tensor],
         settings: NoiseSettings,
         *,
-        source_latents: torch.Tensor | None = None,
+        source_latents: list[torch.Tensor] | None = None,
     ) -> torch.Tensor:
         embeds = conditioning["prompt_embeds"].to(self.device, self.weight_dtype)
         masks = conditioning["text_mask"].to(self.device).bool()
