@@ -97,12 +97,15 @@ def synthetic_cache(spec: dict[str, Any], family: Any, images: int) -> Any:
     prompts = {
         key: torch.randn((images + 1, *shape), generator=generator) * 0.1 for key, shape in spec["prompts"].items()
     }
+    # An edit row: each image's pair has `sources` reference images at its size.
+    sources = int(spec.get("sources", 0))
+    source_means = [torch.randn((sources, channels, side, side), generator=generator) for _ in range(images)]
     return Cache(
         means=means,
         stds=stds,
         flipped_means=None,
         flipped_stds=None,
-        source_means=None,
+        source_means=source_means if sources else None,
         flipped_source_means=None,
         prompts=prompts,
         caption_rows=list(range(1, images + 1)),
@@ -170,6 +173,7 @@ def run_one(
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
     family = family_class(spec_data["family"])(str(base), device, dtype)
+    family.uses_pairs = bool(spec_data.get("sources"))  # an edit row trains on pairs
     spec = TrainingSpec(
         base_model=str(base),
         output_dir=folder / "out",

@@ -175,6 +175,23 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         kohya_prefix="lycoris_",
     ),
     FamilyFacts(
+        key="qwenimage-edit",
+        label="Qwen-Image-Edit",
+        pipelines=("QwenImageEditPlusPipeline",),  # 2509 and 2511 (which sets the transformer's zero_cond_t)
+        denoiser="transformer",
+        native_resolution=1024,
+        cost_weight=Decimal("28"),  # Qwen-Image's 20 B over twice the tokens: the target's and one reference's
+        seconds_per_step=1.8,
+        name_pattern=r"qwen-image-edit|qwenimage-edit|qwenimageedit",
+        # Both our choice, after Qwen-Image's.
+        kohya_base_model_version="qwen_image_edit",
+        modelspec_architecture="qwen-image-edit",
+        kohya_prefix="lycoris_",  # ComfyUI loads the edit models with its Qwen-Image loader
+        trains_pairs=True,
+        needs_pairs=True,
+        max_sources=3,  # Qwen's card for 2509: one to three input images
+    ),
+    FamilyFacts(
         key="flux2-klein",
         label="FLUX.2 klein",
         pipelines=("Flux2KleinPipeline",),

@@ -115,6 +115,7 @@ EXPECTED = {
     "chroma": ("chroma", "chroma/lora"),
     "zimage": ("zimage", "z-image/lora"),
     "qwenimage": ("qwen_image", "qwen-image/lora"),
+    "qwenimage-edit": ("qwen_image_edit", "qwen-image-edit/lora"),
     "flux2-klein": ("flux2", "flux-2-klein/lora"),
     "flux2": ("flux2", "flux-2-dev/lora"),
     "hidream": ("hidream", "hidream-i1/lora"),

@@ -65,6 +65,8 @@ def test_each_pipeline_class_names_one_family() -> None:
         ("lodestones/Chroma1-HD", "chroma"),
         ("Tongyi-MAI/Z-Image-Turbo", "zimage"),
         ("Qwen/Qwen-Image", "qwenimage"),
+        ("Qwen/Qwen-Image-Edit-2509", "qwenimage-edit"),
+        ("Qwen/Qwen-Image-Edit-2511", "qwenimage-edit"),
         ("black-forest-labs/FLUX.2-klein-4B", "flux2-klein"),
         ("black-forest-labs/FLUX.2-dev", "flux2"),
         ("HiDream-ai/HiDream-I1-Full", "hidream"),

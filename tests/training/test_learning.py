@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
+from contract.families import edit_families
 from training.engine import DatasetPair, SilentCallbacks, TrainingSpec, train
 from training.engine.evaluate import shift_towards, trigger_pull
 from training.engine.testing.images import write_concept
@@ -176,17 +177,19 @@ def test_full_fine_tuning_learns_its_data(tiny_models: dict[str, Path], tmp_path
     assert shift.closer > 0.2, shift
 
 
-def test_an_edit_lora_learns_the_transformation(tiny_models: dict[str, Path], tmp_path: Path) -> None:
-    """Kontext pairs turn a blue disc into the same disc on red: from a held-out blue source the
-    trained model's output moves towards the red targets."""
-    base = tiny_models["flux-kontext"]
+@pytest.mark.parametrize("family", [facts.key for facts in edit_families()])
+def test_an_edit_lora_learns_the_transformation(family: str, tiny_models: dict[str, Path], tmp_path: Path) -> None:
+    """Pairs turn a blue disc into the same disc on red: from a held-out blue source the trained model's output
+    moves towards the red targets, on every family that learns edits."""
+    base = tiny_models[family]
     sources = write_concept(tmp_path / "blue", 10, colour=BLUE, caption="", held_out=2, size=SIZE, seed=5)
     targets = write_concept(tmp_path / "red", 10, colour=RED, caption="", held_out=2, size=SIZE, seed=5)
     pairs = [
         DatasetPair(source=source, target=target, instruction="make the background red")
         for source, target in zip(sources, targets, strict=True)
     ]
-    result, validation = run(base, tmp_path / "out", [], steps=200, learning_rate=2e-3, pairs=pairs)
+    options = FAMILY_OPTIONS.get(family, {})
+    result, validation = run(base, tmp_path / "out", [], steps=200, learning_rate=2e-3, pairs=pairs, **options)
     # A flow model's velocity loss has a high floor (see FAMILY_RUNS); the edit model's drop is smaller still.
     assert validation.losses[200] < 0.95 * validation.losses[0], validation.losses
 

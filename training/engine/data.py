@@ -130,6 +130,11 @@ def to_tensor_array(image: Image.Image) -> np.ndarray:
     return (np.asarray(image, dtype=np.float32) / 127.5 - 1.0).transpose(2, 0, 1).copy()
 
 
+def to_picture(pixels: np.ndarray) -> Image.Image:
+    """CHW float32 in [-1, 1] -> an RGB image (to_tensor_array's inverse)."""
+    return Image.fromarray(((pixels.transpose(1, 2, 0) + 1.0) * 127.5).clip(0, 255).astype("uint8"))
+
+
 # --- captions --------------------------------------------------------------------------------------
 
 AVAILABLE_CAPTIONING = CAPTIONING_STRATEGIES

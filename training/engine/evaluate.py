@@ -79,7 +79,7 @@ def generated_features(
             "output_type": "latent",
         }
         family.prepare_generation(pipeline, arguments, image)  # as generate.run_pipeline: sizes, an edit's source
-        with torch.no_grad():
+        with torch.no_grad(), family.generation_scope(pipeline, arguments):
             latents = pipeline(**arguments).images
         latents = family.latents_from_pipeline(latents, pipeline, size)
         features.append(latents.mean(dim=(2, 3))[0].float())

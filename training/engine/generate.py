@@ -33,7 +33,11 @@ def load_pipeline(base_model: str, *, device: Any, components: dict[str, Any] | 
     family = family_class(resolve_family(base_model))
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     # Optional components generation does without (a prompt enhancer) are not loaded.
-    given = {**{name: None for name in family.components_not_loaded}, **(components or {})}
+    given = {
+        **{name: None for name in family.components_not_loaded},
+        **family.pipeline_components(base_model),
+        **(components or {}),
+    }
     extra: dict[str, Any] = {"safety_checker": None, "requires_safety_checker": False}
     try:
         pipeline = DiffusionPipeline.from_pretrained(base_model, dtype=dtype, **extra, **given)
@@ -85,7 +89,11 @@ def run_pipeline(
         arguments["negative_prompt"] = negative_prompt
     family = family_of_pipeline(pipeline)
     family.prepare_generation(pipeline, arguments, image)  # an edit model's source, a pipeline's own size rule
-    with torch.no_grad(), family.guidance_embedding_bypassed(denoiser, enabled=bypass_guidance_embedding):
+    with (
+        torch.no_grad(),
+        family.guidance_embedding_bypassed(denoiser, enabled=bypass_guidance_embedding),
+        family.generation_scope(pipeline, arguments),
+    ):
         return list(pipeline(**arguments).images)
 
 

@@ -143,6 +143,16 @@ class Family(ABC):
             latents = latents.squeeze(2)
         return latents
 
+    @classmethod
+    def pipeline_components(cls, base_model: str) -> dict[str, Any]:
+        """Components the pipeline's own loading cannot build on these machines, built by the family's loaders
+        (`tokenizer_classes` entries naming a class of ours: a Qwen-VL processor without its video part)."""
+        return {
+            component: load_tokenizer(loader, base_model, component)
+            for component, loader in cls.tokenizer_classes.items()
+            if "." in loader
+        }
+
     # -- encoders (used once, while caching) --
     def load_encoders(self) -> None:
         """The tokenizers, text encoders and VAE the family declares, from the base model's folders."""
@@ -179,6 +189,14 @@ class Family(ABC):
     @abstractmethod
     def encode_prompts(self, prompts: list[str]) -> dict[str, torch.Tensor]:
         """Conditioning tensors, first dimension one row per prompt."""
+
+    # The text encoder reads an edit pair's source images with its instruction (Qwen-Image-Edit's VL does): the
+    # cache encodes each pair's caption with its sources (`encode_prompts_seeing`), not each caption once.
+    captions_see_sources = False
+
+    def encode_prompts_seeing(self, prompts: list[str], sources: list[list[Image.Image]]) -> dict[str, torch.Tensor]:
+        """Conditioning tensors for prompts each read with its own images (`captions_see_sources`)."""
+        raise EngineError(f"the {self.name} family's text encoder does not read images")
 
     zeros_for_empty_prompt = False  # the pipeline feeds zeros, not the empty caption's encoding, as "no prompt"
 
@@ -273,6 +291,12 @@ class Family(ABC):
         return
 
     @classmethod
+    def generation_scope(cls, pipeline: Any, arguments: dict[str, Any]) -> contextlib.AbstractContextManager[Any]:
+        """A context the pipeline call runs in, for a pipeline setting that is not an argument of its call (the
+        size Qwen-Image-Edit gives its reference images). The families that need none get a no-op."""
+        return contextlib.nullcontext()
+
+    @classmethod
     def guidance_embedding_bypassed(cls, denoiser: torch.nn.Module, *, enabled: bool) -> Any:
         """A context in which the denoiser runs without its guidance embedding (`bypass_guidance_embedding`),
         for the families that have one; a no-op for the others."""
@@ -319,9 +343,15 @@ def vae_config(base_model: str) -> dict[str, Any]:
 
 
 def load_tokenizer(loader: str, base_model: str, subfolder: str) -> Any:
-    """A tokenizer (or processor) of a pipeline component, by its transformers class name."""
+    """A tokenizer (or processor) of a pipeline component, by its transformers class name or, for a class of
+    ours (`vl_processors`), its dotted path."""
+    import importlib
+
     import transformers
 
+    if "." in loader:
+        module, _, name = loader.rpartition(".")
+        return getattr(importlib.import_module(module), name).from_pretrained(base_model, subfolder=subfolder)
     return getattr(transformers, loader).from_pretrained(base_model, subfolder=subfolder)
 
 

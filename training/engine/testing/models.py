@@ -4,6 +4,7 @@ unit spread, the FLUX schedule, and writing a pipeline folder atomically."""
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -156,9 +157,11 @@ def staging_folder(out_dir: Path) -> Path:
     return staging
 
 
-def save_pipeline(pipeline: Any, staging: Path, out_dir: Path) -> Path:
-    """Write the pipeline into its staging folder, then rename that to `out_dir`: a crash never leaves a
-    half-written model where a finished one is expected."""
+def save_pipeline(pipeline: Any, staging: Path, out_dir: Path, *, finish: Callable[[Path], None] | None = None) -> Path:
+    """Write the pipeline into its staging folder (then `finish` it), then rename that to `out_dir`: a crash
+    never leaves a half-written model where a finished one is expected."""
     pipeline.save_pretrained(str(staging), safe_serialization=True)
+    if finish is not None:
+        finish(staging)
     staging.rename(out_dir)
     return out_dir

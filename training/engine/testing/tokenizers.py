@@ -78,12 +78,17 @@ QWEN_CHAT_TEMPLATE = (
 )
 
 
-def write_qwen_tokenizer(folder: Path, phrases: tuple[str, ...] = ()) -> int:
+# Qwen-VL's image markers, special tokens of the real vocabulary (its processor widens each <|image_pad|>).
+QWEN_VISION_TOKENS = ("<|vision_start|>", "<|vision_end|>", "<|image_pad|>", "<|video_pad|>")
+
+
+def write_qwen_tokenizer(folder: Path, phrases: tuple[str, ...] = (), *, vision: bool = False) -> int:
     """A byte-level Qwen2 tokenizer with no merges (every byte one token, as the CLIP one above), Qwen's
-    chat markers and chat template, and `phrases` as whole tokens. Returns its vocab size."""
+    chat markers and chat template (and, with `vision`, Qwen-VL's image markers), and `phrases` as whole
+    tokens. Returns its vocab size."""
     folder.mkdir(parents=True, exist_ok=True)
     vocab = {symbol: index for index, symbol in enumerate(sorted(bytes_to_unicode().values()))}
-    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+    specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", *(QWEN_VISION_TOKENS if vision else ())]
     marker = {"special": True, "lstrip": False, "rstrip": False, "normalized": False, "single_word": False}
     added = {str(len(vocab) + i): {"content": token, **marker} for i, token in enumerate(specials)}
     for i, phrase in enumerate(dict.fromkeys(phrases)):  # a repeated phrase is one token

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from training.engine import distributed
-from training.engine.data import PreparedItem, dataset_fingerprint, flip_probability
+from training.engine.data import PreparedItem, dataset_fingerprint, flip_probability, to_picture
 from training.engine.errors import EngineError
 from training.engine.families import Family
 from training.engine.spec import TrainingCallbacks, TrainingSpec
@@ -122,6 +122,20 @@ def load_or_build_cache(
     for start in range(0, len(captions), 8):
         for key, tensor in family.encode_prompts(captions[start : start + 8]).items():
             encoded.setdefault(key, []).append(tensor)
+    caption_rows = [rows[item.caption] for item in items]
+    if family.uses_pairs and family.captions_see_sources:
+        # The text encoder reads each pair's source images with its instruction (Qwen-Image-Edit's VL does):
+        # one row per pair, after the text-only rows (the empty caption, for dropout, among them).
+        if class_captions:
+            raise EngineError(f"prior_preservation_class does not apply to {family.name}'s edit pairs")
+        caption_rows = []
+        for item in items:
+            if item.source_pixels is None:
+                raise EngineError("an edit pair lost its source images before caching")
+            sources = [to_picture(source) for source in item.source_pixels]
+            caption_rows.append(len(captions) + len(caption_rows))
+            for key, tensor in family.encode_prompts_seeing([item.caption], [sources]).items():
+                encoded[key].append(tensor)
     family.release_encoders()
     prompts = {key: cat_padded(parts) for key, parts in encoded.items()}
     unconditional = family.unconditional({key: value[:1] for key, value in prompts.items()})
@@ -135,7 +149,7 @@ def load_or_build_cache(
         source_means=source_means or None,
         flipped_source_means=flipped_source or None,
         prompts=prompts,
-        caption_rows=[rows[item.caption] for item in items],
+        caption_rows=caption_rows,
         buckets=[item.bucket for item in items],
         masks=masks if spec.masked_loss else None,
         flipped_masks=flipped_masks if spec.masked_loss and with_flips else None,

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from training.engine import distributed
-from training.engine.data import PreparedItem
+from training.engine.data import PreparedItem, to_picture
 from training.engine.families import Family
 from training.engine.generate import load_pipeline, run_pipeline
 from training.engine.spec import TrainingCallbacks, TrainingSpec
@@ -42,7 +42,7 @@ def take_samples(
     width = height = resolution
     if family.uses_pairs and items and items[0].source_pixels is not None:
         # An edit model's samples edit the first pair's source images, at their size.
-        sources = [picture(pixels) for pixels in items[0].source_pixels]
+        sources = [to_picture(pixels) for pixels in items[0].source_pixels]
         width, height = sources[0].size
     paths = []
     for index, prompt in enumerate(spec.sample_prompts):
@@ -68,13 +68,6 @@ def take_samples(
     for encoder in (text_encoders or {}).values():
         encoder.train()
     return paths
-
-
-def picture(pixels: Any) -> Any:
-    """A (3, H, W) array in [-1, 1] as a PIL image."""
-    from PIL import Image
-
-    return Image.fromarray(((pixels.transpose(1, 2, 0) + 1.0) * 127.5).clip(0, 255).astype("uint8"))
 
 
 def side_by_side(images: list[Any]) -> Any:

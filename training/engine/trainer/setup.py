@@ -11,7 +11,7 @@ import torch
 from contract.parameters import GPUS_AND_SWAP
 from training.engine import distributed
 from training.engine.adapters import adapter_config, add_adapter
-from training.engine.data import validate_transforms
+from training.engine.data import flip_probability, validate_transforms
 from training.engine.errors import EngineError
 from training.engine.families import Family, family_class
 from training.engine.memory import BlockSwap, place_denoiser, repeated_blocks
@@ -171,6 +171,11 @@ def set_up_family(spec: TrainingSpec, family_name: str, device: torch.device) ->
     family = family_class(family_name)(spec.base_model, device, weight_dtype)
     family.uses_pairs = edit_mode(spec, family)
     transforms = validate_transforms(spec.transforms)
+    if family.uses_pairs and family.captions_see_sources and flip_probability(transforms):
+        raise EngineError(
+            f"horizontal_flip: {family.name}'s text encoder reads each pair's source images as they are, unflipped; "
+            "train its edit pairs without the flip"
+        )
     resolution = spec.resolution or family.default_resolution()
     if resolution % family.size_multiple():
         raise EngineError(f"resolution {resolution} must be a multiple of {family.size_multiple()} for this model")

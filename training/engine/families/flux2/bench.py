@@ -102,3 +102,18 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         ],
     },
 }
+# Edit rows: one reference image a pair, its tokens beside the target's (twice the image tokens).
+ARCHITECTURES["flux2-klein-9b edit"] = {
+    **ARCHITECTURES["flux2-klein-9b"],
+    "sources": 1,
+    "variants": [("default", {}), ("no compile", {"compile": "off"}), ("int8 base", {"quantize_base": "int8"})],
+}
+ARCHITECTURES["flux2-dev edit"] = {
+    **ARCHITECTURES["flux2-dev"],
+    "sources": 1,
+    "variants": [
+        ("default", {}),
+        ("no compile", {"compile": "off"}),
+        ("nf4 base + checkpointing", {"quantize_base": "nf4", "gradient_checkpointing": True}),
+    ],
+}

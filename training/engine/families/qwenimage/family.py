@@ -113,6 +113,12 @@ class QwenImageFamily(QwenVaeLatents):
 
         size, channels, height, width = batch.noisy.shape
         tokens = QwenImagePipeline._pack_latents(batch.noisy, size, channels, height, width)
+        shapes = [(1, height // 2, width // 2)]
+        for source in source_latents or []:
+            # An edit (Qwen-Image-Edit): each reference image's tokens after the target's, each its own entry of
+            # `img_shapes` (its frame index in the rotary positions), as QwenImageEditPlusPipeline feeds them.
+            tokens = torch.cat([tokens, QwenImagePipeline._pack_latents(source, size, *source.shape[1:])], dim=1)
+            shapes.append((1, source.shape[-2] // 2, source.shape[-1] // 2))
         mask = conditioning["text_mask"].to(self.device)
         length = max(int(mask.sum(dim=1).max()), 1)  # the batch's longest caption, as the pipeline pads
         prediction = denoiser(
@@ -120,8 +126,9 @@ class QwenImageFamily(QwenVaeLatents):
             timestep=batch.timesteps.to(self.weight_dtype),
             encoder_hidden_states=conditioning["prompt_embeds"][:, :length].to(self.device, self.weight_dtype),
             encoder_hidden_states_mask=mask[:, :length].long(),
-            img_shapes=[[(1, height // 2, width // 2)]] * size,
+            img_shapes=[shapes] * size,
             return_dict=False,
         )[0]
+        prediction = prediction[:, : (height // 2) * (width // 2)]  # the target's tokens (the pipeline's slice)
         scale = self.vae_scale()
         return QwenImagePipeline._unpack_latents(prediction, height * scale, width * scale, scale).squeeze(2)

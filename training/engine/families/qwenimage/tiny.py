@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import shutil
 from pathlib import Path
 from typing import Any
@@ -12,30 +13,37 @@ from training.engine.testing.models import MOD_GAIN, calibration_pixels, save_pi
 from training.engine.testing.tokenizers import write_qwen_tokenizer
 
 
-def write_qwen_template_tokenizer(folder: Path) -> int:
-    """The byte-level Qwen tokenizer for Qwen-Image. Its pipeline cuts a fixed number of opening tokens
-    (34: its template's system prompt in Qwen's real vocabulary) off every caption's encoding; byte by
-    byte that prompt is about 180 tokens. So the system sentence is added as whole-word tokens, as many
-    as make the template's opening exactly that long: what the transformer sees is then the caption's
-    encoding, as with the real model."""
+def write_qwen_template_tokenizer(
+    folder: Path, template_and_drop: tuple[str, int] | None = None, *, vision: bool = False
+) -> int:
+    """The byte-level Qwen tokenizer for Qwen-Image (or, given its template, a pipeline built like it). Its
+    pipeline cuts a fixed number of opening tokens (34: its template's system prompt in Qwen's real
+    vocabulary) off every caption's encoding; byte by byte that prompt is about 180 tokens. So the system
+    sentence is added as whole-word tokens, as many as make the template's opening exactly that long: what
+    the transformer sees is then the caption's encoding, as with the real model."""
     from transformers import Qwen2Tokenizer
 
     from training.engine.families.qwenimage.family import prompt_template
 
-    template, drop = prompt_template()
+    template, drop = template_and_drop or prompt_template()
     opening = template.split("{}")[0]
     sentence = opening.split("system\n", 1)[1].split("<|im_end|>", 1)[0]
-    write_qwen_tokenizer(folder)
+    write_qwen_tokenizer(folder, vision=vision)
     fixed = len(Qwen2Tokenizer.from_pretrained(str(folder))(opening.replace(sentence, "")).input_ids)
     shutil.rmtree(folder)
     words = sentence.split(" ")
-    if not 1 <= drop - fixed <= len(words):
-        raise EngineError(f"the Qwen-Image template's system sentence cannot be made {drop - fixed} tokens")
     pieces = drop - fixed
-    sizes = [len(words) // pieces + (1 if i < len(words) % pieces else 0) for i in range(pieces)]
-    starts = [sum(sizes[:i]) for i in range(pieces)]
-    chunks = [" ".join(words[start : start + size]) for start, size in zip(starts, sizes, strict=True)]
-    size = write_qwen_tokenizer(folder, (*(chunk + " " for chunk in chunks[:-1]), chunks[-1]))
+    if not 1 <= pieces <= len(sentence):
+        raise EngineError(f"the Qwen-Image template's system sentence cannot be made {pieces} tokens")
+    if pieces <= len(words):  # whole words
+        sizes = [len(words) // pieces + (1 if i < len(words) % pieces else 0) for i in range(pieces)]
+        starts = [sum(sizes[:i]) for i in range(pieces)]
+        chunks = [" ".join(words[start : start + size]) for start, size in zip(starts, sizes, strict=True)]
+        phrases = (*(chunk + " " for chunk in chunks[:-1]), chunks[-1])
+    else:  # more tokens than words (the edit template's): spans of about equal length
+        bounds = [round(i * len(sentence) / pieces) for i in range(pieces + 1)]
+        phrases = tuple(sentence[start:end] for start, end in itertools.pairwise(bounds))
+    size = write_qwen_tokenizer(folder, phrases, vision=vision)
     count = len(Qwen2Tokenizer.from_pretrained(str(folder))(opening).input_ids)
     if count != drop:
         raise EngineError(f"the tiny Qwen-Image tokenizer reads the template's opening as {count} tokens, not {drop}")
