@@ -175,6 +175,22 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         kohya_prefix="lycoris_",
     ),
     FamilyFacts(
+        key="qwenimage21",
+        label="Qwen-Image 2.1",
+        pipelines=("QwenImage21Pipeline",),
+        denoiser="transformer",
+        native_resolution=1024,
+        cost_weight=Decimal("5"),  # 7.1 B, one stream
+        seconds_per_step=0.35,
+        name_pattern=r"qwen-image-2\.1|qwen-image-21|qwenimage-?2\.?1",
+        # Both our choice, after Qwen-Image's.
+        kohya_base_model_version="qwen_image_21",
+        modelspec_architecture="qwen-image-2.1",
+        # ComfyUI's qwen_image21 model shares Qwen-Image's LoRA branch (`lycoris_<diffusers name>`, its fused
+        # img_mlp.gate_up addressed by the gate_layer and proj halves).
+        kohya_prefix="lycoris_",
+    ),
+    FamilyFacts(
         key="qwenimage-edit",
         label="Qwen-Image-Edit",
         pipelines=("QwenImageEditPlusPipeline",),  # 2509 and 2511 (which sets the transformer's zero_cond_t)

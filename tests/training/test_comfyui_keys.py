@@ -770,6 +770,28 @@ def test_every_qwenimage_block_linear_is_mapped(name: str, tiny_models: dict) ->
     assert unmapped_kohya_modules(exported_keys("transformer", blocks[:1]), known)  # not lora_transformer_
 
 
+@pytest.mark.parametrize("name", ["qwen-image-2.1", "tiny"])
+def test_every_qwenimage21_block_linear_is_mapped(name: str, tiny_models: dict) -> None:
+    """ComfyUI's Qwen-Image 2.1 model has diffusers' module names (its MLP's gate_layer and proj fused into
+    gate_up, which its loader addresses by those halves): every block linear an adapter can target is mapped."""
+    from diffusers import QwenImage21Transformer2DModel
+
+    config = {key: value for key, value in gpu.architectures()["qwenimage21"]["config"].items() if key[0] != "_"}
+    if name == "tiny":
+        built = json.loads((tiny_models["qwenimage21"] / "transformer" / "config.json").read_text(encoding="utf-8"))
+        config = {key: value for key, value in built.items() if not key.startswith("_")}
+    with torch.device("meta"):
+        transformer = QwenImage21Transformer2DModel(**config)
+    blocks = [name for name in layers(transformer) if name.startswith("transformer_blocks.")]
+    for leaf in ("attn.to_q", "attn.to_out.0", "img_mlp.gate_layer", "img_mlp.proj", "img_mlp.out"):
+        assert any(block.endswith("." + leaf) for block in blocks), leaf
+    state = {f"transformer.{n}.lora_{ab}.weight": torch.zeros(1) for n in blocks for ab in "AB"}
+    exported = list(to_kohya(state, alpha=4.0, denoiser_prefix="lycoris_"))
+    known = comfyui_lora_names("qwenimage21", config)
+    assert unmapped_kohya_modules(exported, known) == []
+    assert "lycoris_transformer_blocks_0_img_mlp_gate_layer" in known
+
+
 # FLUX.2 [klein] 9B, as bench/gpu.py has it (which checks its size: 9.08 B).
 FLUX2_KLEIN_9B_TRANSFORMER = {
     key: value for key, value in gpu.architectures()["flux2-klein-9b"]["config"].items() if not key.startswith("_")

@@ -116,6 +116,7 @@ EXPECTED = {
     "zimage": ("zimage", "z-image/lora"),
     "qwenimage": ("qwen_image", "qwen-image/lora"),
     "qwenimage-edit": ("qwen_image_edit", "qwen-image-edit/lora"),
+    "qwenimage21": ("qwen_image_21", "qwen-image-2.1/lora"),
     "flux2-klein": ("flux2", "flux-2-klein/lora"),
     "flux2": ("flux2", "flux-2-dev/lora"),
     "hidream": ("hidream", "hidream-i1/lora"),

@@ -67,6 +67,7 @@ def test_each_pipeline_class_names_one_family() -> None:
         ("Qwen/Qwen-Image", "qwenimage"),
         ("Qwen/Qwen-Image-Edit-2509", "qwenimage-edit"),
         ("Qwen/Qwen-Image-Edit-2511", "qwenimage-edit"),
+        ("Qwen/Qwen-Image-2.1", "qwenimage21"),
         ("black-forest-labs/FLUX.2-klein-4B", "flux2-klein"),
         ("black-forest-labs/FLUX.2-dev", "flux2"),
         ("HiDream-ai/HiDream-I1-Full", "hidream"),

@@ -375,7 +375,7 @@ def test_every_adapter_type_trains_exports_for_comfyui_and_generates(
         "width": 32,
         "height": 32,
     }
-    if family == "flux-kontext":
+    if family_facts(family).needs_pairs:  # an edit model generates from a source image
         common["image"] = Image.open(red[0].path).convert("RGB")
     plain = np.asarray(generate(**common)[0], dtype=np.float32)
     tuned = np.asarray(generate(**common, lora_path=result.weights_path)[0], dtype=np.float32)

@@ -168,7 +168,7 @@ def test_an_sd35_model_fine_tunes_fully_through_the_api_and_generates(
 
 
 # The families of mid-2026, each trained through the API end to end (the engine's own tests cover every family).
-API_FAMILIES = ["ernie-image", "krea2", "prx", "ideogram4"]
+API_FAMILIES = ["ernie-image", "krea2", "prx", "ideogram4", "qwenimage21"]
 
 
 @slow

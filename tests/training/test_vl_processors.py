@@ -92,3 +92,66 @@ def test_the_edit_prompt_is_read_as_the_pipeline_reads_it_with_image_positions(t
         encoder.forward = original
     assert torch.allclose(ours, fixed.float(), atol=1e-6)
     assert not torch.allclose(ours, published.float(), atol=1e-4)
+
+
+def test_qwen_image_21_reads_images_through_qwen3_vls_processor_without_its_video_part(
+    tiny_models: dict[str, Path],
+) -> None:
+    """Qwen-Image 2.1's pipeline builds, with our processor, from a folder naming the stock Qwen3VLProcessor; the
+    processor's image tensors are the real image processor's; and the pipeline takes an image (its conditioning)."""
+    from transformers import Qwen3VLProcessor
+
+    base = tiny_models["qwenimage21"]
+    index = json.loads((base / "model_index.json").read_text(encoding="utf-8"))
+    assert index["processor"] == ["transformers", "Qwen3VLProcessor"]
+    pipeline = load_pipeline(str(base), device=torch.device("cpu"))
+    processor = pipeline.processor
+    assert isinstance(processor, Qwen3VLProcessor) and not hasattr(processor, "video_processor")
+    picture = image(256, 256, 5)
+    inputs = processor(text=["<|vision_start|><|image_pad|><|vision_end|>x"], images=[picture], return_tensors="pt")
+    direct = processor.image_processor(images=[picture], return_tensors="pt")
+    assert torch.equal(inputs["pixel_values"], direct["pixel_values"])
+    assert inputs["image_grid_thw"].tolist() == [[1, 16, 16]]  # 16 px patches: no resize at 64K pixels
+    with torch.no_grad():
+        result = pipeline(
+            # At 256 px the condition image is inside the processor's published pixel range, so its slots match
+            # the VAE's tokens (a smaller one the processor would enlarge).
+            prompt="make it red",
+            image=picture,
+            height=64,
+            width=64,
+            num_inference_steps=2,
+            output_resolution=256,
+        ).images[0]
+    assert result.size == (64, 64)
+
+
+def test_qwen_image_21_trains_on_what_its_pipeline_feeds_the_transformer(tiny_models: dict[str, Path]) -> None:
+    """The family's caption encoding is the pipeline's, and its prediction (the caption then the target's 2x2 slots,
+    read on the last tokens) is the pipeline's own transformer call on the same noisy latents."""
+    from training.engine.families.base import NoisedBatch
+    from training.engine.families.qwenimage21.family import QwenImage21Family
+
+    base = str(tiny_models["qwenimage21"])
+    pipeline = load_pipeline(base, device=torch.device("cpu"))
+    family = QwenImage21Family(base, torch.device("cpu"), torch.float32)
+    family.processor, family.text_encoder = pipeline.processor, pipeline.text_encoder
+    conditioning = family.encode_prompts(["zxq, a disc", "a much longer caption than the first one"])
+    noisy = torch.randn(1, pipeline.transformer.config.in_channels, 4, 4, generator=torch.Generator().manual_seed(0))
+    timesteps = torch.tensor([0.6])
+    with torch.no_grad():
+        ours = family.predict(
+            pipeline.transformer,
+            NoisedBatch(noisy=noisy, timesteps=timesteps, target=noisy),
+            {key: value[:1] for key, value in conditioning.items()},
+            None,  # type: ignore[arg-type]  # unused by this family's predict
+        )
+        embeds, mask, slots = pipeline.encode_prompt(prompt="zxq, a disc", device=torch.device("cpu"))
+        slots = torch.cat([slots, torch.ones(1, 4, dtype=torch.bool)], dim=1)  # the target's four 2x2 slots
+        theirs = pipeline.transformer(
+            hidden_states=noisy.flatten(2).transpose(1, 2), timestep=timesteps, encoder_hidden_states=embeds,
+            encoder_hidden_states_mask=mask, img_shapes=[[(1, 4, 4)]], img_mask=slots, return_dict=False,
+        )[0][:, -16:]  # fmt: skip
+    # (Read in a batch of two, left-padded as the pipeline pads: equal up to float rounding.)
+    assert torch.allclose(conditioning["prompt_embeds"][0, : embeds.shape[1]], embeds[0], atol=1e-5)
+    assert torch.allclose(ours, theirs.transpose(1, 2).reshape(ours.shape), atol=1e-6)
