@@ -7,16 +7,16 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/platform
 HOST ?= 127.0.0.1:8000
 
-.PHONY: setup lock demo sample-images serve test test-sqlite test-postgres lint services bench
+.PHONY: setup lock check-newest demo sample-images serve test test-sqlite test-postgres lint services bench
 
 # Installs exactly the versions (and files, by hash) that requirements/dev.lock pins, so two machines or two
 # CI runs test the same code. The .txt inputs are prerequisites too: after editing one, setup stops with a
 # message until `make lock` has brought the locks up to date.
-$(BIN)/.installed: requirements/dev.lock requirements/production.lock $(wildcard requirements/*.txt)
+$(BIN)/.installed: requirements/dev.lock requirements/production.lock requirements/gpu.lock $(wildcard requirements/*.txt)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --require-hashes -r requirements/dev.lock
 	$(BIN)/python requirements/check_lock.py requirements/dev.txt:requirements/dev.lock \
-		requirements/production.txt:requirements/production.lock
+		requirements/production.txt:requirements/production.lock requirements/gpu.txt:requirements/gpu.lock
 	touch $@
 
 setup: $(BIN)/.installed
@@ -33,6 +33,20 @@ lock:
 	var/lock-tools/bin/python -m pip install --quiet $(LOCK_TOOLS)
 	$(PIP_COMPILE) -o requirements/dev.lock requirements/dev.txt
 	$(PIP_COMPILE) -c requirements/dev.lock -o requirements/production.lock requirements/production.txt
+	@# GPU machines: PyPI's CUDA build of the same torch (this machine's pip config points at its local CPU wheel,
+	@# so that config is left out), everything else at dev.lock's and production.lock's versions: what CI tested.
+	cat requirements/dev.lock requirements/production.lock | grep -E '^[A-Za-z0-9._-]+==' | sed 's/ \\$$//' \
+		| grep -v -E '^(torch|torchvision)==' | sort -u > var/lock-tools/gpu-constraints.txt
+	PIP_FIND_LINKS= PIP_CONFIG_FILE=/dev/null $(PIP_COMPILE) --index-url https://pypi.org/simple \
+		-c var/lock-tools/gpu-constraints.txt -o requirements/gpu.lock requirements/gpu.txt
+
+# The newest versions requirements/dev.txt's ranges admit, with the engine's tests run on them (in var/newest, not
+# the project's .venv): the ranges must only admit what works. Run it before `make lock UPGRADE=1` and weekly.
+check-newest:
+	$(PYTHON) -m venv var/newest
+	var/newest/bin/python -m pip install --quiet --upgrade -r requirements/dev.txt
+	var/newest/bin/python -m pip list --format=freeze | grep -i -E '^(torch|diffusers|transformers|peft|accelerate|torchao)=='
+	var/newest/bin/pytest -m engine -p no:cacheprovider
 
 # make demo STEPS=600 TIMEOUT=1200: more steps; give up after TIMEOUT seconds without progress
 demo: setup

@@ -334,6 +334,9 @@ def build_server(
             response_format,
         )
 
+    # The published schemas say what call_tool enforces: no argument beyond a tool's own.
+    for tool in server._tool_manager.list_tools():
+        tool.parameters["additionalProperties"] = False
     return server
 
 

@@ -11,13 +11,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from django.conf import settings
-
 from models_app import selectors
 from models_app.errors import InvalidInput, NotFound
 from models_app.input_rules import ID_MAX, arguments_check, shown_id, text_check
 from models_app.models import Model, Team, TrainingImage
 from models_app.services.datasets import (
+    images_per_call_check,
     model_configure,
     pairs_replace,
     training_image_delete,
@@ -121,9 +120,7 @@ def upload_images(call: ToolCall) -> dict[str, Any]:
     images = call.arguments.get("images")
     if not isinstance(images, list) or not images:
         raise InvalidInput("images is required for upload_images: a list of asset ids (or image URLs)", field="images")
-    high = settings.TRAINING_IMAGE_COUNT_BOUNDS[1]
-    if len(images) > high:
-        raise InvalidInput(f"images has {len(images)} entries; a model trains on at most {high}", field="images")
+    images_per_call_check(len(images), field="images")  # the REST API's rule for assetIds
     sources = [
         source_from_reference(team=call.model.team, value=value, field=f"images[{index}]")
         for index, value in enumerate(images)

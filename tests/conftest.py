@@ -166,3 +166,12 @@ def tiny_models(base_models_root: Path, tiny_sd15: Path) -> dict[str, Path]:
     models = TinyModels(base_models_root)
     models["sd15"] = tiny_sd15
     return models
+
+
+@pytest.fixture
+def fixed_signing_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Signed URLs made during the test carry one fixed second (TimestampSigner's timestamp), so two serializations
+    made a second apart compare equal when the rows do. Expiry checks read the real clock: not for those tests."""
+    from django.core import signing
+
+    monkeypatch.setattr(signing.TimestampSigner, "timestamp", lambda self: signing.b62_encode(1_800_000_000))

@@ -274,6 +274,12 @@ TRAINING_BASE_MODEL_ROOTS = [Path(p) for p in env_list("TRAINING_BASE_MODEL_ROOT
 TRAINING_DEFAULT_BASE_MODEL = env("TRAINING_DEFAULT_BASE_MODEL", "black-forest-labs/FLUX.1-dev")
 TRAINING_ALLOW_HUB_MODELS = env_bool("TRAINING_ALLOW_HUB_MODELS", True)
 TRAINING_WORK_DIR = Path(env("TRAINING_WORK_DIR", str(VAR_DIR / "work")))
+# torch.compile's caches (Inductor's and Triton's kernels), kept under var/ rather than the system temp folder,
+# so the orphan sweep finds them: files unused for ORPHAN_GRACE_SECONDS are removed (a later run recompiles).
+# Set here, before any torch import, for every process of the project and the training ranks it starts.
+COMPILE_CACHE_DIR = Path(env("COMPILE_CACHE_DIR", str(VAR_DIR / "compile-cache")))
+os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(COMPILE_CACHE_DIR / "inductor"))
+os.environ.setdefault("TRITON_CACHE_DIR", str(COMPILE_CACHE_DIR / "triton"))
 # A local image-to-text model folder (BLIP, GIT, Florence...) for the `automatic` captioning strategy.
 TRAINING_CAPTION_MODEL = env("TRAINING_CAPTION_MODEL", "")
 # CPU threads torch may use in a worker (0: torch's default). Set it to cores / workers when several
@@ -299,7 +305,7 @@ TRAINING_RAY_ENV_VARS = env_list(
     "TRAINING_RAY_ENV_VARS",
     ["DJANGO_SETTINGS_MODULE", "DATABASE_URL", "Q_BROKER", "REDIS_URL", "STORAGE_BACKEND", "S3_BUCKET",
      "S3_ENDPOINT_URL", "S3_REGION", "MEDIA_ROOT", "VAR_DIR", "TRAINING_WORK_DIR", "TRAINING_BASE_MODEL_ROOTS",
-     "TRAINING_DEVICE", "TRAINING_CPU_THREADS"],
+     "TRAINING_DEVICE", "TRAINING_CPU_THREADS", "COMPILE_CACHE_DIR"],
 )  # fmt: skip
 TRAINING_RAY_POLL_SECONDS = float(env("TRAINING_RAY_POLL_SECONDS", "2"))
 TRAINING_RAY_CANCEL_GRACE_SECONDS = float(env("TRAINING_RAY_CANCEL_GRACE_SECONDS", "30"))
@@ -330,8 +336,9 @@ IMAGE_FORMATS = env_list("IMAGE_FORMATS", ["JPEG", "PNG", "WEBP"])
 IMAGE_URL_TIMEOUT_SECONDS = float(env("IMAGE_URL_TIMEOUT_SECONDS", "20"))
 IMAGE_URL_MAX_REDIRECTS = env_int("IMAGE_URL_MAX_REDIRECTS", 3)
 IMAGE_URL_ALLOW_PRIVATE_HOSTS = env_bool("IMAGE_URL_ALLOW_PRIVATE_HOSTS", False)
-# Images added to a model in one call (seed 004's assetIds) at most.
-IMAGES_PER_CALL_MAX = env_int("IMAGES_PER_CALL_MAX", 10)
+# Images added to a model in one call at most: the REST API's assetIds and the train tool's images alike (seed 001's
+# own example sends 13 in one call): as many as a model trains on.
+IMAGES_PER_CALL_MAX = env_int("IMAGES_PER_CALL_MAX", 20)
 
 LOGGING = {
     "version": 1,

@@ -14,10 +14,11 @@ from rest_framework import authentication, exceptions
 from rest_framework.permissions import SAFE_METHODS
 from rest_framework.request import Request
 from rest_framework_simplejwt.authentication import JWTAuthentication
-from rest_framework_simplejwt.serializers import TokenRefreshSerializer
+from rest_framework_simplejwt.serializers import TokenObtainPairSerializer, TokenRefreshSerializer
 from rest_framework_simplejwt.settings import api_settings as jwt_settings
 from rest_framework_simplejwt.tokens import Token
 
+from models_app.api.inputs import StrictSerializer
 from models_app.input_rules import control_character, public_id_plausible
 from models_app.models import ApiKey, Team
 from models_app.services.accounts import api_key_authenticate
@@ -90,8 +91,13 @@ class UserJWTAuthentication(JWTAuthentication):
         return super().get_user(validated_token)
 
 
-class UserTokenRefreshSerializer(TokenRefreshSerializer):
-    """simplejwt's refresh, with the same check of the token's user id before the user is looked up."""
+class UserTokenObtainPairSerializer(StrictSerializer, TokenObtainPairSerializer):
+    """simplejwt's token pair for a user name and password; a field it does not know is refused."""
+
+
+class UserTokenRefreshSerializer(StrictSerializer, TokenRefreshSerializer):
+    """simplejwt's refresh, with the same check of the token's user id before the user is looked up; a field it
+    does not know is refused."""
 
     def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
         user_id = self.token_class(attrs["refresh"]).payload.get(jwt_settings.USER_ID_CLAIM)

@@ -1,8 +1,9 @@
 """The one place where errors become HTTP responses.
 
 /v1 answers `{"detail": "...", "code": "...", "field": "..."}`. Seed 003's resource (views with
-`error_style = "fastapi"`) answers request validation errors as its `HTTPValidationError`
-(`{"detail": [{"loc", "msg", "type"}]}`, status 422) and other errors as `{"detail": "..."}`.
+`error_style = "fastapi"`) answers every validation error, the serializer's and the services' (InvalidInput),
+as its `HTTPValidationError` (`{"detail": [{"loc", "msg", "type"}]}`, status 422) and other errors as
+`{"detail": "..."}`.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from rest_framework import exceptions, status
 from rest_framework.response import Response
 from rest_framework.views import exception_handler as drf_exception_handler
 
-from models_app.errors import ApplicationError
+from models_app.errors import ApplicationError, InvalidInput
 
 
 def flatten(detail: Any, path: tuple[Any, ...] = ()) -> list[tuple[tuple[Any, ...], str, str]]:
@@ -35,6 +36,15 @@ MESSAGE_MAX = 500
 
 def _shortened(message: str) -> str:
     return message if len(message) <= MESSAGE_MAX else message[: MESSAGE_MAX - 1] + "…"
+
+
+def _location(field: str) -> list[str | int]:
+    """A field name as the service writes it ("pairs[0].source_id") as a FastAPI location."""
+    parts: list[str | int] = []
+    for piece in field.replace("]", "").replace("[", ".").split("."):
+        if piece:
+            parts.append(int(piece) if piece.isdigit() else piece)
+    return parts
 
 
 def _field_name(path: tuple[Any, ...]) -> str:
@@ -69,6 +79,12 @@ def exception_handler(exc: Exception, context: dict[str, Any]) -> Response | Non
             },
             status=status.HTTP_400_BAD_REQUEST,
         )
+    if fastapi_style and isinstance(exc, InvalidInput):
+        # A value the service refuses (an empty source_images, a path it may not read) is a validation error
+        # there too: the same 422 body, located at the field it names.
+        location = ["body", *_location(exc.field)] if exc.field else ["body"]
+        body = {"detail": [{"loc": location, "msg": _shortened(exc.message), "type": f"value_error.{exc.code}"}]}
+        return Response(body, status=status.HTTP_422_UNPROCESSABLE_ENTITY)
     if isinstance(exc, ApplicationError):
         body = {"detail": _shortened(exc.message), "code": exc.code}
         if exc.field:

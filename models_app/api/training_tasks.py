@@ -19,6 +19,7 @@ from models_app.api.inputs import (
     StrictCharField,
     StrictFloatField,
     StrictIntegerField,
+    StrictSerializer,
 )
 from models_app.api.serializers import DetailSerializer, HTTPValidationErrorSerializer, TrainingTaskSerializer
 from models_app.api.tenancy import TEAM_PARAMETER, request_team
@@ -32,8 +33,10 @@ SKIP_MAX = 1_000_000_000
 ERRORS = {401: DetailSerializer, 404: DetailSerializer, 422: HTTPValidationErrorSerializer}
 
 
-class TrainingTaskCreateSerializer(serializers.Serializer):
-    """Seed 003's `TrainingTaskCreate`. Unknown fields are ignored, as the seed's server does.
+class TrainingTaskCreateSerializer(StrictSerializer):
+    """Seed 003's `TrainingTaskCreate`. A field it does not know is refused (a misspelt `learning_rat` would
+    otherwise train on the default without a word), as a FastAPI model with `extra="forbid"` refuses it: a 422
+    located at that field.
 
     The defaults shown here (and in the OpenAPI schema) are the parameter table's
     (contract/parameters.py), but only the fields a request names are handed on: with an

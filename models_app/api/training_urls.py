@@ -2,10 +2,10 @@ from django.urls import path
 from rest_framework_simplejwt.views import TokenObtainPairView, TokenRefreshView
 
 from models_app.api import training_tasks
-from models_app.api.authentication import UserTokenRefreshSerializer
+from models_app.api.authentication import UserTokenObtainPairSerializer, UserTokenRefreshSerializer
 
 urlpatterns = [
-    path("auth/token", TokenObtainPairView.as_view(), name="auth-token"),
+    path("auth/token", TokenObtainPairView.as_view(serializer_class=UserTokenObtainPairSerializer), name="auth-token"),
     path(
         "auth/token/refresh",
         TokenRefreshView.as_view(serializer_class=UserTokenRefreshSerializer),

@@ -36,6 +36,7 @@ from models_app.api.throttling import ThrottledWrites, UploadThrottle
 from models_app.errors import InvalidInput
 from models_app.input_rules import CAPTION_MAX, FILE_NAME_MAX, ID_MAX, INSTRUCTION_MAX, LIST_MAX, URL_MAX
 from models_app.services.datasets import (
+    images_per_call_check,
     pairs_replace,
     training_image_delete,
     training_image_replace,
@@ -72,7 +73,7 @@ class TrainingImageListApi(ThrottledWrites, APIView):
             child=StrictCharField(max_length=ID_MAX),
             max_length=LIST_MAX,
             required=False,
-            help_text="Up to 10 asset ids (assetIds)",
+            help_text="Up to IMAGES_PER_CALL_MAX (20) asset ids (assetIds)",
         )
         data = StrictCharField(max_length=DATA_URL_MAX, required=False, help_text="A base64 data URL (with `name`)")  # type: ignore[assignment]  # DRF's metaclass takes fields off the class: Serializer.data stays
         url = StrictCharField(max_length=URL_MAX, required=False, help_text="An http(s) URL to download the image from")
@@ -107,7 +108,7 @@ class TrainingImageListApi(ThrottledWrites, APIView):
             **UPLOAD_ERRORS,
         },
         description=(
-            "Add an image by multipart `file`, `assetId`, `assetIds` (at most 10; the answer also lists them "
+            "Add an image by multipart `file`, `assetId`, `assetIds` (at most 20; the answer also lists them "
             "all in `training_images`), `data` (a data URL) with `name`, or `url`. `description` is its caption."
         ),
     )
@@ -126,11 +127,7 @@ class TrainingImageListApi(ThrottledWrites, APIView):
             sources = [source_from_asset_id(team=team, asset_id=values["asset_id"], field="assetId")]
         elif way == "asset_ids":
             ids = values["asset_ids"]
-            if len(ids) > settings.IMAGES_PER_CALL_MAX:
-                raise InvalidInput(
-                    f"assetIds has {len(ids)} ids; at most {settings.IMAGES_PER_CALL_MAX} may be added in one call",
-                    field="assetIds",
-                )
+            images_per_call_check(len(ids), field="assetIds")
             if len(set(ids)) != len(ids):
                 raise InvalidInput("assetIds names the same asset twice", field="assetIds")
             sources = [
@@ -236,6 +233,9 @@ class PairsApi(APIView):
     def put(self, request: Request, model_id: str) -> Response:
         model = selectors.model_get(team=request_team(request), public_id=model_id)
         body = request.data
+        if isinstance(body, dict) and set(body) - {"pairs"}:
+            unknown = sorted(set(body) - {"pairs"})[0]
+            raise InvalidInput(f"{unknown}: unknown field; accepted fields: pairs", field=unknown)
         entries = body.get("pairs") if isinstance(body, dict) else body
         if not isinstance(entries, list):
             raise InvalidInput("send a list of {source_id, target_id, instruction}, bare or as `pairs`", field="pairs")

@@ -170,6 +170,16 @@ def training_image_add(*, model: Model, content: bytes, name: str, description: 
     return image
 
 
+def images_per_call_check(count: int, *, field: str) -> None:
+    """One call of the REST API (`assetIds`) or of the `train` tool (`images`) adds at most IMAGES_PER_CALL_MAX
+    images: each may be a download or a copy to verify, and a call answers within a request's time."""
+    if count > settings.IMAGES_PER_CALL_MAX:
+        raise InvalidInput(
+            f"{field} has {count} entries; at most {settings.IMAGES_PER_CALL_MAX} images may be added in one call",
+            field=field,
+        )
+
+
 def training_images_add(
     *, model: Model, sources: Sequence[ImageSource], descriptions: Sequence[str] | None = None, field: str = "images"
 ) -> list[TrainingImage]:

@@ -11,6 +11,8 @@ Three kinds of leftovers, each swept only once it is older than a grace period
 - work folders: a worker's per-task folders under TRAINING_WORK_DIR whose task is finished or gone,
   and generation scratch folders a killed generation left. A folder of a task that is not finished
   is never touched, whatever its age.
+- compile caches: files under COMPILE_CACHE_DIR (torch.compile's Inductor and Triton kernels) that no
+  compile has written for the grace period; a later run that needs one compiles it again.
 
 Stored files are read through the storage API (listdir, get_modified_time, size, delete), so the
 sweep works the same on local disk and on S3-compatible storage. Work folders and temporary uploads
@@ -84,6 +86,7 @@ class OrphanKind(StrEnum):
     STORED_FILE = "stored_file"
     TEMPORARY_UPLOAD = "temporary_upload"
     WORK_FOLDER = "work_folder"
+    COMPILE_CACHE = "compile_cache"
 
 
 @dataclass(frozen=True)
@@ -135,7 +138,12 @@ def orphans_find(*, grace_seconds: int | None = None, now: datetime | None = Non
     if grace < 0:
         raise InvalidInput(f"the grace period must be 0 or more seconds; got {grace}", field="grace_seconds")
     cutoff = (now or timezone.now()) - timedelta(seconds=grace)
-    return [*_stored_orphans(default_storage, cutoff), *_temporary_uploads(cutoff), *_work_folders(cutoff)]
+    return [
+        *_stored_orphans(default_storage, cutoff),
+        *_temporary_uploads(cutoff),
+        *_work_folders(cutoff),
+        *_compile_cache_files(cutoff),
+    ]
 
 
 def orphans_sweep(*, remove: bool, grace_seconds: int | None = None) -> SweepReport:
@@ -164,7 +172,7 @@ def orphans_sweep(*, remove: bool, grace_seconds: int | None = None) -> SweepRep
 def _remove(orphan: Orphan) -> None:
     if orphan.kind == OrphanKind.STORED_FILE:
         default_storage.delete(orphan.location)
-    elif orphan.kind == OrphanKind.TEMPORARY_UPLOAD:
+    elif orphan.kind in (OrphanKind.TEMPORARY_UPLOAD, OrphanKind.COMPILE_CACHE):
         os.unlink(orphan.location)
     else:
         shutil.rmtree(orphan.location)
@@ -306,3 +314,23 @@ def _scratch_folders(scratch: Path, cutoff: datetime) -> Iterator[Orphan]:
             modified, size = _tree_stats(path)
             if modified <= cutoff:
                 yield Orphan(OrphanKind.WORK_FOLDER, str(path), size, modified)
+
+
+# Compile caches
+
+
+def _compile_cache_files(cutoff: datetime) -> Iterator[Orphan]:
+    """Regular files of torch.compile's caches not written since the cutoff (links are not followed)."""
+    root = Path(settings.COMPILE_CACHE_DIR)
+    if not root.is_dir():
+        return
+    for folder, _directories, files in sorted(os.walk(root)):
+        for name in sorted(files):
+            path = os.path.join(folder, name)
+            try:
+                info = os.lstat(path)
+            except FileNotFoundError:
+                continue
+            modified = datetime.fromtimestamp(info.st_mtime, tz=UTC)
+            if stat.S_ISREG(info.st_mode) and modified <= cutoff:
+                yield Orphan(OrphanKind.COMPILE_CACHE, path, info.st_size, modified)

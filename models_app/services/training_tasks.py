@@ -64,7 +64,13 @@ def training_task_create(*, team: Team, data: dict[str, Any]) -> TrainingTask:
                 new_files = [
                     image.asset.file.name for image, source in zip(images, sources, strict=True) if source.asset is None
                 ]
-            task = training_start(model=model, overrides=overrides, origin=origin)
+            try:
+                task = training_start(model=model, overrides=overrides, origin=origin)
+            except InvalidInput as exc:
+                if exc.field != "training_images":
+                    raise
+                # Here the model's images are the request's source_images: the error names that field.
+                raise InvalidInput(exc.message, field="source_images", extra=exc.extra) from exc
             if data.get("entity_type"):
                 TrainingTask.objects.filter(pk=task.pk).update(entity_type=data["entity_type"])
                 task.entity_type = data["entity_type"]

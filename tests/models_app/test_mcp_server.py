@@ -45,6 +45,7 @@ def test_an_assistant_trains_a_model_through_the_mcp_server(tiny_sd15: Path, set
             tools = {tool.name: tool for tool in (await client.list_tools()).tools}
             seen["tools"] = sorted(tools)
             seen["train_schema"] = tools["train"].input_schema
+            seen["closed"] = {name: tool.input_schema.get("additionalProperties") for name, tool in tools.items()}
             seen["open_world"] = tools["train"].annotations.open_world_hint
 
             async def call(name: str, arguments: dict) -> tuple[bool, str]:
@@ -77,6 +78,8 @@ def test_an_assistant_trains_a_model_through_the_mcp_server(tiny_sd15: Path, set
         seen["tools"]
     )
     schema = seen["train_schema"]
+    # Every published schema says what the server enforces: no argument beyond the tool's own.
+    assert set(seen["closed"].values()) == {False}
     assert set(schema["properties"]) == SEED_001_PARAMETERS
     assert sorted(schema["required"]) == ["action", "model_id"]
     assert schema["properties"]["action"]["enum"] == [

@@ -17,7 +17,9 @@ from models_app.errors import NotFound
 from models_app.models import Model, Team, TrainingTask
 from tests.factories import ModelFactory, ProjectFactory, TeamFactory, add_images
 
-pytestmark = pytest.mark.django_db
+# The serialized models hold signed URLs, whose token carries the second they were signed at: the signer's
+# clock is fixed, so two reads a second apart compare equal when their rows do.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fixed_signing_clock")]
 
 REQUEST = RequestFactory().get("/v1/models", HTTP_HOST="localhost")
 

@@ -125,10 +125,21 @@ def test_orphans_past_the_grace_are_reported_then_removed_and_nothing_else_is(
     vanished_young = work / str(uuid.uuid4())
     (vanished_young / "dataset").mkdir(parents=True)
 
+    # Compile caches: torch.compile's kernels under var/, unused past the grace.
+    settings.COMPILE_CACHE_DIR = tmp_path / "compile-cache"
+    old_kernel = settings.COMPILE_CACHE_DIR / "inductor" / "fxgraph" / "ab" / "graph.bin"
+    old_kernel.parent.mkdir(parents=True)
+    old_kernel.write_bytes(b"k" * 100)
+    make_old(settings.COMPILE_CACHE_DIR)
+    fresh_kernel = settings.COMPILE_CACHE_DIR / "triton" / "cd" / "kernel.cubin"
+    fresh_kernel.parent.mkdir(parents=True)
+    fresh_kernel.write_bytes(b"k")
+
     expected = {
         OrphanKind.STORED_FILE: set(orphan_names),
         OrphanKind.TEMPORARY_UPLOAD: {str(old_upload)},
         OrphanKind.WORK_FOLDER: {str(folders[name]) for name in (str(done.pk), vanished, "scratch/tmpgen_killed")},
+        OrphanKind.COMPILE_CACHE: {str(old_kernel)},
     }
 
     report = orphans_sweep(remove=False)
@@ -152,7 +163,7 @@ def test_orphans_past_the_grace_are_reported_then_removed_and_nothing_else_is(
     # Untouched: what rows name, what is young, what is not ours, and the live task's folder.
     for name in [*referenced, young, elsewhere]:
         assert stored(name).exists(), name
-    assert young_upload.exists() and other_program.exists() and vanished_young.exists()
+    assert young_upload.exists() and other_program.exists() and vanished_young.exists() and fresh_kernel.exists()
     assert folders[str(running.pk)].exists() and folders["not-a-task"].exists()
     assert orphans_sweep(remove=True).found == []
 

@@ -15,6 +15,7 @@ KIND_LABELS = {
     "stored_file": "stored files without a row",
     "temporary_upload": "temporary upload files",
     "work_folder": "abandoned work folders",
+    "compile_cache": "unused compile cache files",
 }
 
 

@@ -130,7 +130,7 @@ def test_home_directory_paths_are_refused_everywhere(model: Model, settings, tmp
     tool = {"action": "upload_images", "model_id": model.public_id, "images": ["~nosuchuser/a.png"]}
     refused(client.post("/v1/tools/train", tool, format="json"), 400, "home-directory paths (~)")
     seed = {"trigger_word": "x", "source_images": ["~nosuchuser/a.png"]}
-    refused(client.post("/api/v1/training/", seed, format="json"), 400, "home-directory paths (~)")
+    refused(client.post("/api/v1/training/", seed, format="json"), 422, "home-directory paths (~)")  # seed 003's shape
     dry_run = {"parameters": {"base_model_path": "~nosuchuser/model"}}
     refused(client.put(f"/v1/models/{model.public_id}/train?dryRun=true", dry_run, format="json"), 400, "(~)")
     create = {"name": "n", "parameters": {"base_model_path": "~nosuchuser/model"}}
@@ -253,7 +253,7 @@ def test_webhook_urls_at_private_addresses_are_refused_on_create_patch_and_start
     refused(client.patch(f"/v1/models/{model.public_id}", parameters, format="json"), 400, "webhook_url")
     refused(client.put(f"/v1/models/{model.public_id}/train", parameters, format="json"), 400, "webhook_url")
     seed = {"trigger_word": "x", "entity_id": str(model.uuid), "webhook_url": url}
-    assert client.post("/api/v1/training/", seed, format="json").status_code == 400
+    assert client.post("/api/v1/training/", seed, format="json").status_code == 422  # seed 003's validation error
     assert counts() == before
 
 
@@ -473,5 +473,5 @@ def test_a_caption_file_with_a_control_character_is_refused(model: Model, settin
     before = counts()
     body = {"trigger_word": "zxq", "entity_id": str(model.uuid), "source_images": ["a.png"]}
     response = api_client_for(model.team).post("/api/v1/training/", body, format="json")
-    refused(response, 400, "caption file beside a.png", "U+0000")
+    refused(response, 422, "caption file beside a.png", "U+0000")
     assert counts() == before

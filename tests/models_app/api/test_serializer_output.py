@@ -16,7 +16,8 @@ from models_app.api.serializers import ModelSerializer, TrainingProgressSerializ
 from models_app.models import Model, TrainingTask
 from tests.factories import ModelFactory, ProjectFactory, TeamFactory, add_images
 
-pytestmark = pytest.mark.django_db
+# Signed URLs carry the second they were signed at: the signer's clock is fixed for the comparisons.
+pytestmark = [pytest.mark.django_db, pytest.mark.usefixtures("fixed_signing_clock")]
 
 
 def drf_output(serializer: serializers.Serializer, instance: object) -> object:

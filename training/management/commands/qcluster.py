@@ -14,10 +14,11 @@ from __future__ import annotations
 import logging
 import os
 import signal
-from typing import Any
+from typing import Any, cast
 
 import psutil
 from django.conf import settings
+from django.core.management.base import CommandError
 from django_q.cluster import Cluster
 from django_q.management.commands.qcluster import Command as DjangoQClusterCommand
 
@@ -70,6 +71,38 @@ def is_rank_process(process: psutil.Process) -> bool:
     return any(name in command for name in DISTRIBUTED_COMMANDS)
 
 
+def configuration_problem() -> str | None:
+    """Why this cluster could never serve a task, or None: a cluster name no web process queues work under (a
+    cluster of another name starts, logs nothing wrong and waits forever: django-q2 reads its own Q_CLUSTER_NAME),
+    a Redis broker or a database it cannot reach."""
+    from django.db import connections
+
+    name = os.environ.get("Q_CLUSTER_NAME") or settings.TRAINING_QUEUE
+    alternatives = cast(dict[str, Any], settings.Q_CLUSTER.get("ALT_CLUSTERS") or {})
+    clusters = [settings.TRAINING_QUEUE, *alternatives]
+    if name not in clusters:
+        return (
+            f"Q_CLUSTER_NAME={name!r} names no cluster of this deployment: the web processes queue trainings and "
+            f"generations on {settings.TRAINING_QUEUE!r} (Q_QUEUE_NAME) and housekeeping on "
+            f"{settings.HOUSEKEEPING_QUEUE!r}; leave Q_CLUSTER_NAME unset for a training cluster"
+        )
+    if "redis" in settings.Q_CLUSTER:
+        import redis
+
+        url = str(settings.Q_CLUSTER["redis"])
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=5).ping()
+        except redis.RedisError as exc:
+            return f"the queue's Redis broker cannot be reached (REDIS_URL={url}, Q_BROKER=redis): {exc}"
+    try:
+        connections["default"].ensure_connection()
+    except Exception as exc:  # any driver's error: the message names the setting
+        return f"the database cannot be reached (DATABASE_URL): {exc}"
+    finally:
+        connections["default"].close()  # the cluster forks next: no process may inherit this connection
+    return None
+
+
 class Command(DjangoQClusterCommand):
     help = "Starts a django-q2 cluster whose trainings save a snapshot and re-queue when it is stopped."
 
@@ -78,6 +111,9 @@ class Command(DjangoQClusterCommand):
         settings.SECRET_KEY  # noqa: B018 - signing needs it: fail here, not in a worker
         if options.get("cluster_name"):
             os.environ["Q_CLUSTER_NAME"] = options["cluster_name"]
+        problem = configuration_problem()
+        if problem:
+            raise CommandError(problem)
         signal.signal(SHUTDOWN_SIGNAL, signal.SIG_IGN)  # inherited by the sentinel, the workers, the monitor
         if os.environ.get("Q_CLUSTER_NAME", settings.TRAINING_QUEUE) == settings.TRAINING_QUEUE:
             advertise_machine()
