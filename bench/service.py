@@ -1,6 +1,7 @@
 """Service benchmarks, on a throwaway PostgreSQL database and real processes:
 
-- queue: time from the start call to the task leaving PENDING, with a real `qcluster` on the ORM broker;
+- queue: time from the start call to the task leaving PENDING, with a real `qcluster` on the ORM broker; and,
+  with two clusters (two machines), one busy with a long training, the time until the idle one claims it;
 - api: requests per second and latency of model detail, model list and task list under concurrent
   clients, served by gunicorn; and the number of SQL queries each request makes at two list sizes;
 - e2e: wall time from the start call to `ready` for a 15-image, 1000-step training of the tiny model,
@@ -90,9 +91,10 @@ def stop(process: subprocess.Popen) -> None:
 
 
 @contextmanager
-def cluster(environment: Environment) -> Iterator[subprocess.Popen]:
-    log = environment.scratch / "logs" / "qcluster.log"
-    process = environment.manage("qcluster", log=log)
+def cluster(environment: Environment, name: str = "") -> Iterator[subprocess.Popen]:
+    """A running qcluster; `name`: a machine of its own (TRAINING_WORKER_NAME), as a second GPU box."""
+    log = environment.scratch / "logs" / f"qcluster{'-' + name if name else ''}.log"
+    process = environment.manage("qcluster", log=log, extra_env={"TRAINING_WORKER_NAME": name} if name else None)
     try:
         # Measure from a running cluster: its start (imports, forks) is not part of a pickup.
         def running() -> bool:
@@ -159,6 +161,48 @@ def bench_queue(environment: Environment, starts: int) -> dict[str, Any]:
                 "the one-step training to end",
             )
             model.refresh_from_db()
+    return {
+        "starts": starts,
+        "p50_seconds": round(statistics.median(pickups), 3),
+        "p95_seconds": round(percentile(pickups, 0.95), 3),
+        "max_seconds": round(max(pickups), 3),
+    }
+
+
+def bench_queue_busy(environment: Environment, starts: int) -> dict[str, Any]:
+    """Two training clusters (two machines), one busy with a long training: each start is measured until a worker
+    claims it (the idle cluster's), then cancelled, so the idle cluster is idle again for the next."""
+    from django.db import transaction
+
+    from models_app.models import TrainingTask
+    from models_app.services.datasets import model_configure
+    from models_app.services.training import training_cancel, training_start
+
+    _team, busy = team_with_images(12, name="busy")
+    _team, model = team_with_images(12, name="pickup")
+    long_run = {"steps": 100_000, "rank": 1, "resolution": 64, "save_every": 100_000}
+    model_configure(model=busy, parameters=long_run)
+    model_configure(model=model, parameters=long_run)
+    pickups = []
+    ended = ["COMPLETED", "FAILED", "CANCELLED"]
+    with cluster(environment, "box-a"), cluster(environment, "box-b"):
+        with transaction.atomic():
+            first = training_start(model=busy)
+        wait_until(lambda: TrainingTask.objects.filter(pk=first.pk, status="TRAINING").exists(), 300, "one busy box")
+        try:
+            for _ in range(starts):
+                started = time.perf_counter()
+                with transaction.atomic():
+                    task = training_start(model=model)
+                query = TrainingTask.objects.filter(pk=task.pk)
+                wait_until(lambda q=query: q.exclude(worker_id="").exists(), 120, "a worker to claim the start")
+                pickups.append(time.perf_counter() - started)
+                training_cancel(model=model)
+                wait_until(lambda q=query: q.filter(status__in=ended).exists(), 120, "the cancel")
+                model.refresh_from_db()
+        finally:
+            training_cancel(model=busy)
+            wait_until(lambda: TrainingTask.objects.filter(pk=first.pk, status__in=ended).exists(), 120, "the end")
     return {
         "starts": starts,
         "p50_seconds": round(statistics.median(pickups), 3),
@@ -381,6 +425,7 @@ def run(scratch: Path, base_model: Path, *, sections: set[str], quick: bool) -> 
     try:
         if "queue" in sections:
             results["queue"] = bench_queue(environment, starts=5 if quick else 20)
+            results["queue_busy"] = bench_queue_busy(environment, starts=5 if quick else 20)
         if "api" in sections:
             results["api"] = bench_api(environment, clients=16, seconds=2.0 if quick else 10.0, workers=4)
         if "e2e" in sections:

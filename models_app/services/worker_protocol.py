@@ -19,7 +19,7 @@ from django.db import transaction
 from django.db.models import F
 from django.utils import timezone
 
-from models_app.models import Model, TrainingTask
+from models_app.models import Model, TrainingTask, WorkerMachine
 from models_app.services.queue import queue_send, queue_waiting
 from models_app.services.task_files import stored_files_delete, task_weights_store
 from models_app.services.task_states import log_tail, task_transition
@@ -27,14 +27,33 @@ from models_app.services.task_states import log_tail, task_transition
 START_MESSAGE = "training.tasks.run_next_training"
 
 
-def training_task_enqueue(*, task_id: str | None = None) -> str:
-    """Put a "run the next training" message on django-q2's queue.
+# The most start messages one start sends (one per training machine that has registered).
+WAKE_MESSAGES_MAX = 8
 
-    The message names no task: the worker that takes it claims the best pending task at that moment
+
+def wake_messages() -> int:
+    """How many start messages a start sends: one per training machine (WorkerMachine rows), at least one.
+
+    django-q2's clusters take messages ahead of their workers: a cluster whose every worker is training holds
+    one message it has taken until a worker is free (hours, for a training), so a single message may sit
+    there while another cluster is idle. A cluster takes at most that one message ahead, so one message per
+    cluster reaches every idle cluster at once; the messages the busy ones hold claim whatever is pending when
+    they run, or nothing."""
+    return max(1, min(WAKE_MESSAGES_MAX, WorkerMachine.objects.count()))
+
+
+def training_task_enqueue(*, task_id: str | None = None) -> str:
+    """Put "run the next training" messages on django-q2's queue (`wake_messages` of them).
+
+    A message names no task: the worker that takes it claims the best pending task at that moment
     (highest priority, then oldest), so priority decides the order with any broker, and a message
     that finds nothing to claim is harmless.
     """
-    queue_id = queue_send(START_MESSAGE, queue=settings.TRAINING_QUEUE, task_name="training", group="training")
+    ids = [
+        queue_send(START_MESSAGE, queue=settings.TRAINING_QUEUE, task_name="training", group="training")
+        for _ in range(wake_messages())
+    ]
+    queue_id = ids[0]
     if task_id is not None:
         TrainingTask.objects.filter(pk=task_id).update(celery_training_task_id=queue_id)
     return queue_id

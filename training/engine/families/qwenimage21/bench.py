@@ -47,9 +47,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
         "size_tolerance": 0.025,
         "tiny": {
             "resolution": 64,
-            "config": {
-                "in_channels": 16,
-                "out_channels": 16,
+            "config": {  # the published 64 latent channels (the synthetic latents have the VAE's)
                 "num_layers": 1,
                 "attention_head_dim": 16,
                 "num_attention_heads": 2,
