@@ -27,6 +27,9 @@ def isolated_files(settings, tmp_path: Path, base_models_root: Path) -> Iterator
     settings.MEDIA_ROOT = tmp_path / "media"
     settings.TRAINING_WORK_DIR = tmp_path / "work"
     settings.VAR_DIR = tmp_path / "var"
+    # The sweeper judges this folder; the process's compile caches stay where the settings put them
+    # (TORCHINDUCTOR_CACHE_DIR is read once), so a test never sees kernels other tests compiled.
+    settings.COMPILE_CACHE_DIR = tmp_path / "var" / "compile-cache"
     settings.FILE_UPLOAD_TEMP_DIR = str(tmp_path / "upload-tmp")
     Path(settings.FILE_UPLOAD_TEMP_DIR).mkdir(exist_ok=True)
     settings.TRAINING_BASE_MODEL_ROOTS = [base_models_root]
