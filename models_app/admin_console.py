@@ -18,12 +18,13 @@ from django.urls import reverse
 from PIL import Image
 
 from contract.captions import has_trigger
-from contract.parameters import default
+from contract.parameters import default, effective_parameters
 from models_app import selectors
 from models_app.errors import ApplicationError, InvalidInput, NotFound
 from models_app.input_rules import json_document
 from models_app.media_access import media_url
 from models_app.models import Model, Team, TrainingImage, TrainingTask
+from models_app.services.credits import training_side
 from models_app.services.datasets import (
     LOCKED_STATUSES,
     autocaption_unavailable,
@@ -47,7 +48,8 @@ from models_app.services.training import (
     training_task_set_priority,
 )
 
-# Below this, an image is flagged: it will be upscaled to the training resolution.
+# An image whose shorter side is below the side the model trains at is flagged: it will be upscaled. Where that
+# side cannot be known (an unreadable base model), this one is the yardstick.
 RECOMMENDED_MIN_SIDE = 512
 
 
@@ -110,19 +112,29 @@ def captioning_strategy(model: Model) -> str:
     )
 
 
+def model_training_side(model: Model) -> int:
+    """The side the model's next training would run at (its effective parameters and base model)."""
+    parameters = effective_parameters(model.parameters, default_base_model=settings.TRAINING_DEFAULT_BASE_MODEL)
+    try:
+        return training_side(base_model=str(parameters["base_model_path"]), resolution=parameters["resolution"])
+    except ApplicationError:  # a base model that cannot be read: the start will say so
+        return RECOMMENDED_MIN_SIDE
+
+
 def image_problems(model: Model, images: list[TrainingImage]) -> dict[int, list[str]]:
     """What to flag on each image, by image pk. A missing caption is flagged only where the training
     reads the captions: the `description` strategy (`filename` reads the caption file imported beside the
     image instead), never on `edit` models, whose pairs' instructions are their captions."""
     hashes = Counter(image.asset.sha256 for image in images)
     strategy = captioning_strategy(model)
+    side = model_training_side(model)
     reads_captions = model.type != Model.Type.EDIT
     flags: dict[int, list[str]] = {}
     for image in images:
         asset = image.asset
         problems = []
-        if min(asset.width, asset.height) < RECOMMENDED_MIN_SIDE:
-            problems.append(f"small: {asset.width}x{asset.height}, under {RECOMMENDED_MIN_SIDE} px")
+        if min(asset.width, asset.height) < side:
+            problems.append(f"small: {asset.width}x{asset.height}, under the {side} px it trains at")
         if hashes[asset.sha256] > 1:
             problems.append("duplicate of another image here")
         if reads_captions and strategy == "description" and not image.description.strip():
@@ -232,6 +244,7 @@ def workspace_state(
         **live_state(model, task),
         "can_start": bool(quote and quote["canStart"]),
         "start_problems": [problem["detail"] for problem in quote["problems"]] if quote else [],
+        "start_notes": list(quote["notes"]) if quote else [],
         "count": len(images),
         "bounds": [low, high],
         "images": [

@@ -1,6 +1,6 @@
 """The admin's index: a training dashboard above Django's app list. What runs now (step, loss, ETA, kept
 live by polling `dashboard/live/`), the queue in the order the workers will claim it, the recent failures
-with their reason, and the GPU workers with what each holds and the state of its lease.
+with their reason, and the workers (on GPUs or CPUs) with what each holds and the state of its lease.
 
 A superuser sees every team's trainings, a staff member their own teams' (admin_console.staff_teams).
 The reads are one selector (selectors.training_dashboard); this module only shapes its rows for the
@@ -71,6 +71,7 @@ def _worker(worker: DashboardWorker) -> dict[str, Any]:
         "worker_id": worker.worker_id,
         "name": " · ".join(part for part in (worker.host, worker.label) if part),
         "pid": worker.pid,
+        "devices": worker.devices,
         "task": str(worker.task.pk),
         "lease": lease_text(worker),
         "lease_expired": worker.lease_expired,

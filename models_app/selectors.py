@@ -27,6 +27,7 @@ from models_app.models import (
     Team,
     TrainingImage,
     TrainingTask,
+    WorkerMachine,
 )
 
 # What a model shows of its latest training task (`trainingProgress`). A task row also holds its logs, up
@@ -366,6 +367,9 @@ def generation_job_get(*, team: Team, public_id: str) -> GenerationJob:
 MEASURED_RUNS = 5  # the rate is the median of this many recent trainings of the same base model
 
 
+DEVICE_NAMES = {"cuda": "GPU", "cpu": "CPU"}
+
+
 def training_measured_seconds_per_unit(*, base_model: str, native_resolution: int) -> tuple[float, int, str] | None:
     """What the workers really took for this base model: seconds per training sample at the family's
     native resolution (the median over the last MEASURED_RUNS completed trainings), how many runs that
@@ -377,16 +381,25 @@ def training_measured_seconds_per_unit(*, base_model: str, native_resolution: in
     recent = (
         TrainingTask.objects.filter(status=TrainingTask.Status.COMPLETED, base_model_path=base_model)
         .order_by("-completed_at")
-        .values_list("stage_seconds", "steps", "batch_size", "gradient_accumulation", "resolution", "worker_id")
+        .annotate(
+            device_type=Subquery(WorkerMachine.objects.filter(name=OuterRef("machine")).values("device_type")[:1])
+        )
+        .values_list(
+            "stage_seconds", "steps", "batch_size", "gradient_accumulation", "resolution", "worker_id", "device_type"
+        )
     )
-    for stage_seconds, steps, batch_size, accumulation, resolution, worker_id in recent[: MEASURED_RUNS * 2]:
+    for stage_seconds, steps, batch_size, accumulation, resolution, worker_id, device_type in recent[
+        : MEASURED_RUNS * 2
+    ]:
         seconds = (stage_seconds or {}).get("training")
         if not seconds or not steps:
             continue
         size = resolution or native_resolution
         units = steps * (batch_size or 1) * (accumulation or 1) * (size * size) / (native_resolution**2)
         rates.append(float(seconds) / units)
-        workers.add(":".join(worker_id.split(":")[:2]) or "unknown")  # host:label, without pid and nonce
+        worker = ":".join(worker_id.split(":")[:2]) or "unknown"  # host:label, without pid and nonce
+        # Where the figure was measured: a CPU's rate is no guide to a GPU's, and the reverse.
+        workers.add(f"{worker} ({DEVICE_NAMES.get(device_type or '', 'unknown device')})")
         if len(rates) == MEASURED_RUNS:
             break
     if not rates:
@@ -409,6 +422,8 @@ DASHBOARD_TASK_FIELDS = (
     "attempt_count",
     "max_attempts",
     "failure_reason",
+    "machine",
+    "devices",
     "worker_id",
     "lease_expires_at",
     "started_at",
@@ -457,6 +472,17 @@ class DashboardWorker:
     task: TrainingTask
     lease_expires_at: datetime | None
     lease_seconds_left: int | None  # negative once expired; None when the task carries no lease
+    device_type: str | None = None  # its machine's ("cuda" or "cpu"); None when the machine is not registered
+
+    @property
+    def devices(self) -> str:
+        """What it trains on, as a person says it: "CPU", "GPU 0", "GPUs 0, 1"."""
+        if self.device_type == "cpu":
+            return "CPU"
+        held = [str(index) for index in self.task.devices or []]
+        if self.device_type == "cuda":
+            return f"GPU{'s' if len(held) > 1 else ''} {', '.join(held)}".rstrip()
+        return "unknown device"
 
     @property
     def lease_expired(self) -> bool:
@@ -494,6 +520,7 @@ def dashboard_worker(task: TrainingTask, *, now: datetime) -> DashboardWorker:
         task=task,
         lease_expires_at=task.lease_expires_at,
         lease_seconds_left=left,
+        device_type=getattr(task, "machine_device_type", None),
     )
 
 
@@ -508,7 +535,15 @@ def training_dashboard(
     tasks. Four queries, whatever the number of rows."""
     now = timezone.now()
     tasks = _dashboard_tasks(teams)
-    running = list(tasks.filter(status__in=TrainingTask.RUNNING_STATUSES).order_by("started_at", "created_at", "pk"))
+    running = list(
+        tasks.filter(status__in=TrainingTask.RUNNING_STATUSES)
+        .annotate(
+            machine_device_type=Subquery(
+                WorkerMachine.objects.filter(name=OuterRef("machine")).values("device_type")[:1]
+            )
+        )
+        .order_by("started_at", "created_at", "pk")
+    )
     queue = list(
         tasks.filter(status=_PENDING)
         .annotate(ahead=_TASKS_AHEAD)

@@ -38,14 +38,26 @@ def worker_machine() -> MachineSpec:
         return MachineSpec(
             name=f"ray {settings.TRAINING_RAY_ADDRESS}",
             gpus=max(1, int(settings.TRAINING_GPUS)),
-            device_type="cpu" if (settings.TRAINING_DEVICE or "").startswith("cpu") else "cuda",
+            device_type=configured_device_type(),
             holds_devices=False,
         )
     name = settings.TRAINING_MACHINE_NAME or socket.gethostname()
     if not settings.TRAINING_MACHINE_NAME and os.environ.get("TRAINING_WORKER_NAME"):
         name = f"{name}:{os.environ['TRAINING_WORKER_NAME']}"  # a qcluster per GPU: one machine each
-    device_type = "cpu" if (settings.TRAINING_DEVICE or "").startswith("cpu") else "cuda"
-    return MachineSpec(name=name, gpus=max(1, int(settings.TRAINING_GPUS)), device_type=device_type)
+    return MachineSpec(name=name, gpus=max(1, int(settings.TRAINING_GPUS)), device_type=configured_device_type())
+
+
+def configured_device_type() -> str:
+    """ "cuda" or "cpu": TRAINING_DEVICE's kind, or when it is unset what the runner will pick (CUDA when
+    torch sees a GPU, else the CPU), so that a machine without a GPU never advertises one."""
+    configured = settings.TRAINING_DEVICE
+    if configured:
+        return "cpu" if configured.startswith("cpu") else "cuda"
+    if settings.TRAINING_EXECUTION == "ray":
+        return "cuda"  # the Ray nodes' GPUs, not this process's
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def worker_identity() -> str:

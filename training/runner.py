@@ -20,7 +20,7 @@ from django.conf import settings
 from models_app import selectors
 from models_app.models import Model, TrainingCheckpoint, TrainingImage, TrainingTask
 from models_app.services.machines import machine_claim
-from models_app.services.training import ENGINE_OPTIONS, PAIRS_NOT_TRAINED
+from models_app.services.training import ENGINE_OPTIONS, PAIRS_NOT_TRAINED, captions_not_used
 from models_app.services.worker_protocol import (
     LeaseLost,
     training_task_cancelled,
@@ -258,6 +258,8 @@ def build_spec(task: TrainingTask, work_dir: Path, reporter: TaskReporter) -> en
                 )
     elif task.model.pairs.exists():
         reporter.log(PAIRS_NOT_TRAINED.format(kind=task.model.type))
+    if note := captions_not_used(task.model, task.preprocessing_captioning_strategy):
+        reporter.log(note)
     reporter.pending_fields.update(training_folder=str(work_dir), processed_dataset_path=str(dataset_dir))
     return engine.TrainingSpec(
         base_model=task.base_model_path,

@@ -58,6 +58,14 @@ def family_of(base_model: str) -> str:
     return guess_family_from_name(base_model)
 
 
+def training_side(*, base_model: str, resolution: int | None, family: str | None = None) -> int:
+    """The side in pixels a training of this base model runs at: `resolution` when set, else the base model's
+    own size read from a local folder's configs (a small test base is 64 px, not its family's 512), else the
+    family's. The estimate and the dataset's size flags both ask here."""
+    family = family or family_of(base_model)
+    return resolution or local_native_resolution(base_model, family) or family_facts(family).native_resolution
+
+
 def training_estimate(
     *, base_model: str, steps: int, batch_size: int, gradient_accumulation: int, resolution: int | None
 ) -> Estimate:
@@ -66,9 +74,7 @@ def training_estimate(
     # Each family's cost weight and reference speed are facts of its record (contract/families.py).
     facts = family_facts(family)
     native = facts.native_resolution
-    # No resolution: the base model's own size, read from a local folder's configs (a small test base is
-    # 64 px, not its family's 512), else the family's.
-    size = resolution or local_native_resolution(base_model, family) or native
+    size = training_side(base_model=base_model, family=family, resolution=resolution)
     samples = steps * batch_size * gradient_accumulation
     pixel_factor = Decimal(size * size) / Decimal(native * native)
     units = Decimal(samples) * pixel_factor * facts.cost_weight

@@ -148,6 +148,22 @@ PAIRS_NOT_TRAINED = (
     "captions; set its type to edit to train an edit model from its pairs"
 )
 
+# Seed 003's default strategy trains every image on the trigger word alone: captions written for a model
+# under it are kept but not read, which a user who wrote them would not guess.
+CAPTIONS_NOT_USED = (
+    "{count} of the model's images have captions that this training does not read: captioning strategy "
+    "trigger_only (seed 003's default) trains every image on the trigger word alone; set "
+    "preprocessing_captioning_strategy to description to train on the captions"
+)
+
+
+def captions_not_used(model: Model, strategy: str) -> str | None:
+    """The note for captions the strategy will not read, or None."""
+    if model.type == Model.Type.EDIT or strategy != "trigger_only":
+        return None
+    count = model.training_images.exclude(description="").count()
+    return CAPTIONS_NOT_USED.format(count=count) if count else None
+
 
 def _plan(model: Model, overrides: dict[str, Any] | None) -> TrainingPlan:
     # The stored parameters are checked again with the overrides: a rule added since they were stored
@@ -211,6 +227,8 @@ def _plan(model: Model, overrides: dict[str, Any] | None) -> TrainingPlan:
             )
     if model.type != Model.Type.EDIT and model.pairs.exists():
         notes.append(PAIRS_NOT_TRAINED.format(kind=model.type))
+    if note := captions_not_used(model, params["preprocessing_captioning_strategy"]):
+        notes.append(note)
     problems.extend(_validation_images_problems(model, params["validation_images"]))
     problems.extend(_gpus_problems(params))
     limit = team_training_limit(model.team)

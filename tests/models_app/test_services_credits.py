@@ -98,6 +98,7 @@ def test_the_time_estimate_says_what_it_assumes_and_uses_the_workers_measured_ra
     task.refresh_from_db()
     measured = training_quote(model=model)["estimate"]
     assert measured["seconds_basis"].startswith("measured:") and "last 1 completed" in measured["seconds_basis"]
+    assert "(CPU)" in measured["seconds_basis"]  # where the figure was measured: this worker ran on the CPU
     # The same run again is estimated at what this one took.
     assert abs(measured["estimated_seconds"] - task.stage_seconds["training"]) <= 1
     doubled = training_quote(model=model, overrides={"steps": 2 * task.steps})["estimate"]

@@ -227,10 +227,10 @@ def test_start_rules_know_which_families_learn_edits(tiny_models: dict, ready_mo
     model_configure(model=ready_model, parameters={"base_model_path": str(tiny_models["flux2-klein"])})
     pairs_replace(model=ready_model, pairs=[{"source_id": a, "target_id": b}, {"source_id": c, "target_id": d}])
     quote = training_quote(model=ready_model)
-    assert quote["canStart"] and quote["notes"] == [
+    assert quote["canStart"] and quote["notes"][0] == (
         "the model's before/after pairs are not trained: a subject model learns text to image from its images and "
         "captions; set its type to edit to train an edit model from its pairs"
-    ]
+    )
 
     # An edit model on a family that cannot edit: a 400 naming those that can.
     Model.objects.filter(pk=ready_model.pk).update(type=Model.Type.EDIT)
@@ -248,3 +248,31 @@ def test_start_rules_know_which_families_learn_edits(tiny_models: dict, ready_mo
         training_start(model=ready_model)
     model_configure(model=ready_model, parameters={"base_model_path": str(tiny_models["flux2-klein"])})
     assert training_quote(model=ready_model)["canStart"]
+
+
+def test_captions_the_strategy_will_not_read_are_noted_at_the_quote_and_in_the_task_log(
+    ready_model: Model, tmp_path
+) -> None:
+    """Seed 003's default strategy (trigger_only) trains on the trigger word alone: a dataset whose captions
+    would go unread says so before the start and in the training's log, and not once they are read."""
+    from models_app.services.training import training_quote
+    from training.reporting import TaskReporter
+    from training.runner import build_spec
+
+    note = (
+        "12 of the model's images have captions that this training does not read: captioning strategy "
+        "trigger_only (seed 003's default) trains every image on the trigger word alone; set "
+        "preprocessing_captioning_strategy to description to train on the captions"
+    )
+    assert training_quote(model=ready_model)["notes"] == [note]
+    task = training_task_claim(task_id=str(training_start(model=ready_model).pk), worker_id="test-worker")
+    assert task is not None
+    reporter = TaskReporter(task, "test-worker")
+    build_spec(task, tmp_path, reporter)
+    reporter.flush(force=True)
+    task.refresh_from_db()
+    assert note in task.logs
+
+    training_cancel(model=ready_model)
+    model_configure(model=ready_model, parameters={"preprocessing_captioning_strategy": "description"})
+    assert training_quote(model=ready_model)["notes"] == []

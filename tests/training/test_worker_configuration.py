@@ -39,3 +39,17 @@ def test_an_unreachable_broker_or_database_is_refused_at_start(settings) -> None
     database = qcluster(settings, DATABASE_URL="postgres://nobody@127.0.0.1:9/none")
     assert database.returncode != 0
     assert "the database cannot be reached (DATABASE_URL)" in database.stderr
+
+
+@pytest.mark.parametrize("configured", [None, "cpu", "cuda:1"])
+def test_a_worker_advertises_the_devices_it_will_really_train_on(settings, configured: str | None) -> None:
+    """With TRAINING_DEVICE unset the runner trains on CUDA only when torch sees a GPU; the machine the worker
+    advertises (and the dashboard and the log show) says the same, never a GPU a CPU machine does not have."""
+    import torch
+
+    from training.lease import worker_machine
+
+    settings.TRAINING_DEVICE = configured
+    settings.TRAINING_EXECUTION = "local"
+    expected = {None: "cuda" if torch.cuda.is_available() else "cpu", "cpu": "cpu", "cuda:1": "cuda"}[configured]
+    assert worker_machine().device_type == expected

@@ -372,6 +372,12 @@
       problem.textContent = text;
       return problem;
     }));
+    $("start-notes").replaceChildren(...state.start_notes.map(text => {
+      const note = document.createElement("div");
+      note.className = "ws-note";
+      note.textContent = text;
+      return note;
+    }));
     // Captions written elsewhere (the tools, the automatic captioner, someone else) show here, except
     // in the field being edited.
     const known = new Set(cards().map(card => card.dataset.pk));

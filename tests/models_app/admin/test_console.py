@@ -13,6 +13,7 @@ from django.urls import reverse
 
 from models_app.models import Membership, Model, Pair, TrainingImage, TrainingTask
 from models_app.services.accounts import membership_set
+from models_app.services.datasets import model_configure
 from models_app.services.training import training_start
 from tests.factories import ModelFactory, TeamFactory, UserFactory, add_images
 from tests.helpers import png
@@ -78,7 +79,7 @@ def test_a_superuser_sees_every_team(client) -> None:
 
 
 def test_the_workspace_uploads_captions_flags_replaces_and_deletes(staff, tiny_sd15: Path) -> None:
-    model = ModelFactory(team=staff.team)
+    model = ModelFactory(team=staff.team, parameters={"resolution": 512})
     response = staff.post(
         url("models_app_model_upload", model.pk),
         {"images": [upload_file("a.png", png((600, 600), "red")), upload_file("b.png", png((100, 100), "blue")),
@@ -91,11 +92,15 @@ def test_the_workspace_uploads_captions_flags_replaces_and_deletes(staff, tiny_s
 
     page = staff.get(url("models_app_model_change", model.pk)).content.decode()
     assert "3 images" in page and "a training needs 12 to 20 images" in page
-    assert "small: 100x100, under 512 px" in page
+    assert "small: 100x100, under the 512 px it trains at" in page and "small: 600x600" not in page
     assert page.count('<span class="ws-flag">duplicate of another image here</span>') == 2
     first = model.training_images.order_by("id").first()
     saved = staff.post(url("models_app_model_caption", model.pk, first.pk), {"description": "  a red square "})
     assert saved.json()["description"] == "a red square"
+
+    # The flag compares with the side the model trains at: at 64 px (the demo's) a 100 px image is large enough.
+    model_configure(model=model, parameters={"resolution": 64})
+    assert "small:" not in staff.get(url("models_app_model_change", model.pk)).content.decode()
 
     old_id = first.public_id
     replaced = staff.post(

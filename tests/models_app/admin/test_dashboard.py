@@ -13,7 +13,7 @@ from django.test.utils import CaptureQueriesContext
 from django.urls import reverse
 from django.utils import timezone
 
-from models_app.models import Membership, Team, TrainingTask
+from models_app.models import Membership, Team, TrainingTask, WorkerMachine
 from models_app.services.accounts import membership_set
 from models_app.services.worker_protocol import training_task_claim_next
 from tests.factories import ModelFactory, TeamFactory, UserFactory
@@ -186,6 +186,21 @@ def test_each_worker_shows_what_it_holds_and_an_expired_lease_is_said_plainly(st
     assert "Lease expired" not in fine and "expires in" in fine
     assert "gpu-box-3 · gpu2" in lost and "Held by a lost worker" in lost and "board-lease-lost" in lost
     assert "Lease expired</strong>" in lost and "2 min ago: the worker stopped answering" in lost
+
+
+def test_each_worker_says_what_it_trains_on(staff) -> None:
+    """A worker on a CPU machine is shown on the CPU, a GPU worker with the GPUs it holds: no label claims a
+    GPU that is not there."""
+    now = timezone.now()
+    WorkerMachine.objects.create(name="cpu-box", gpus=2, device_type="cpu", last_seen_at=now)
+    WorkerMachine.objects.create(name="gpu-box", gpus=4, device_type="cuda", last_seen_at=now)
+    running(staff.team, name="On the CPU", worker_id="cpu-box:w:1:aa", machine="cpu-box", devices=[0])
+    running(staff.team, name="On two GPUs", worker_id="gpu-box:w:2:bb", machine="gpu-box", devices=[2, 3])
+    workers = section(staff.get(reverse(INDEX)).content.decode(), "board-workers")
+    assert "GPU workers" not in workers
+    on_cpu, on_gpus = re.findall(r"<tr data-worker.*?</tr>", workers, re.S)
+    assert re.search(r'data-field="devices">CPU<', on_cpu) and "GPU" not in on_cpu
+    assert re.search(r'data-field="devices">GPUs 2, 3<', on_gpus)
 
 
 def test_the_live_json_has_the_running_numbers_and_its_signature_follows_the_rows(staff) -> None:
