@@ -5,6 +5,7 @@ from django.urls import include, path, re_path
 from django.views.static import serve
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
+from models_app.front import documentation, favicon, front_page
 from models_app.media_access import TOKEN_PARAMETER, media_token_valid
 
 handler400 = "models_app.api.boundary.bad_request"
@@ -12,6 +13,10 @@ handler404 = "models_app.api.boundary.not_found"
 handler500 = "models_app.api.boundary.server_error"
 
 urlpatterns = [
+    path("", front_page, name="front-page"),
+    path("favicon.ico", favicon, name="favicon"),
+    path("docs/", documentation, name="documentation"),
+    path("docs/<path:path>", documentation, name="documentation-page"),
     path("admin/", admin.site.urls),
     path("v1/", include("models_app.api.urls")),
     path("api/v1/", include("models_app.api.training_urls")),
