@@ -1,5 +1,5 @@
 # The two commands of the README:
-#   make demo   set everything up, train the demo model end to end, then serve the admin
+#   make demo   set everything up, train the demo model end to end, then serve the site with a worker
 #   make test   set everything up and run the whole suite on SQLite and on PostgreSQL
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 TEST_DATABASE_URL ?= postgres://postgres@127.0.0.1:5432/platform
 HOST ?= 127.0.0.1:8000
 
-.PHONY: setup lock check-newest demo sample-images serve test test-sqlite test-postgres lint services bench
+.PHONY: setup lock check-newest demo docs sample-images serve test test-sqlite test-postgres lint services bench
 
 # Installs exactly the versions (and files, by hash) that requirements/dev.lock pins, so two machines or two
 # CI runs test the same code. The .txt inputs are prerequisites too: after editing one, setup stops with a
@@ -49,9 +49,13 @@ check-newest:
 	var/newest/bin/pytest -m engine -p no:cacheprovider
 
 # make demo STEPS=600 TIMEOUT=1200: more steps; give up after TIMEOUT seconds without progress
-demo: setup
-	$(BIN)/python manage.py demo --base-url http://$(HOST) $(if $(STEPS),--steps $(STEPS)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
-	$(BIN)/python manage.py runserver $(HOST)
+demo: setup docs
+	$(BIN)/python manage.py demo --serve $(HOST) $(if $(STEPS),--steps $(STEPS)) $(if $(TIMEOUT),--timeout $(TIMEOUT))
+
+# The documentation site from docs/ (mkdocs.yml), strict: a broken link or reference fails. The server shows it
+# at /docs/ (DOCS_SITE_DIR, default var/docs-site); `.venv/bin/mkdocs serve` previews it while editing.
+docs: setup
+	$(BIN)/mkdocs build --strict --quiet --site-dir var/docs-site
 
 # Sample images (with .txt captions) for the README's examples: var/sample-images/sample01.jpg ...
 sample-images: setup

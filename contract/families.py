@@ -53,6 +53,13 @@ class FamilyFacts:
     max_sources: int = 1
     # ComfyUI runs the family: a kohya-layout file is written under the names its loader maps.
     comfyui: bool = True
+    # For the docs' family table (markdown_table): the published models it covers, what the caption is read
+    # by (and how), and anything its row must add to what it trains.
+    models: str = ""
+    conditioning: str = ""
+    trains_note: str = ""
+    # `train_text_encoder` applies: a LoRA on the text encoder(s) too (the engine family's text_encoder_tokenizers).
+    text_encoder_lora: bool = False
 
 
 # In the order the admin, the API's lists and the docs show them.
@@ -70,6 +77,9 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         kohya_base_model_version="sd_v1",
         modelspec_architecture="stable-diffusion-v1",
         size_from_sample_size=True,
+        models="SD 1.x",
+        conditioning="CLIP",
+        text_encoder_lora=True,
     ),
     FamilyFacts(
         key="sdxl",
@@ -84,6 +94,9 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         kohya_base_model_version="sdxl_base_v1-0",
         modelspec_architecture="stable-diffusion-xl-v1-base",
         size_from_sample_size=True,
+        models="",
+        conditioning="two CLIPs, size and crop",
+        text_encoder_lora=True,
     ),
     FamilyFacts(
         key="flux",
@@ -98,6 +111,8 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         # FLUX.1 [dev]'s layout (guidance embedding): ModelSpec's "flux-1-dev".
         kohya_base_model_version="flux1",
         modelspec_architecture="flux-1-dev",
+        models="FLUX.1 dev, schnell",
+        conditioning="CLIP pooled + T5 (512 tokens), guidance (dev)",
     ),
     FamilyFacts(
         key="flux-kontext",
@@ -113,6 +128,8 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         modelspec_architecture="flux-1-kontext-dev",
         trains_pairs=True,
         needs_pairs=True,
+        models="",
+        conditioning="as FLUX.1, plus the source image's tokens",
     ),
     FamilyFacts(
         key="sd3",
@@ -130,6 +147,8 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         modelspec_architecture="stable-diffusion-3",
         # Its transformer counts its sample size in latent pixels, as a UNet does (128 -> 1024 px).
         size_from_sample_size=True,
+        models="SD 3.5 large, medium; SD 3 medium",
+        conditioning="two CLIPs + T5 (256 tokens), pooled CLIPs",
     ),
     FamilyFacts(
         key="chroma",
@@ -143,6 +162,8 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         # sd-scripts names its architecture "chroma" (ARCH_FLUX_1_CHROMA).
         kohya_base_model_version="chroma",
         modelspec_architecture="chroma",
+        models="Chroma1-HD, -Base",
+        conditioning="T5 (512 tokens, masked past the caption)",
     ),
     FamilyFacts(
         key="zimage",
@@ -158,6 +179,8 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         modelspec_architecture="z-image",
         # ComfyUI's loader (its Lumina2 branch) reads `lycoris_<diffusers name>`.
         kohya_prefix="lycoris_",
+        models="Z-Image, Z-Image-Turbo",
+        conditioning="Qwen3 (the prompt in its chat format, up to 512 tokens)",
     ),
     FamilyFacts(
         key="qwenimage",
@@ -173,6 +196,8 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         modelspec_architecture="qwen-image",
         # ComfyUI's Qwen-Image loader reads `lycoris_<diffusers name>` (or diffusers' own names).
         kohya_prefix="lycoris_",
+        models="Qwen-Image",
+        conditioning="Qwen2.5-VL (last layer, the pipeline's system template cut off, up to 512 tokens)",
     ),
     FamilyFacts(
         key="qwenimage21",
@@ -189,6 +214,9 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         # ComfyUI's qwen_image21 model shares Qwen-Image's LoRA branch (`lycoris_<diffusers name>`, its fused
         # img_mlp.gate_up addressed by the gate_layer and proj halves).
         kohya_prefix="lycoris_",
+        models="Qwen-Image 2.1",
+        conditioning="Qwen3-VL (last layer before its final norm, the pipeline's own encoding, no length cut)",
+        trains_note="generates RGBA",
     ),
     FamilyFacts(
         key="qwenimage-edit",
@@ -206,6 +234,8 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         trains_pairs=True,
         needs_pairs=True,
         max_sources=3,  # Qwen's card for 2509: one to three input images
+        models="Qwen-Image-Edit 2509, 2511",
+        conditioning="Qwen2.5-VL reading the sources with the instruction (edit template, 64 tokens cut), plus the sources' tokens",
     ),
     FamilyFacts(
         key="flux2-klein",
@@ -221,6 +251,8 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         modelspec_architecture="flux-2-klein",
         trains_pairs=True,  # edits through its reference images (`image`), beside text-to-image
         max_sources=4,
+        models="FLUX.2 klein 4B, 9B, base and distilled",
+        conditioning="Qwen3 (layers 9, 18 and 27 side by side, the prompt in its chat format, 512 tokens)",
     ),
     FamilyFacts(
         key="flux2",
@@ -235,6 +267,8 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         modelspec_architecture="flux-2-dev",  # our choice, as "flux-1-dev"
         trains_pairs=True,  # edits through its reference images (`image`), beside text-to-image
         max_sources=4,
+        models="FLUX.2 dev",
+        conditioning="Mistral Small 3.1 (layers 10, 20 and 30 side by side, after BFL's system message, 512 tokens), guidance",
     ),
     FamilyFacts(
         key="hidream",
@@ -250,6 +284,8 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         modelspec_architecture="hidream-i1",
         # ComfyUI's HiDream loader reads `lycoris_<diffusers name>` (SimpleTuner's layout).
         kohya_prefix="lycoris_",
+        models="HiDream-I1 Full, Dev, Fast",
+        conditioning="CLIP-L + CLIP-G pooled, T5-XXL and one Llama 3.1 8B layer per block (128 tokens each)",
     ),
     FamilyFacts(
         key="ernie-image",
@@ -266,6 +302,8 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         # ComfyUI's ERNIE-Image model has diffusers' own module names; its loader maps them under the generic
         # kohya prefix `lora_unet_` (not `lora_transformer_` or `lycoris_`).
         kohya_prefix="lora_unet_",
+        models="ERNIE-Image, -Turbo",
+        conditioning="Ministral 3 (second-to-last layer, the prompt as written, each caption at its own length, up to 512 tokens)",
     ),
     FamilyFacts(
         key="krea2",
@@ -281,6 +319,8 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         modelspec_architecture="krea-2",
         # ComfyUI's Krea 2 loader maps diffusers' names under `lycoris_` (and `transformer.`), not `lora_transformer_`.
         kohya_prefix="lycoris_",
+        models="Krea 2 Raw, Turbo",
+        conditioning="Qwen3-VL (12 depths stacked per token, Qwen-Image's template, 512 tokens, padding masked)",
     ),
     FamilyFacts(
         key="prx",
@@ -296,6 +336,9 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         modelspec_architecture="prx",
         size_from_pipeline_config="default_sample_size",
         comfyui=False,  # ComfyUI has no PRX model, so no kohya file is written for it
+        models="PRX 256/512/1024 t2i on FLUX.1's VAE",
+        conditioning="T5Gemma encoder (the prompt cleaned as the pipeline cleans it, 256 tokens, padding masked)",
+        trains_note="no ComfyUI file",
     ),
     FamilyFacts(
         key="ideogram4",
@@ -312,6 +355,9 @@ FAMILIES: tuple[FamilyFacts, ...] = (
         # ComfyUI's loader has no Ideogram 4 branch: its generic `lora_unet_<name>` over the original names, whose
         # attention is one fused qkv (the family's own writer fuses the adapters).
         kohya_prefix="lora_unet_",
+        models="Ideogram 4",
+        conditioning="Qwen3-VL-8B (13 decoder layers interleaved per token, its chat template, each caption at its own length, up to 2048 tokens)",
+        trains_note="ComfyUI file for LoRA and DoRA; of the conditional transformer",
     ),
 )
 FAMILY_KEYS = tuple(facts.key for facts in FAMILIES)
@@ -424,3 +470,28 @@ def _model_index(base_model: str) -> Path:
             f"base model {base_model!r} is neither a local diffusers folder nor a hub id this machine "
             f"can fetch ({type(exc).__name__}); download it once and set base_model_path to its folder"
         ) from exc
+
+
+def markdown_table() -> str:
+    """The docs' family table, generated from the records (tests/test_docs.py keeps the docs showing it)."""
+    lines = [
+        "| family | pipeline class | trains | default resolution | conditioning |",
+        "|---|---|---|---|---|",
+    ]
+    for facts in FAMILIES:
+        name = f"`{facts.key}` ({facts.models})" if facts.models else f"`{facts.key}`"
+        pipelines = ", ".join(f"`{pipeline}`" for pipeline in facts.pipelines)
+        pairs = f"pairs of up to {facts.max_sources} sources" if facts.max_sources > 1 else "before/after pairs"
+        if facts.needs_pairs:
+            trains = f"edit LoRA/DoRA/LoKr/LoHa on {pairs} (type `edit`), FULL"
+        else:
+            trains = "LoRA/DoRA/LoKr/LoHa, FULL"
+            if facts.trains_pairs:
+                trains += f"; edit LoRA on {pairs} (type `edit`)"
+        if facts.text_encoder_lora:
+            trains += ", text-encoder LoRA"
+        if facts.trains_note:
+            trains += f" ({facts.trains_note})"
+        size = "the model's own" if facts.size_from_pipeline_config else str(facts.native_resolution)
+        lines.append(f"| {name} | {pipelines} | {trains} | {size} | {facts.conditioning} |")
+    return "\n".join(lines)

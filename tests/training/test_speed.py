@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
@@ -67,11 +66,14 @@ def test_a_compiled_mixture_of_experts_model_stops_compiling_after_its_first_ste
 
 def test_automatic_choices_follow_the_device_and_the_run_length() -> None:
     common = {"compile_mode": None, "channels_last": None, "attention": "sdpa", "quantize_base": None}
+    # Never automatic on a CPU, however long the run: minutes of C++ compilation for steps no faster there
+    # (bench/demo.py; the first demo spent 5 minutes compiling before its first step).
     on_cpu = resolve_speed(**common, device=CPU, steps=1000, is_unet=True, training_type="LORA")
-    has_compiler = shutil.which("c++") is not None or shutil.which("g++") is not None
-    assert (on_cpu.compile, on_cpu.channels_last) == ("blocks" if has_compiler else "off", False)
-    short_cpu = resolve_speed(**common, device=CPU, steps=100, is_unet=True, training_type="LORA")
-    assert short_cpu.compile == "off"
+    assert (on_cpu.compile, on_cpu.channels_last) == ("off", False)
+    asked = resolve_speed(
+        **{**common, "compile_mode": "blocks"}, device=CPU, steps=100, is_unet=True, training_type="LORA"
+    )
+    assert asked.compile == "blocks"  # asked for, it compiles
     long_gpu = resolve_speed(**common, device=CUDA, steps=1000, is_unet=True, training_type="LORA")
     assert (long_gpu.compile, long_gpu.channels_last, long_gpu.mixed_precision) == ("blocks", True, "bf16")
     assert on_cpu.mixed_precision == "no"  # fp32 on a CPU unless asked

@@ -1,5 +1,7 @@
 """The main job end to end on the embedded defaults: build a tiny base model, make a dataset, train it
-through the queue, show what the training changed, and say where everything is.
+through the queue, show what the training changed, and say where everything is. With --serve (what `make
+demo` runs) the web server then runs beside the same worker, so that every documented example (a generation
+included) completes against it; Ctrl-C stops both.
 
 A rerun reuses the demo team, its API key and its model. The command never leaves work behind: it
 stops its own worker cleanly on any exit, and cancels its training if it gives up (no progress for
@@ -25,6 +27,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.db import transaction
 from django.urls import reverse
 
+from contract import demo as recipe
 from contract.families import DEMO_FAMILY, FAMILY_LABELS
 from models_app.errors import Conflict
 from models_app.models import ApiKey, Membership, Model, Team, TrainingTask
@@ -37,10 +40,11 @@ DEMO_TEAM = "Demo team"
 DEMO_USER = "demo"
 DEMO_PASSWORD = "demo"  # local demo only; the README says to change it anywhere else
 DEMO_MODEL = "Demo shapes"
-TRIGGER_WORD = "zxq"
-HELD_OUT = 3  # training images kept out of the training: the held-out loss is measured on them
-PROMPT = f"{TRIGGER_WORD}, a blue circle on a white background"
-SEED = 7
+TRIGGER_WORD = recipe.TRIGGER_WORD
+HELD_OUT = recipe.HELD_OUT
+PROMPT = recipe.PROMPT
+SEED = recipe.SEED
+HEARTBEAT_SECONDS = 30  # never silent longer than this: a line says what is happening
 FINAL_STATUSES = (Model.Status.READY, Model.Status.FAILED, Model.Status.CANCELED, Model.Status.DELETED)
 
 
@@ -51,13 +55,22 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser: CommandParser) -> None:
-        parser.add_argument("--images", type=int, default=15, help="number of generated images (12-20)")
-        parser.add_argument("--steps", type=int, default=300, help="training steps")
+        parser.add_argument(
+            "--images",
+            type=int,
+            default=recipe.IMAGES,
+            help=f"number of generated images (12-20, default {recipe.IMAGES})",
+        )
+        parser.add_argument("--steps", type=int, default=recipe.STEPS, help=f"training steps (default {recipe.STEPS})")
         parser.add_argument(
             "--timeout", type=int, default=600, help="give up (and cancel the training) after this many seconds "
             "without progress; the wait has no limit while the training advances",
         )  # fmt: skip
         parser.add_argument("--base-url", default="http://127.0.0.1:8000", help="where the server will listen")
+        parser.add_argument(
+            "--serve", metavar="ADDRESS", default=None, help="then run the web server at ADDRESS (e.g. 127.0.0.1:8000) "
+            "beside the worker until Ctrl-C, which stops both",
+        )  # fmt: skip
 
     def handle(self, *args: Any, **options: Any) -> None:
         if not 12 <= options["images"] <= 20:
@@ -65,10 +78,12 @@ class Command(BaseCommand):
         if options["steps"] < 1 or options["timeout"] < 1:
             raise CommandError("--steps and --timeout must be positive")
         started = time.monotonic()
+        self.stdout.write("Preparing the database")
         call_command("migrate", interactive=False, verbosity=0)
         base_model = ensure_base_model(self.stdout)
         team, secret_token = self.ensure_team_and_key()
         model = self.ensure_model(team, base_model, images=options["images"], steps=options["steps"])
+        base_url = f"http://{options['serve']}" if options["serve"] else options["base_url"].rstrip("/")
 
         task = model.training_tasks.filter(status__in=TrainingTask.ACTIVE_STATUSES).first()
         if task is None:
@@ -76,16 +91,28 @@ class Command(BaseCommand):
             self.stdout.write(f"Training task {task.pk} queued ({options['steps']} steps)")
         else:
             self.stdout.write(f"Training task {task.pk} was left unfinished by an earlier run: finishing it")
-        model = self.run_worker_until_done(model, task, stall_timeout=options["timeout"])
-        task.refresh_from_db()
-        if model.status != Model.Status.READY:
-            raise CommandError(f"training ended {model.status}: {task.error_message or 'no message'}")
+        cluster = start_worker(self.stdout)
+        try:
+            model = self.follow_until_done(model, task, cluster, stall_timeout=options["timeout"])
+            task.refresh_from_db()
+            if model.status != Model.Status.READY:
+                raise CommandError(f"training ended {model.status}: {task.error_message or 'no message'}")
+            self.stdout.write("Measuring what the training changed (generating with and without the LoRA)")
+            report = what_it_learned(model, task, var_dir=Path(settings.VAR_DIR) / "demo")
+            self.stdout.write(
+                self.style.SUCCESS(f"\nDone in {time.monotonic() - started:.0f} s. What the training did:")
+            )
+            for line in report.lines():
+                self.stdout.write(f"  {line}")
+            self.print_where(model, task, report, base_url, secret_token)
+            if options["serve"]:
+                self.serve(options["serve"])
+        finally:
+            stop_worker(cluster, self.stdout)
 
-        report = what_it_learned(model, task, var_dir=Path(settings.VAR_DIR) / "demo")
-        base_url = options["base_url"].rstrip("/")
-        self.stdout.write(self.style.SUCCESS(f"\nDone in {time.monotonic() - started:.0f} s. What the training did:"))
-        for line in report.lines():
-            self.stdout.write(f"  {line}")
+    def print_where(
+        self, model: Model, task: TrainingTask, report: LearningReport, base_url: str, secret_token: str
+    ) -> None:
         self.stdout.write(self.style.SUCCESS("\nYour trained model:"))
         admin_task = reverse("admin:models_app_trainingtask_change", args=[task.pk])
         rows = [
@@ -93,6 +120,7 @@ class Command(BaseCommand):
             ("Weights (LoRA)", Path(task.weights.path).as_posix()),
             ("Before / after", report.comparison.as_posix()),
             ("Generated image", report.generated.as_posix()),
+            ("Front page", f"{base_url}/"),
             ("Training page", f"{base_url}{admin_task}  (loss curve, held-out loss, samples)"),
             ("Admin", f"{base_url}/admin/ (user {DEMO_USER}, password {DEMO_PASSWORD})"),
             ("API docs", f"{base_url}/api/docs/"),
@@ -102,6 +130,16 @@ class Command(BaseCommand):
         width = max(len(label) for label, _ in rows)
         for label, value in rows:
             self.stdout.write(f"  {label.ljust(width)}  {value}")
+
+    def serve(self, address: str) -> None:
+        """The development server in this process, beside the worker this command started: generations and
+        trainings asked through the API run while it serves. Ctrl-C ends both."""
+        self.stdout.write(
+            self.style.SUCCESS(f"\nServing at http://{address}/ with a worker beside it; Ctrl-C stops both")
+        )
+        self.stdout.flush()
+        with contextlib.suppress(KeyboardInterrupt):  # Ctrl-C: the worker is stopped on the way out
+            call_command("runserver", address, use_reloader=False, stdout=self.stdout, stderr=self.stderr)
 
     @transaction.atomic
     def ensure_team_and_key(self) -> tuple[Team, str]:
@@ -133,17 +171,11 @@ class Command(BaseCommand):
         """The demo model, created with its images the first time; a rerun only updates its step count."""
         model = team.models.exclude(status=Model.Status.DELETED).filter(name=DEMO_MODEL).first()
         parameters: dict[str, Any] = {
+            **recipe.PARAMETERS,
             "base_model_path": str(base_model),
             "steps": steps,
-            "rank": 8,
-            "learning_rate": 0.002,
-            "batch_size": 2,
-            "resolution": 64,
-            "optimizer": "adamw",
-            "preprocessing_captioning_strategy": "description",
-            "sample_every": max(1, steps // 6),
+            "sample_every": max(1, steps // recipe.VALIDATIONS),
             "sample_prompts": [PROMPT],
-            "sample_steps": 10,
         }
         if model is not None:
             if model.status not in (Model.Status.QUEUED, Model.Status.TRAINING):
@@ -166,19 +198,10 @@ class Command(BaseCommand):
         self.stdout.write(f"Model {model.public_id} created with {images} images ({HELD_OUT} held out)")
         return model
 
-    def run_worker_until_done(self, model: Model, task: TrainingTask, *, stall_timeout: int) -> Model:
-        """Run a real `qcluster` beside this process and follow the training until it ends."""
-        log_path = Path(settings.VAR_DIR) / "logs" / "qcluster.log"
-        log_path.parent.mkdir(parents=True, exist_ok=True)
-        self.stdout.write(f"Starting a django-q2 worker to run it (its log: {log_path})")
-        with open(log_path, "ab") as log:
-            cluster = subprocess.Popen(
-                [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "qcluster"],
-                env=dict(os.environ),  # same settings module and environment as this process
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
+    def follow_until_done(
+        self, model: Model, task: TrainingTask, cluster: subprocess.Popen[bytes], *, stall_timeout: int
+    ) -> Model:
+        """Follow the training the worker runs until it ends; cancel it if this command gives up."""
         watch = ProgressLine(self.stdout)
         finished = False
         try:
@@ -194,11 +217,11 @@ class Command(BaseCommand):
                     finished = True
                     return model
                 if cluster.poll() is not None:
-                    raise CommandError(f"the worker exited with code {cluster.returncode}; see {log_path}")
+                    raise CommandError(f"the worker exited with code {cluster.returncode}; see {worker_log_path()}")
                 if time.monotonic() - last_change > stall_timeout:
                     raise CommandError(
                         f"the training made no progress for {stall_timeout} s; it was cancelled. "
-                        f"See {log_path}, or rerun with a larger TIMEOUT"
+                        f"See {worker_log_path()}, or rerun with a larger TIMEOUT"
                     )
                 time.sleep(0.5)
         except KeyboardInterrupt:
@@ -207,19 +230,41 @@ class Command(BaseCommand):
             watch.end()
             if not finished:
                 give_up(model)
-            stop_worker(cluster, self.stdout)
+
+
+def worker_log_path() -> Path:
+    return Path(settings.VAR_DIR) / "logs" / "qcluster.log"
+
+
+def start_worker(out: Any) -> subprocess.Popen[bytes]:
+    """A real `qcluster` beside this process (its own session: Ctrl-C reaches this command, which stops it)."""
+    log_path = worker_log_path()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    out.write(f"Starting a django-q2 worker to run it (its log: {log_path})")
+    with open(log_path, "ab") as log:
+        return subprocess.Popen(
+            [sys.executable, str(Path(settings.BASE_DIR) / "manage.py"), "qcluster"],
+            env=dict(os.environ),  # same settings module and environment as this process
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
 
 @dataclass
 class ProgressLine:
     """One line that updates in place on a terminal (a line per tenth of the run elsewhere), with an ETA
-    from a smoothed rate of the steps this process saw."""
+    from a smoothed rate of the steps this process saw. Never silent for long: a phase that shows no progress
+    (loading, caching, a slow first step) says how long it has been at it, in place on a terminal and every
+    HEARTBEAT_SECONDS on a log."""
 
     out: Any
     last_text: str = ""
     last_decile: int = -1
     rate: float | None = None  # steps per second, smoothed
     last_seen: tuple[int, float] | None = None
+    phase: tuple[str, float] | None = None  # the phase's text and when it began
+    last_written: float = 0.0
 
     @property
     def interactive(self) -> bool:
@@ -227,18 +272,31 @@ class ProgressLine:
         return bool(getattr(stream, "isatty", lambda: False)())
 
     def show(self, task: TrainingTask) -> None:
+        now = time.monotonic()
         text = self.describe(task)
-        if text == self.last_text:
-            return
-        self.last_text = text
+        if self.phase is None or self.phase[0] != text:
+            self.phase = (text, now)
+        waited = now - self.phase[1]
         if self.interactive:
-            self.out.write(f"\r\033[K  {text}", ending="")
-            self.out.flush()
+            shown = f"{text} ({waited:.0f} s)" if waited >= 2 and not task.current_step else text
+            if shown != self.last_text:
+                self.last_text = shown
+                self.out.write(f"\r\033[K  {shown}", ending="")
+                self.out.flush()
             return
         decile = int((task.progress or 0) // 10) if task.current_step else -1
-        if decile != self.last_decile or not task.current_step:
+        if text != self.last_text and (decile != self.last_decile or not task.current_step):
             self.last_decile = decile
-            self.out.write(f"  {text}")
+            self.write(text, now)
+        elif now - self.last_written >= HEARTBEAT_SECONDS:
+            self.write(text if task.current_step else f"{text} (still at it after {waited:.0f} s)", now, remember=False)
+
+    def write(self, text: str, now: float, *, remember: bool = True) -> None:
+        if remember:  # a heartbeat repeats the phase: the next change of text is still news
+            self.last_text = text
+        self.last_written = now
+        self.out.write(f"  {text}")
+        self.out.flush()
 
     def describe(self, task: TrainingTask) -> str:
         if task.status == TrainingTask.Status.PENDING:
@@ -246,7 +304,9 @@ class ProgressLine:
         if not task.current_step:
             stage = task.preprocessing_stage or "starting"
             if stage == "loading":
-                return "loading the base model (the first run also warms up torch; a minute on a slow machine)"
+                return "loading the base model"
+            if stage == "training":
+                return "training: the first step (torch prepares its kernels)"
             return f"{stage}: {task.processed_files_count or 0}/{task.total_files_count or 0} images"
         now = time.monotonic()
         if self.last_seen is not None and task.current_step > self.last_seen[0]:
@@ -300,25 +360,36 @@ def ensure_base_model(out: Any) -> Path:
 
 @dataclass(frozen=True)
 class LearningReport:
-    heldout_before: float | None
-    heldout_after: float | None
-    distance_before: float
-    distance_after: float
+    heldout: list[tuple[int, float]]  # (step, held-out loss), from step 0
+    match_without: float  # mean distance of a caption's generations to its image, without the LoRA
+    match_with: float
+    match_images: int
     comparison: Path
     generated: Path
 
     def lines(self) -> list[str]:
+        """The measures bench/demo.py found to move on every seed, each said as what it is: a measure that
+        got worse is reported as worse."""
         lines = []
-        if self.heldout_before is not None and self.heldout_after is not None:
-            change = 1 - self.heldout_after / self.heldout_before
-            lines.append(
-                f"held-out loss (images it never trained on): {self.heldout_before:.3f} before, "
-                f"{self.heldout_after:.3f} after ({change:.0%} lower)"
-            )
-        closer = 1 - self.distance_after / self.distance_before if self.distance_before else 0.0
+        if len(self.heldout) > 1 and self.heldout[0][0] == 0:
+            start = self.heldout[0][1]
+            best_step, best = min(self.heldout[1:], key=lambda point: point[1])
+            end = self.heldout[-1][1]
+            if best < start:
+                lines.append(
+                    f"held-out loss (images it never trained on): {start:.3f} at the start, lowest {best:.3f} at step "
+                    f"{best_step} ({1 - best / start:.0%} lower), {end:.3f} at the end"
+                )
+            else:
+                lines.append(
+                    f"held-out loss (images it never trained on): {start:.3f} at the start and never lower (lowest "
+                    f"{best:.3f}, {end:.3f} at the end): the training did not generalise to them"
+                )
+        change = 1 - self.match_with / self.match_without if self.match_without else 0.0
+        verdict = f"{change:.0%} nearer" if change > 0 else f"{-change:.0%} further: worse, not better"
         lines.append(
-            f"generations' colour and tone vs the training images: distance {self.distance_before:.3f} "
-            f"without the LoRA, {self.distance_after:.3f} with it ({closer:.0%} closer)"
+            f"generations of {self.match_images} training captions vs their images: distance "
+            f"{self.match_without:.3f} without the LoRA, {self.match_with:.3f} with it ({verdict})"
         )
         lines.append(
             "the base model is a tiny random-weight stand-in for a real one, so its pictures are abstract: "
@@ -328,18 +399,17 @@ class LearningReport:
 
 
 def what_it_learned(model: Model, task: TrainingTask, *, var_dir: Path) -> LearningReport:
-    """The held-out loss before and after, and the same prompt and seed generated without and with the LoRA."""
+    """The held-out loss through the run, how near its own image each of some training captions generates
+    without and with the LoRA, and one prompt and seed generated without and with it."""
     from PIL import Image, ImageDraw
 
-    from training.engine.evaluate import shift_towards
+    from training.engine.evaluate import caption_match
     from training.engine.generate import generate
     from training.generation import generate_with_model
     from training.storage_io import local_copy, stored_name
 
     var_dir.mkdir(parents=True, exist_ok=True)
-    history = [point for point in (task.validation_history or []) if len(point) >= 2]
-    before = history[0][1] if history and history[0][0] == 0 else None
-    after = history[-1][1] if len(history) > 1 else None
+    heldout = [(int(point[0]), float(point[1])) for point in (task.validation_history or []) if len(point) >= 2]
 
     size = task.resolution or 64
     weights = local_copy(task.weights, var_dir / "weights" / Path(stored_name(task.weights)).name)
@@ -356,17 +426,20 @@ def what_it_learned(model: Model, task: TrainingTask, *, var_dir: Path) -> Learn
     comparison = var_dir / "before-after.png"
     canvas.save(comparison)
 
-    images = [
-        local_copy(image.asset.file, var_dir / "data" / Path(stored_name(image.asset.file)).name)
-        for image in model.training_images.select_related("asset")
-        if image.asset.public_id not in set((task.training_options or {}).get("validation_images") or [])
-    ]
-    shift = shift_towards(task.base_model_path, images, adapter=weights, prompt=PROMPT, seeds=[1, 2, 3, 4], size=size)
+    held_out = set((task.training_options or {}).get("validation_images") or [])
+    captioned = [
+        (local_copy(image.asset.file, var_dir / "data" / Path(stored_name(image.asset.file)).name), image.description)
+        for image in model.training_images.select_related("asset").order_by("pk")
+        if image.asset.public_id not in held_out and image.description
+    ][: recipe.CAPTION_MATCH_IMAGES]
+    match = caption_match(
+        task.base_model_path, captioned, adapter=weights, seeds=list(recipe.CAPTION_MATCH_SEEDS), size=size
+    )
     return LearningReport(
-        heldout_before=before,
-        heldout_after=after,
-        distance_before=shift.without,
-        distance_after=shift.with_adapter,
+        heldout=heldout,
+        match_without=match.without,
+        match_with=match.with_adapter,
+        match_images=len(captioned),
         comparison=comparison,
         generated=Path(asset.file.path),
     )

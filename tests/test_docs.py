@@ -1,5 +1,7 @@
-"""The README as a user reads it: its parameter table matches what the API accepts, and its seed-002
-walkthrough runs as written against the demo's tiny base model (bodies taken from the README itself)."""
+"""The documentation as a user reads it (docs/, rendered by config/docs_hooks.py as the site is): its parameter
+and family tables are the code's own, the parameter table matches what the API accepts, its seed-002
+walkthrough runs as written against the demo's tiny base model (bodies taken from the page itself), the
+README stays a short front page, and the site builds in strict mode."""
 
 from __future__ import annotations
 
@@ -11,6 +13,9 @@ import pytest
 from django.conf import settings
 from django.core.management import call_command
 
+from config.docs_hooks import render
+from contract.families import FAMILIES
+from contract.families import markdown_table as families_table
 from contract.parameters import PARAMETERS, markdown_table
 from models_app.models import GenerationJob, TrainingTask
 from tests.factories import TeamFactory
@@ -18,17 +23,27 @@ from tests.helpers import api_client_for
 from training.generation import run_generation_job
 from training.runner import run_training_task
 
-README = (Path(settings.BASE_DIR) / "README.md").read_text(encoding="utf-8")
+DOCS = Path(settings.BASE_DIR) / "docs"
+
+
+def page(name: str) -> str:
+    """A docs page as the site renders it: the generated tables written in."""
+    return render((DOCS / name).read_text(encoding="utf-8"))
 
 
 def section(title: str) -> str:
-    start = README.index(title)
-    end = README.find("\n### ", start + len(title))
-    return README[start : end if end != -1 else None]
+    """Kept for the callers that name a section by its old README heading: the page that now holds it."""
+    return page(PAGES[title])
+
+
+PAGES = {
+    "### Parameters": "training/parameters.md",
+    "### Models and training (seed 002)": "api/seed-002-models.md",
+}
 
 
 def parameter_table() -> list[str]:
-    return [line for line in section("### Parameters").splitlines() if line.startswith("| `")]
+    return [line for line in page("training/parameters.md").splitlines() if line.startswith("| `")]
 
 
 def test_the_parameter_table_documents_exactly_the_accepted_parameters() -> None:
@@ -40,9 +55,9 @@ def test_the_parameter_table_documents_exactly_the_accepted_parameters() -> None
 
 
 def test_the_parameter_table_is_the_one_the_code_reads() -> None:
-    """Defaults, ranges and meanings are written once, in contract/parameters.py; the README shows that table."""
+    """Defaults, ranges and meanings are written once, in contract/parameters.py; the docs show that table."""
     assert markdown_table() in section("### Parameters"), (
-        "README's parameter table differs from contract/parameters.py; regenerate it with "
+        "the parameters page does not show contract/parameters.py's table; put its marker back: "
         '`python -c "from contract.parameters import markdown_table; print(markdown_table())"`'
     )
 
@@ -95,3 +110,49 @@ def test_the_seed_002_walkthrough_runs_as_written_on_the_demo_base_model(tiny_sd
     shown = client.get(f"/v1/jobs/{job_id}").json()["result"]
     assert shown["status"] == "completed" and len(shown["images"]) == 2
     assert (shown["width"], shown["height"]) == (64, 64)
+
+
+def test_the_family_table_is_the_families_records_and_agrees_with_the_engine() -> None:
+    """The families page and the docs' home show the table generated from contract/families.py; each row's
+    claims (text-encoder LoRA, edit pairs and their sources) are the engine family's own."""
+    from training.engine.families import family_class
+
+    table = families_table()
+    assert table in page("training/families.md") and table in page("index.md")
+    for facts in FAMILIES:
+        row = next(line for line in table.splitlines() if line.startswith(f"| `{facts.key}`"))
+        engine = family_class(facts.key)
+        assert ("text-encoder LoRA" in row) == bool(engine.text_encoder_tokenizers), facts.key
+        assert ("type `edit`" in row) == facts.trains_pairs, facts.key
+        assert all(f"`{pipeline}`" in row for pipeline in facts.pipelines), facts.key
+
+
+def test_an_unknown_table_generator_is_an_error_not_a_silent_gap() -> None:
+    with pytest.raises(ValueError, match=r"unknown table generator 'os\.getcwd'"):
+        render("text\n<!-- generated: os.getcwd -->\n")
+
+
+def test_the_readme_is_a_short_front_page_whose_links_resolve() -> None:
+    readme = (Path(settings.BASE_DIR) / "README.md").read_text(encoding="utf-8")
+    assert len(readme.splitlines()) < 250
+    for target in re.findall(r"\]\(((?:docs/)[^)#]+)(?:#[^)]*)?\)", readme):
+        assert (Path(settings.BASE_DIR) / target).is_file(), f"README links to a missing page: {target}"
+
+
+@pytest.mark.slow
+@pytest.mark.engine  # no database: once, in the SQLite pass
+def test_the_documentation_site_builds_in_strict_mode(tmp_path: Path) -> None:
+    """A broken link, a missing page or an anchor that does not exist fails the build (mkdocs.yml: strict)."""
+    import subprocess
+    import sys
+
+    mkdocs = Path(sys.executable).with_name("mkdocs")
+    built = subprocess.run(
+        [str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        cwd=settings.BASE_DIR,
+        capture_output=True,
+        text=True,
+    )
+    assert built.returncode == 0, built.stderr[-3000:]
+    home = (tmp_path / "site" / "index.html").read_text(encoding="utf-8")
+    assert "StableDiffusionPipeline" in home  # the generated family table is in the built page
