@@ -55,7 +55,7 @@ demo: setup docs
 # The documentation site from docs/ (mkdocs.yml), strict: a broken link or reference fails. The server shows it
 # at /docs/ (DOCS_SITE_DIR, default var/docs-site); `.venv/bin/mkdocs serve` previews it while editing.
 docs: setup
-	$(BIN)/mkdocs build --strict --quiet --site-dir var/docs-site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet --site-dir var/docs-site
 
 # Sample images (with .txt captions) for the README's examples: var/sample-images/sample01.jpg ...
 sample-images: setup

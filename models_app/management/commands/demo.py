@@ -77,6 +77,15 @@ class Command(BaseCommand):
             raise CommandError("--images must be between 12 and 20")
         if options["steps"] < 1 or options["timeout"] < 1:
             raise CommandError("--steps and --timeout must be positive")
+        # A `kill` (SIGTERM) ends the command the way Ctrl-C does: through the clean-up below, which cancels an
+        # unfinished training and stops the worker. Python's default would end at once and strand the worker.
+        previous = signal.signal(signal.SIGTERM, stop_on_sigterm)
+        try:
+            self.run_demo(options)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+    def run_demo(self, options: dict[str, Any]) -> None:
         started = time.monotonic()
         self.stdout.write("Preparing the database")
         call_command("migrate", interactive=False, verbosity=0)
@@ -191,7 +200,7 @@ class Command(BaseCommand):
         )
         added = [
             training_image_add(model=model, content=image.content, name=image.name, description=image.caption)
-            for image in make_images(images, seed=1, trigger_word=TRIGGER_WORD)
+            for image in make_images(images, seed=recipe.DATA_SEED, trigger_word=TRIGGER_WORD)
         ]
         held_out = [image.asset.public_id for image in added[-HELD_OUT:]]
         model_configure(model=model, parameters={**parameters, "validation_images": held_out})
@@ -230,6 +239,10 @@ class Command(BaseCommand):
             watch.end()
             if not finished:
                 give_up(model)
+
+
+def stop_on_sigterm(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # the command's own Ctrl-C path: cancel what is unfinished, stop the worker
 
 
 def worker_log_path() -> Path:

@@ -150,7 +150,8 @@ def test_the_demo_shows_what_it_learned_and_a_rerun_reuses_its_team_key_and_mode
         for path in reads:
             assert http("GET", address, path, token)[0] == 200, path
     finally:
-        process.send_signal(signal.SIGINT)  # Ctrl-C: the server and the worker stop
+        # `kill`: handled as Ctrl-C is (the command turns SIGTERM into it): the server and the worker stop.
+        process.send_signal(signal.SIGTERM)
         process.wait(timeout=HANG_GUARD * 3)
         reader.join(timeout=HANG_GUARD)
     assert process.returncode == 0, "".join(lines)
